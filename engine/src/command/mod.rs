@@ -1,0 +1,396 @@
+//! The command bus: load an aggregate, let it decide, append what it decided together with the
+//! outbox rows in one transaction, and retry the decision on a concurrency conflict a bounded
+//! number of times.
+//!
+//! Loading is never O(stream length) per command: each [`Repository`] keeps the loaded
+//! aggregates of its type in memory, checked against the store's version by the append guard
+//! itself, and only the tail of a stream is replayed when another writer moved it. Commands for
+//! one stream are serialized in-process (a striped lock), so a hot aggregate is a queue, not a
+//! retry storm; conflicts only arise between processes.
+
+mod idempotency;
+#[cfg(test)]
+mod tests;
+
+pub use idempotency::{IdempotencyRequest, Previous, StoredResponse};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::aggregate::{decode_event, encode_event, stream_id, Aggregate, DomainEvent};
+use crate::envelope::{Envelope, Metadata, RecordedEvent};
+use crate::outbox::{self, OutboxMessage};
+use crate::store::{AppendError, EventStore, NewEvent, StoreError};
+
+/// Settings of the command bus.
+#[derive(Debug, Clone)]
+pub struct CommandBusConfig {
+    /// How many times a decision is attempted when appends conflict.
+    pub max_attempts: u32,
+    /// Number of lock stripes per aggregate type (streams hashing to one stripe serialize).
+    pub stripes: usize,
+    /// Loaded aggregates kept per stripe.
+    pub cache_per_stripe: usize,
+}
+
+impl Default for CommandBusConfig {
+    fn default() -> Self {
+        CommandBusConfig {
+            max_attempts: 5,
+            stripes: 256,
+            cache_per_stripe: 256,
+        }
+    }
+}
+
+/// Shared by every [`Repository`]: the store and its settings.
+#[derive(Clone)]
+pub struct CommandBus {
+    store: EventStore,
+    config: Arc<CommandBusConfig>,
+}
+
+impl CommandBus {
+    pub fn new(pool: PgPool, config: CommandBusConfig) -> Self {
+        CommandBus {
+            store: EventStore::new(pool),
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+}
+
+/// How a command is to be executed.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    /// Copied onto every event the command produces.
+    pub metadata: Metadata,
+    /// With a key, a repeat of the same request returns the first response and writes nothing.
+    pub idempotency: Option<IdempotencyRequest>,
+    /// The caller has just minted the aggregate id, so there is nothing to load. The append
+    /// guard still rejects the append if the stream exists after all.
+    pub new_stream: bool,
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub stream_id: String,
+    /// The stream's version after the command (unchanged if it decided nothing).
+    pub version: i64,
+    pub events: Vec<RecordedEvent>,
+}
+
+/// The result of [`Repository::execute`].
+#[derive(Debug, Clone)]
+pub enum Executed {
+    /// The command ran now; `response` is what the caller asked to remember for its key.
+    Applied {
+        outcome: CommandOutcome,
+        response: StoredResponse,
+    },
+    /// The idempotency key was used before with the same request: its first response.
+    Replayed(StoredResponse),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The domain rejected the command; nothing was written.
+    #[error("{0}")]
+    Rejected(E),
+    /// Every attempt lost the race for the stream; nothing was written.
+    #[error("stream {stream_id} kept changing: expected version {expected}, found {actual} after {attempts} attempts")]
+    Conflict {
+        stream_id: String,
+        expected: i64,
+        actual: i64,
+        attempts: u32,
+    },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key {key} was already used with a different request")]
+    IdempotencyMismatch { key: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<E: std::error::Error + 'static> From<sqlx::Error> for CommandError<E> {
+    fn from(e: sqlx::Error) -> Self {
+        CommandError::Store(StoreError::Database(e))
+    }
+}
+
+/// An aggregate at a version.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub version: i64,
+    pub state: A,
+}
+
+type Stripe<A> = Mutex<HashMap<String, Loaded<A>>>;
+
+/// Executes commands against aggregates of type `A`, caching loaded aggregates.
+pub struct Repository<A: Aggregate> {
+    bus: CommandBus,
+    stripes: Box<[Stripe<A>]>,
+}
+
+impl<A: Aggregate> Repository<A> {
+    pub fn new(bus: CommandBus) -> Self {
+        let stripes = (0..bus.config.stripes.max(1))
+            .map(|_| Mutex::new(HashMap::new()))
+            .collect();
+        Repository { bus, stripes }
+    }
+
+    pub fn bus(&self) -> &CommandBus {
+        &self.bus
+    }
+
+    fn stripe(&self, stream: &str) -> &Stripe<A> {
+        let i = (outbox::fnv1a(stream.as_bytes()) % self.stripes.len() as u64) as usize;
+        &self.stripes[i]
+    }
+
+    /// Runs `command` against aggregate `id`.
+    ///
+    /// Events and their outbox rows are appended in one transaction; on a version conflict the
+    /// decision is made again on the refreshed state, at most `max_attempts` times. With an
+    /// idempotency key, the key and `respond(outcome)` are stored in that same transaction, so
+    /// a repeat either finds both or neither.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        ctx: &CommandContext,
+        respond: impl Fn(&CommandOutcome) -> StoredResponse,
+    ) -> Result<Executed, CommandError<A::Error>> {
+        if let Some(idem) = &ctx.idempotency {
+            if let Some(previous) = idem.lookup(self.bus.pool()).await? {
+                return replayed(previous, idem);
+            }
+        }
+        let stream = stream_id::<A>(id);
+        let mut cache = self.stripe(&stream).lock().await;
+        let mut fresh = false;
+        let mut loaded = match cache.remove(&stream) {
+            Some(l) => l,
+            None if ctx.new_stream => Loaded {
+                version: 0,
+                state: A::default(),
+            },
+            None => {
+                fresh = true;
+                self.replay(&stream, Loaded { version: 0, state: A::default() }).await?
+            }
+        };
+        let max_attempts = self.bus.config.max_attempts.max(1);
+        for attempt in 1..=max_attempts {
+            let decided = match loaded.state.handle(command) {
+                Ok(events) => events,
+                Err(rejection) if fresh => {
+                    cache.insert(stream.clone(), loaded);
+                    return Err(CommandError::Rejected(rejection));
+                }
+                Err(rejection) => {
+                    // The cached state may be behind another process's writes: decide again on
+                    // the store's state before rejecting.
+                    let before = loaded.version;
+                    loaded = self.replay(&stream, loaded).await?;
+                    if loaded.version == before {
+                        cache.insert(stream.clone(), loaded);
+                        return Err(CommandError::Rejected(rejection));
+                    }
+                    match loaded.state.handle(command) {
+                        Ok(events) => events,
+                        Err(rejection) => {
+                            cache.insert(stream.clone(), loaded);
+                            return Err(CommandError::Rejected(rejection));
+                        }
+                    }
+                }
+            };
+            match self.commit(&stream, &loaded, decided.clone(), ctx, &respond).await {
+                Ok(CommitResult::Committed { outcome, response }) => {
+                    for e in &decided {
+                        loaded.state.apply(e);
+                    }
+                    loaded.version = outcome.version;
+                    evict_one_if_full(&mut cache, self.bus.config.cache_per_stripe);
+                    cache.insert(stream.clone(), loaded);
+                    return Ok(Executed::Applied { outcome, response });
+                }
+                Ok(CommitResult::Replayed(previous)) => {
+                    cache.insert(stream.clone(), loaded);
+                    let idem = ctx.idempotency.as_ref().expect("only keyed commands replay");
+                    return replayed(previous, idem);
+                }
+                Err(AppendError::Conflict { actual, expected, .. }) => {
+                    tracing::debug!(%stream, expected, actual, attempt, "append conflict, deciding again");
+                    loaded = self.replay(&stream, loaded).await?;
+                    fresh = true;
+                    if attempt == max_attempts {
+                        cache.insert(stream.clone(), loaded);
+                        return Err(CommandError::Conflict {
+                            stream_id: stream,
+                            expected,
+                            actual,
+                            attempts: max_attempts,
+                        });
+                    }
+                    let jitter = rand::rng().random_range(0..=5 * u64::from(attempt));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(AppendError::Database(e)) => return Err(e.into()),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn commit(
+        &self,
+        stream: &str,
+        loaded: &Loaded<A>,
+        decided: Vec<A::Event>,
+        ctx: &CommandContext,
+        respond: &impl Fn(&CommandOutcome) -> StoredResponse,
+    ) -> Result<CommitResult, AppendError> {
+        if decided.is_empty() && ctx.idempotency.is_none() {
+            let outcome = CommandOutcome {
+                stream_id: stream.to_owned(),
+                version: loaded.version,
+                events: Vec::new(),
+            };
+            let response = respond(&outcome);
+            return Ok(CommitResult::Committed { outcome, response });
+        }
+        let new_events: Vec<NewEvent> = decided
+            .iter()
+            .map(|e| {
+                let (event_type, payload) = encode_event(e);
+                NewEvent {
+                    message_id: Uuid::now_v7(),
+                    schema_version: A::Event::schema_version(&event_type),
+                    event_type,
+                    payload,
+                    metadata: ctx.metadata.clone(),
+                }
+            })
+            .collect();
+        let mut tx = self.bus.pool().begin().await?;
+        if let Some(idem) = &ctx.idempotency {
+            if !idem.claim(&mut tx).await? {
+                tx.rollback().await?;
+                // The key was committed by a concurrent request that we waited for.
+                let previous = idem
+                    .lookup(self.bus.pool())
+                    .await?
+                    .expect("a claimed key that lost the race exists");
+                return Ok(CommitResult::Replayed(previous));
+            }
+        }
+        let recorded = self.bus.store.append(&mut tx, stream, loaded.version, &new_events).await?;
+        let topic = format!("{}.events", A::CONTEXT);
+        let messages: Vec<OutboxMessage> = recorded
+            .iter()
+            .map(|r| OutboxMessage {
+                topic: topic.clone(),
+                partition_key: stream.to_owned(),
+                envelope: r.envelope.clone(),
+            })
+            .collect();
+        outbox::enqueue(&mut tx, &messages).await?;
+        let outcome = CommandOutcome {
+            stream_id: stream.to_owned(),
+            version: recorded.last().map_or(loaded.version, |r| r.envelope.stream_version),
+            events: recorded,
+        };
+        let response = respond(&outcome);
+        if let Some(idem) = &ctx.idempotency {
+            idem.store_response(&mut tx, &response).await?;
+        }
+        tx.commit().await?;
+        Ok(CommitResult::Committed { outcome, response })
+    }
+
+    /// Brings `from` up to the stream's committed head by replaying only the missing tail.
+    async fn replay(&self, stream: &str, mut from: Loaded<A>) -> Result<Loaded<A>, StoreError> {
+        const PAGE: i64 = 1000;
+        loop {
+            let page = self.bus.store.read_stream(stream, from.version + 1, PAGE).await?;
+            for e in &page {
+                from.state.apply(&decode::<A>(e)?);
+                from.version = e.envelope.stream_version;
+            }
+            if (page.len() as i64) < PAGE {
+                return Ok(from);
+            }
+        }
+    }
+
+    /// The aggregate's committed state, read through the cache (only the tail is replayed).
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        let stream = stream_id::<A>(id);
+        let mut cache = self.stripe(&stream).lock().await;
+        let start = cache.remove(&stream).unwrap_or(Loaded {
+            version: 0,
+            state: A::default(),
+        });
+        let loaded = self.replay(&stream, start).await?;
+        evict_one_if_full(&mut cache, self.bus.config.cache_per_stripe);
+        cache.insert(stream, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+enum CommitResult {
+    Committed {
+        outcome: CommandOutcome,
+        response: StoredResponse,
+    },
+    Replayed(Previous),
+}
+
+fn replayed<E: std::error::Error + 'static>(
+    previous: Previous,
+    idem: &IdempotencyRequest,
+) -> Result<Executed, CommandError<E>> {
+    match previous {
+        Previous::Same(response) => Ok(Executed::Replayed(response)),
+        Previous::Mismatch => Err(CommandError::IdempotencyMismatch { key: idem.key.clone() }),
+    }
+}
+
+fn evict_one_if_full<A>(cache: &mut HashMap<String, Loaded<A>>, capacity: usize) {
+    if cache.len() >= capacity {
+        if let Some(k) = cache.keys().next().cloned() {
+            cache.remove(&k);
+        }
+    }
+}
+
+/// Decodes a stored event into the aggregate's event type.
+pub fn decode<A: Aggregate>(e: &RecordedEvent) -> Result<A::Event, StoreError> {
+    decode_envelope::<A::Event>(&e.envelope)
+}
+
+/// Decodes an envelope into an event enum.
+pub fn decode_envelope<E: DomainEvent>(e: &Envelope) -> Result<E, StoreError> {
+    decode_event(&e.event_type, &e.payload).map_err(|source| StoreError::Decode {
+        message_id: e.message_id,
+        event_type: e.event_type.clone(),
+        source,
+    })
+}

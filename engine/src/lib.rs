@@ -1,0 +1,14 @@
+//! sagaflow-engine: the generic runtime of sagaflow. It knows aggregates, events, streams,
+//! the outbox and HTTP, and nothing of any particular domain.
+
+pub mod aggregate;
+pub mod command;
+pub mod db;
+pub mod envelope;
+pub mod http;
+pub mod outbox;
+pub mod store;
+pub mod testing;
+
+pub use aggregate::{Aggregate, DomainCommand, DomainError, DomainEvent};
+pub use envelope::{Envelope, Metadata, RecordedEvent};

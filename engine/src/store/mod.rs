@@ -1,0 +1,225 @@
+//! The PostgreSQL event store.
+//!
+//! Guarantees:
+//! - an append is all or nothing, and only succeeds if the stream is exactly at the expected
+//!   version (`UNIQUE (stream_id, stream_version)` plus a head check), so versions are gap-free
+//!   and no decision is made on stale state;
+//! - appends run inside a caller's transaction, so the outbox rows (and anything else the
+//!   caller writes) commit or roll back together with the events.
+
+#[cfg(test)]
+mod tests;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Metadata, RecordedEvent};
+
+/// An event about to be appended.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub message_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The stream is not at the expected version: someone else appended first.
+    #[error("stream {stream_id} is at version {actual}, expected {expected}")]
+    Conflict {
+        stream_id: String,
+        expected: i64,
+        actual: i64,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stored event {message_id} ({event_type}) cannot be decoded: {source}")]
+    Decode {
+        message_id: Uuid,
+        event_type: String,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+const UNIQUE_VIOLATION: &str = "23505";
+const STREAM_VERSION_CONSTRAINT: &str = "events_stream_id_stream_version_key";
+
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        EventStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new
+    /// stream), inside the caller's transaction `tx`. On [`AppendError::Conflict`] the caller
+    /// must roll `tx` back.
+    pub async fn append(
+        &self,
+        tx: &mut PgConnection,
+        stream_id: &str,
+        expected_version: i64,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>, AppendError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut metadata = Vec::with_capacity(events.len());
+        for e in events {
+            ids.push(e.message_id);
+            types.push(e.event_type.as_str());
+            versions.push(e.schema_version);
+            payloads.push(&e.payload);
+            metadata.push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
+        }
+        // The head check makes an append with a stale *higher* expected version fail instead of
+        // leaving a gap; the unique constraint catches the race between two appenders that both
+        // saw the same head.
+        let result = sqlx::query(
+            "INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
+             SELECT $1, $2 + t.ord, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
+             FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+                  WITH ORDINALITY AS t(message_id, event_type, schema_version, payload, metadata, ord)
+             WHERE (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1) = $2
+             RETURNING global_position, stream_version, recorded_at",
+        )
+        .bind(stream_id)
+        .bind(expected_version)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(&mut *tx)
+        .await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some(UNIQUE_VIOLATION)
+                    && db.constraint() == Some(STREAM_VERSION_CONSTRAINT) =>
+            {
+                return Err(AppendError::Conflict {
+                    stream_id: stream_id.to_owned(),
+                    expected: expected_version,
+                    actual: self.stream_version(stream_id).await?,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if rows.is_empty() {
+            return Err(AppendError::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected_version,
+                actual: self.stream_version(stream_id).await?,
+            });
+        }
+        let mut recorded = Vec::with_capacity(rows.len());
+        for (row, e) in rows.into_iter().zip(events) {
+            recorded.push(RecordedEvent {
+                global_position: row.get(0),
+                recorded_at: row.get(2),
+                envelope: Envelope {
+                    message_id: e.message_id,
+                    stream_id: stream_id.to_owned(),
+                    stream_version: row.get(1),
+                    event_type: e.event_type.clone(),
+                    schema_version: e.schema_version,
+                    payload: e.payload.clone(),
+                    metadata: e.metadata.clone(),
+                },
+            });
+        }
+        recorded.sort_by_key(|r| r.envelope.stream_version);
+        Ok(recorded)
+    }
+
+    /// The committed version of a stream (0 if it has no events).
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1")
+            .bind(stream_id)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Reads up to `limit` events of a stream, starting at `from_version`, in version order.
+    pub async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT global_position, stream_id, stream_version, message_id, event_type, schema_version,
+                    payload, metadata, recorded_at
+             FROM events WHERE stream_id = $1 AND stream_version >= $2
+             ORDER BY stream_version LIMIT $3",
+        )
+        .bind(stream_id)
+        .bind(from_version)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    /// Reads up to `limit` events with a global position greater than `after_position`, in
+    /// position order. Positions come from an identity column: a reader that follows the head
+    /// while appends are in flight can see a later position commit before an earlier one, so
+    /// live consumers follow the outbox transport, not this method.
+    pub async fn read_all(&self, after_position: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT global_position, stream_id, stream_version, message_id, event_type, schema_version,
+                    payload, metadata, recorded_at
+             FROM events WHERE global_position > $1
+             ORDER BY global_position LIMIT $2",
+        )
+        .bind(after_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_event).collect()
+    }
+}
+
+fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, sqlx::Error> {
+    let metadata: Value = row.try_get("metadata")?;
+    let metadata: Metadata = serde_json::from_value(metadata).map_err(|e| sqlx::Error::ColumnDecode {
+        index: "metadata".into(),
+        source: Box::new(e),
+    })?;
+    Ok(RecordedEvent {
+        global_position: row.try_get("global_position")?,
+        recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,
+        envelope: Envelope {
+            message_id: row.try_get("message_id")?,
+            stream_id: row.try_get("stream_id")?,
+            stream_version: row.try_get("stream_version")?,
+            event_type: row.try_get("event_type")?,
+            schema_version: row.try_get("schema_version")?,
+            payload: row.try_get("payload")?,
+            metadata,
+        },
+    })
+}

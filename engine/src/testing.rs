@@ -1,0 +1,84 @@
+//! Given / when / then tests for aggregates:
+//!
+//! ```ignore
+//! given::<Inventory>([restocked(10)])
+//!     .when(InventoryCommand::Reserve { order_id, quantity: qty(4) })
+//!     .then([InventoryEvent::StockReserved { order_id, quantity: 4 }]);
+//! ```
+
+use std::fmt::Debug;
+
+use crate::aggregate::{Aggregate, DomainError};
+
+/// An aggregate built from past events.
+pub struct Given<A: Aggregate> {
+    state: A,
+}
+
+/// The decision of an aggregate on one command.
+pub struct Then<A: Aggregate> {
+    state: A,
+    result: Result<Vec<A::Event>, A::Error>,
+}
+
+/// Starts a test from the aggregate's history (empty for a new aggregate).
+pub fn given<A: Aggregate>(history: impl IntoIterator<Item = A::Event>) -> Given<A> {
+    let mut state = A::default();
+    for e in history {
+        state.apply(&e);
+    }
+    Given { state }
+}
+
+impl<A: Aggregate> Given<A> {
+    pub fn when(self, command: A::Command) -> Then<A> {
+        let result = self.state.handle(&command);
+        Then {
+            state: self.state,
+            result,
+        }
+    }
+
+    /// The state the history folds into.
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+}
+
+impl<A: Aggregate> Then<A>
+where
+    A::Event: PartialEq + Debug,
+    A::Error: Debug,
+{
+    /// Expects exactly these events, in this order. Returns the state after applying them.
+    pub fn then(self, expected: impl IntoIterator<Item = A::Event>) -> A {
+        let expected: Vec<A::Event> = expected.into_iter().collect();
+        match self.result {
+            Ok(events) => {
+                assert_eq!(events, expected, "unexpected events");
+                let mut state = self.state;
+                for e in &events {
+                    state.apply(e);
+                }
+                state
+            }
+            Err(e) => panic!("expected events {expected:?}, got error {e:?}"),
+        }
+    }
+
+    /// Expects no events (an idempotent no-op), and no error.
+    pub fn then_nothing(self) -> A {
+        self.then([])
+    }
+
+    /// Expects a rejection with this error code.
+    pub fn then_error(self, code: &str) -> A::Error {
+        match self.result {
+            Ok(events) => panic!("expected error {code}, got events {events:?}"),
+            Err(e) => {
+                assert_eq!(e.code(), code, "unexpected error {e:?}");
+                e
+            }
+        }
+    }
+}
