@@ -1,1 +1,115 @@
-fn main(){}
+//! The `sagaflow` command line: serve, migrate, bench.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sagaflow::bench::BenchCommand;
+use sagaflow::config::{mask_url, DatabaseArgs, LogFormat};
+use sagaflow_engine::db;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "sagaflow", version, about = "Event-sourced CQRS and saga orchestration engine")]
+struct Cli {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Log format.
+    #[arg(long, env = "SAGAFLOW_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if missing, apply migrations, and serve the HTTP API.
+    Serve {
+        /// Address the HTTP API listens on.
+        #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+    },
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// Measure throughput and latency beside a raw baseline in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve { http_addr } => serve(&cli.database, http_addr).await,
+        Command::Migrate => {
+            prepare_database(&cli.database).await?;
+            Ok(())
+        }
+        Command::Bench { command } => sagaflow::bench::run(command, &cli.database).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
+    let url = &args.database_url;
+    db::ensure_database(url)
+        .await
+        .with_context(|| format!("cannot reach or create the database at {}", mask_url(url)))?;
+    let pool = db::connect(url, args.db_pool_size).await?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    tracing::info!(database = %mask_url(url), "database ready, migrations applied");
+    Ok(pool)
+}
+
+async fn serve(args: &DatabaseArgs, http_addr: SocketAddr) -> anyhow::Result<()> {
+    tracing::info!(
+        database = %mask_url(&args.database_url),
+        db_pool_size = args.db_pool_size,
+        %http_addr,
+        "starting sagaflow"
+    );
+    let pool = prepare_database(args).await?;
+    let app = sagaflow::build_app(pool.clone());
+    let listener = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {http_addr}"))?;
+    tracing::info!(%http_addr, "listening");
+    sagaflow::serve(listener, app.router, shutdown_signal()).await?;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested, finishing in-flight requests");
+}

@@ -1,0 +1,244 @@
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::*;
+use crate::aggregate::{DomainCommand, DomainError};
+
+/// A counter with a ceiling: enough domain to exercise the bus.
+#[derive(Debug, Default, Clone)]
+struct Counter {
+    value: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "command", content = "payload", rename_all = "snake_case")]
+enum CounterCommand {
+    Add { n: i64 },
+    Noop,
+}
+
+impl DomainCommand for CounterCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            CounterCommand::Add { .. } => "add",
+            CounterCommand::Noop => "noop",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+enum CounterEvent {
+    Added { n: i64 },
+}
+
+impl DomainEvent for CounterEvent {}
+
+#[derive(Debug, thiserror::Error)]
+enum CounterError {
+    #[error("the counter would pass 100")]
+    TooHigh,
+}
+
+impl DomainError for CounterError {
+    fn code(&self) -> &'static str {
+        "too_high"
+    }
+}
+
+impl Aggregate for Counter {
+    const TYPE: &'static str = "counter";
+    const CONTEXT: &'static str = "test";
+    type Command = CounterCommand;
+    type Event = CounterEvent;
+    type Error = CounterError;
+
+    fn handle(&self, command: &CounterCommand) -> Result<Vec<CounterEvent>, CounterError> {
+        match command {
+            CounterCommand::Add { n } if self.value + n > 100 => Err(CounterError::TooHigh),
+            CounterCommand::Add { n } => Ok(vec![CounterEvent::Added { n: *n }]),
+            CounterCommand::Noop => Ok(vec![]),
+        }
+    }
+
+    fn apply(&mut self, event: &CounterEvent) {
+        match event {
+            CounterEvent::Added { n } => self.value += n,
+        }
+    }
+}
+
+fn repo(pool: &PgPool) -> Repository<Counter> {
+    Repository::new(CommandBus::new(pool.clone(), CommandBusConfig::default()))
+}
+
+fn ok(_: &CommandOutcome) -> StoredResponse {
+    StoredResponse {
+        status: 202,
+        body: serde_json::json!({"ok": true}),
+    }
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
+    let repo = repo(&pool);
+    let ctx = CommandContext::default();
+    for _ in 0..3 {
+        repo.execute("1", &CounterCommand::Add { n: 5 }, &ctx, ok).await.unwrap();
+    }
+    let loaded = repo.load("1").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.value), (3, 15));
+    assert_eq!(count(&pool, "events").await, 3);
+    let outbox: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT topic, partition_key, (envelope->>'stream_version')::bigint FROM outbox ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        outbox,
+        (1..=3).map(|v| ("test.events".to_owned(), "counter-1".to_owned(), v)).collect::<Vec<_>>()
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rejection_writes_nothing(pool: PgPool) {
+    let repo = repo(&pool);
+    let ctx = CommandContext::default();
+    repo.execute("1", &CounterCommand::Add { n: 90 }, &ctx, ok).await.unwrap();
+    let err = repo.execute("1", &CounterCommand::Add { n: 20 }, &ctx, ok).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(CounterError::TooHigh)));
+    assert_eq!(count(&pool, "events").await, 1);
+    assert_eq!(count(&pool, "outbox").await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_stale_cache_is_refreshed_by_the_conflict_and_decided_again(pool: PgPool) {
+    // Two repositories over one database behave like two engine processes.
+    let (a, b) = (repo(&pool), repo(&pool));
+    let ctx = CommandContext::default();
+    a.execute("1", &CounterCommand::Add { n: 10 }, &ctx, ok).await.unwrap();
+    b.execute("1", &CounterCommand::Add { n: 80 }, &ctx, ok).await.unwrap();
+    // `a` caches value 10 at version 1; its append conflicts, it reloads and decides on 90.
+    let err = a.execute("1", &CounterCommand::Add { n: 20 }, &ctx, ok).await.unwrap_err();
+    assert!(matches!(err, CommandError::Rejected(_)), "{err:?}");
+    a.execute("1", &CounterCommand::Add { n: 10 }, &ctx, ok).await.unwrap();
+    let loaded = b.load("1").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.value), (3, 100));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_commands_from_two_processes_lose_no_update(pool: PgPool) {
+    let config = CommandBusConfig {
+        max_attempts: 3,
+        ..Default::default()
+    };
+    let a = Arc::new(Repository::<Counter>::new(CommandBus::new(pool.clone(), config.clone())));
+    let b = Arc::new(Repository::<Counter>::new(CommandBus::new(pool.clone(), config)));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let repo = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let ctx = CommandContext::default();
+            repo.execute("hot", &CounterCommand::Add { n: 1 }, &ctx, ok).await
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => applied += 1,
+            Err(CommandError::Conflict { attempts, .. }) => assert_eq!(attempts, 3),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT stream_version FROM events WHERE stream_id = 'counter-hot' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, (1..=applied).collect::<Vec<_>>());
+    assert_eq!(a.load("hot").await.unwrap().state.value, applied);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_idempotency_key_replays_the_first_response_and_writes_nothing(pool: PgPool) {
+    let repo = repo(&pool);
+    let idem = IdempotencyRequest::new("key-1", "POST", "/x", b"{}");
+    let ctx = CommandContext {
+        idempotency: Some(idem),
+        ..Default::default()
+    };
+    let first = repo
+        .execute("1", &CounterCommand::Add { n: 1 }, &ctx, |o| {
+            StoredResponse {
+                status: 202,
+                body: serde_json::json!({ "version": o.version }),
+            }
+        })
+        .await
+        .unwrap();
+    assert!(matches!(first, Executed::Applied { .. }));
+    let second = repo.execute("1", &CounterCommand::Add { n: 1 }, &ctx, ok).await.unwrap();
+    match second {
+        Executed::Replayed(r) => assert_eq!(r.body, serde_json::json!({ "version": 1 })),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&pool, "events").await, 1);
+
+    let other_request = CommandContext {
+        idempotency: Some(IdempotencyRequest::new("key-1", "POST", "/x", b"{\"n\":2}")),
+        ..Default::default()
+    };
+    let err = repo
+        .execute("1", &CounterCommand::Add { n: 2 }, &other_request, ok)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::IdempotencyMismatch { .. }));
+    assert_eq!(count(&pool, "events").await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_requests_with_one_key_apply_once(pool: PgPool) {
+    let a = Arc::new(repo(&pool));
+    let b = Arc::new(repo(&pool));
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let repo = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let ctx = CommandContext {
+                idempotency: Some(IdempotencyRequest::new("same", "POST", "/x", b"{}")),
+                ..Default::default()
+            };
+            repo.execute("1", &CounterCommand::Add { n: 1 }, &ctx, ok).await.unwrap()
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        if let Executed::Applied { .. } = t.await.unwrap() {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+    assert_eq!(count(&pool, "events").await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_command_that_decides_nothing_writes_nothing(pool: PgPool) {
+    let repo = repo(&pool);
+    let outcome = repo
+        .execute("1", &CounterCommand::Noop, &CommandContext::default(), ok)
+        .await
+        .unwrap();
+    match outcome {
+        Executed::Applied { outcome, .. } => assert_eq!((outcome.version, outcome.events.len()), (0, 0)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count(&pool, "events").await, 0);
+}

@@ -56,7 +56,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandRequest<T> {
 
 /// Parses a JSON body: syntax errors are 400 `malformed_json`, well-formed JSON of the wrong
 /// shape (missing fields, wrong types, out-of-range values) is 422 `invalid_body`.
+/// An empty body reads as JSON `null`, so routes whose body is optional take an `Option`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::from_slice(b"null")
+            .map_err(|_| ApiError::bad_request("missing_body", "this route needs a JSON request body"));
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))

@@ -52,9 +52,6 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
-const UNIQUE_VIOLATION: &str = "23505";
-const STREAM_VERSION_CONSTRAINT: &str = "events_stream_id_stream_version_key";
-
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
@@ -71,7 +68,7 @@ impl EventStore {
 
     /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new
     /// stream), inside the caller's transaction `tx`. On [`AppendError::Conflict`] the caller
-    /// must roll `tx` back.
+    /// must roll `tx` back (some of the events may have been inserted).
     pub async fn append(
         &self,
         tx: &mut PgConnection,
@@ -95,14 +92,16 @@ impl EventStore {
             metadata.push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
         }
         // The head check makes an append with a stale *higher* expected version fail instead of
-        // leaving a gap; the unique constraint catches the race between two appenders that both
-        // saw the same head.
-        let result = sqlx::query(
+        // leaving a gap. Two appenders that both saw the same head race on the unique key: the
+        // loser waits for the winner, and `DO NOTHING` keeps the loser's transaction usable, so
+        // it can report the actual version without a second connection.
+        let rows = sqlx::query(
             "INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
              SELECT $1, $2 + t.ord, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
              FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
                   WITH ORDINALITY AS t(message_id, event_type, schema_version, payload, metadata, ord)
              WHERE (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1) = $2
+             ON CONFLICT (stream_id, stream_version) DO NOTHING
              RETURNING global_position, stream_version, recorded_at",
         )
         .bind(stream_id)
@@ -113,26 +112,20 @@ impl EventStore {
         .bind(&payloads)
         .bind(&metadata)
         .fetch_all(&mut *tx)
-        .await;
-        let rows = match result {
-            Ok(rows) => rows,
-            Err(sqlx::Error::Database(db))
-                if db.code().as_deref() == Some(UNIQUE_VIOLATION)
-                    && db.constraint() == Some(STREAM_VERSION_CONSTRAINT) =>
-            {
-                return Err(AppendError::Conflict {
-                    stream_id: stream_id.to_owned(),
-                    expected: expected_version,
-                    actual: self.stream_version(stream_id).await?,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if rows.is_empty() {
+        .await?;
+        if rows.len() != events.len() {
+            let actual: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(stream_version), 0) FROM events
+                 WHERE stream_id = $1 AND message_id <> ALL($2)",
+            )
+            .bind(stream_id)
+            .bind(&ids)
+            .fetch_one(&mut *tx)
+            .await?;
             return Err(AppendError::Conflict {
                 stream_id: stream_id.to_owned(),
                 expected: expected_version,
-                actual: self.stream_version(stream_id).await?,
+                actual,
             });
         }
         let mut recorded = Vec::with_capacity(rows.len());

@@ -1,0 +1,139 @@
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::*;
+use crate::outbox::{enqueue, OutboxMessage};
+
+fn new_event(n: i64) -> NewEvent {
+    NewEvent {
+        message_id: Uuid::now_v7(),
+        event_type: "counted".into(),
+        schema_version: 1,
+        payload: json!({ "n": n }),
+        metadata: Metadata::new_root(),
+    }
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn appends_number_versions_from_the_expected_one(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    let first = store.append(&mut tx, "c-1", 0, &[new_event(1), new_event(2)]).await.unwrap();
+    let second = store.append(&mut tx, "c-1", 2, &[new_event(3)]).await.unwrap();
+    tx.commit().await.unwrap();
+    let versions: Vec<i64> = first.iter().chain(&second).map(|e| e.envelope.stream_version).collect();
+    assert_eq!(versions, [1, 2, 3]);
+
+    let read = store.read_stream("c-1", 1, 100).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.envelope.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(read, [first, second].concat());
+    assert_eq!(store.read_stream("c-1", 2, 1).await.unwrap()[0].envelope.stream_version, 2);
+    assert_eq!(store.stream_version("c-1").await.unwrap(), 3);
+    assert_eq!(store.stream_version("c-unknown").await.unwrap(), 0);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    store.append(&mut tx, "c-1", 0, &[new_event(1), new_event(2)]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    match store.append(&mut tx, "c-1", 1, &[new_event(3)]).await {
+        Err(AppendError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (1, 2)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(store.stream_version("c-1").await.unwrap(), 2);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    match store.append(&mut tx, "c-1", 5, &[new_event(1)]).await {
+        Err(AppendError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (5, 0)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&pool, "events").await, 0);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_failed_append_leaves_neither_events_nor_outbox_rows(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    store.append(&mut tx, "c-1", 0, &[new_event(1)]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Outbox rows first, then an append that conflicts: the caller rolls back both.
+    let mut tx = pool.begin().await.unwrap();
+    let recorded = store.append(&mut tx, "c-2", 0, &[new_event(1)]).await.unwrap();
+    enqueue(
+        &mut tx,
+        &[OutboxMessage {
+            topic: "test.events".into(),
+            partition_key: "c-2".into(),
+            envelope: recorded[0].envelope.clone(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        store.append(&mut tx, "c-1", 0, &[new_event(2)]).await,
+        Err(AppendError::Conflict { .. })
+    ));
+    tx.rollback().await.unwrap();
+
+    assert_eq!(count(&pool, "events").await, 1);
+    assert_eq!(count(&pool, "outbox").await, 0);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (store, pool) = (store.clone(), pool.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            let r = store.append(&mut tx, "c-race", 0, &[new_event(i)]).await;
+            match r {
+                Ok(_) => {
+                    tx.commit().await.unwrap();
+                    true
+                }
+                Err(AppendError::Conflict { .. }) => false,
+                Err(e) => panic!("{e}"),
+            }
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += t.await.unwrap() as i32;
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(store.stream_version("c-race").await.unwrap(), 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn read_all_pages_by_global_position(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    store.append(&mut tx, "a-1", 0, &[new_event(1)]).await.unwrap();
+    store.append(&mut tx, "b-1", 0, &[new_event(2), new_event(3)]).await.unwrap();
+    tx.commit().await.unwrap();
+    let page1 = store.read_all(0, 2).await.unwrap();
+    let page2 = store.read_all(page1[1].global_position, 2).await.unwrap();
+    let streams: Vec<_> = page1.iter().chain(&page2).map(|e| e.envelope.stream_id.as_str()).collect();
+    assert_eq!(streams, ["a-1", "b-1", "b-1"]);
+}

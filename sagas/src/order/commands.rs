@@ -1,0 +1,63 @@
+//! What can be asked of an order.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use sagaflow_engine::DomainCommand;
+
+use crate::types::{PriceCents, Quantity, Sku};
+
+/// One line of an order: so many units of one SKU at a unit price. Every field is validated
+/// when deserialized, so a line always has a positive quantity and a non-negative price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price_cents: PriceCents,
+}
+
+impl OrderLine {
+    /// `quantity × unit_price_cents`, or `None` if it does not fit an `i64`.
+    pub fn subtotal_cents(&self) -> Option<i64> {
+        self.unit_price_cents.get().checked_mul(self.quantity.get())
+    }
+}
+
+/// Commands of the [`Order`](super::Order) aggregate, in the wire shape
+/// `{"command": "place", "payload": {...}}`. Commands without data (`confirm`) may omit
+/// `payload`; unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "command",
+    content = "payload",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub enum OrderCommand {
+    /// Places a new order. Its total is computed here, never taken from the caller.
+    Place {
+        customer_id: Uuid,
+        lines: Vec<OrderLine>,
+    },
+    /// Confirms a pending order. Idempotent: confirming a confirmed order does nothing.
+    Confirm,
+    /// Rejects a pending order (the saga could not fulfil it). Idempotent.
+    Reject { reason: String },
+    /// Cancels a pending order at the customer's request. Idempotent.
+    Cancel {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+impl DomainCommand for OrderCommand {
+    fn name(&self) -> &'static str {
+        match self {
+            OrderCommand::Place { .. } => "place",
+            OrderCommand::Confirm => "confirm",
+            OrderCommand::Reject { .. } => "reject",
+            OrderCommand::Cancel { .. } => "cancel",
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! What happened to an order. The `event_type` strings (`order_placed`, ...) are stored
+//! forever: renaming a variant must keep its serde name.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use sagaflow_engine::DomainEvent;
+
+use super::OrderLine;
+
+/// Events of the [`Order`](super::Order) aggregate. They do not repeat the order id: the stream
+/// id `order-<uuid>` carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+pub enum OrderEvent {
+    /// The order exists and is pending. `total_cents` is the sum of the lines' subtotals,
+    /// never negative and at most [`AmountCents::MAX`](crate::types::AmountCents::MAX), so a
+    /// positive total always fits an authorization.
+    OrderPlaced {
+        customer_id: Uuid,
+        lines: Vec<OrderLine>,
+        total_cents: i64,
+    },
+    OrderConfirmed,
+    OrderRejected {
+        reason: String,
+    },
+    OrderCancelled {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+}
+
+impl DomainEvent for OrderEvent {}

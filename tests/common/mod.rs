@@ -1,0 +1,75 @@
+//! Shared by the end-to-end tests: the real application served on a loopback port, over a
+//! fresh database per test.
+#![allow(dead_code)]
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+}
+
+/// Serves the whole application over `pool` on an ephemeral port.
+pub async fn start(pool: PgPool) -> TestApp {
+    let app = sagaflow::build_app(pool.clone());
+    let addr = sagaflow::spawn_server(app.router).await.expect("bind a loopback port");
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        pool,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        read(r).await
+    }
+
+    pub async fn post_with_key(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value, bool) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        let (s, v) = read(r).await;
+        (s, v, replayed)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        read(self.client.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn read(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let bytes = r.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {}", String::from_utf8_lossy(&bytes)));
+    (status, body)
+}
+
+/// Asserts the error shape `{"error": {"code", "message"}}` and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
+    error["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+}
