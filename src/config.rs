@@ -12,7 +12,12 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
     /// Maximum connections in the pool.
-    #[arg(long, env = "SAGAFLOW_DB_POOL_SIZE", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "SAGAFLOW_DB_POOL_SIZE",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_pool_size: u32,
 }
 
@@ -31,4 +36,54 @@ pub fn mask_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Which transport carries messages between the parts of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// The embedded log in PostgreSQL: nothing else to run.
+    Postgres,
+    /// Apache Kafka or another Kafka-protocol broker.
+    Kafka,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// Transport between relay and consumers.
+    #[arg(
+        long,
+        env = "SAGAFLOW_TRANSPORT",
+        value_enum,
+        default_value = "postgres",
+        global = true
+    )]
+    pub transport: TransportKind,
+    /// Kafka bootstrap servers (host:port,…), required with `--transport kafka`.
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+    /// Prefix of every topic: `<prefix>.<context>.events`.
+    #[arg(
+        long,
+        env = "SAGAFLOW_TOPIC_PREFIX",
+        default_value = "sagaflow",
+        global = true
+    )]
+    pub topic_prefix: String,
+    /// Partitions per topic; fixed for the life of a deployment.
+    #[arg(long, env = "SAGAFLOW_PARTITIONS", default_value_t = 8, global = true)]
+    pub partitions: i32,
+}
+
+/// A part of the engine that a process can run. `serve --components` chooses them, so roles
+/// can be split across processes and scaled or stopped on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Component {
+    /// The HTTP API.
+    Http,
+    /// The outbox relay (one active per outbox shard across all processes).
+    Relay,
+}
+
+impl Component {
+    pub const ALL: [Component; 2] = [Component::Http, Component::Relay];
 }

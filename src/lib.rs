@@ -5,15 +5,26 @@
 pub mod bench;
 pub mod config;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use anyhow::Context;
 use axum::Router;
 use sagaflow_engine::command::{CommandBus, CommandBusConfig};
 use sagaflow_engine::http::{self as engine_http, CommandRegistry, EngineState};
+use sagaflow_engine::outbox::{Relay, RelayConfig, RelayStats};
+use sagaflow_engine::transport::kafka::{KafkaConfig, KafkaTransport};
+use sagaflow_engine::transport::postgres::PostgresTransport;
+use sagaflow_engine::transport::{TopicLayout, Transport};
+use sagaflow_engine::Aggregate;
 use sagaflow_sagas::Domain;
 use sqlx::PgPool;
-use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use config::{Component, TransportArgs, TransportKind};
 
 /// One running sagaflow application: its routes and the parts behind them.
 pub struct App {
@@ -33,7 +44,11 @@ pub fn build_app(pool: PgPool) -> App {
         store: bus.store().clone(),
     });
     let router = engine_http::finish(engine.merge(sagaflow_sagas::router(&domain)));
-    App { router, domain, bus }
+    App {
+        router,
+        domain,
+        bus,
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish.
@@ -42,7 +57,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Starts `router` on an ephemeral loopback port in the background; for tests and benchmarks.
@@ -55,4 +72,90 @@ pub async fn spawn_server(router: Router) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+/// The logical topics of the domain's events.
+pub fn event_topics() -> Vec<String> {
+    use sagaflow_sagas::{inventory::Inventory, order::Order, payment::Account};
+    [Order::CONTEXT, Inventory::CONTEXT, Account::CONTEXT]
+        .iter()
+        .map(|c| format!("{c}.events"))
+        .collect()
+}
+
+/// The transport chosen by `args`, with its topics created.
+pub async fn build_transport(
+    pool: &PgPool,
+    args: &TransportArgs,
+) -> anyhow::Result<Arc<dyn Transport>> {
+    anyhow::ensure!(args.partitions > 0, "partitions must be positive");
+    let layout = TopicLayout {
+        prefix: args.topic_prefix.clone(),
+        partitions: args.partitions,
+    };
+    let transport: Arc<dyn Transport> = match args.transport {
+        TransportKind::Postgres => Arc::new(PostgresTransport::new(pool.clone(), layout)),
+        TransportKind::Kafka => {
+            let brokers = args
+                .kafka_brokers
+                .clone()
+                .context("SAGAFLOW_TRANSPORT=kafka needs KAFKA_BROKERS (or --kafka-brokers)")?;
+            Arc::new(KafkaTransport::new(KafkaConfig::new(brokers, layout))?)
+        }
+    };
+    let topics = event_topics();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    transport
+        .ensure_topics(&topics)
+        .await
+        .with_context(|| format!("creating topics on the {} transport", transport.kind()))?;
+    Ok(transport)
+}
+
+/// A running engine: its application and its background components.
+pub struct Engine {
+    pub app: App,
+    pub transport: Arc<dyn Transport>,
+    pub relay_stats: Option<Arc<RelayStats>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// Starts the background components among `components` (the HTTP API is served by the
+    /// caller from `app.router`).
+    pub fn start(
+        pool: PgPool,
+        transport: Arc<dyn Transport>,
+        components: &HashSet<Component>,
+        relay: RelayConfig,
+    ) -> Self {
+        let app = build_app(pool.clone());
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut relay_stats = None;
+        if components.contains(&Component::Relay) {
+            let relay = Relay::new(
+                pool,
+                transport.clone(),
+                app.bus.outbox_bell().clone(),
+                relay,
+            );
+            relay_stats = Some(relay.stats());
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
+        Engine {
+            app,
+            transport,
+            relay_stats,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Stops the background components, letting each finish what it is doing.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }

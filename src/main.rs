@@ -5,18 +5,33 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sagaflow::bench::BenchCommand;
-use sagaflow::config::{mask_url, DatabaseArgs, LogFormat};
+use std::collections::HashSet;
+
+use sagaflow::config::{mask_url, Component, DatabaseArgs, LogFormat, TransportArgs};
 use sagaflow_engine::db;
+use sagaflow_engine::outbox::RelayConfig;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "sagaflow", version, about = "Event-sourced CQRS and saga orchestration engine")]
+#[command(
+    name = "sagaflow",
+    version,
+    about = "Event-sourced CQRS and saga orchestration engine"
+)]
 struct Cli {
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// Log format.
-    #[arg(long, env = "SAGAFLOW_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "SAGAFLOW_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -29,6 +44,9 @@ enum Command {
         /// Address the HTTP API listens on.
         #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        /// Components this process runs (comma-separated); all by default.
+        #[arg(long, env = "SAGAFLOW_COMPONENTS", value_enum, value_delimiter = ',')]
+        components: Vec<Component>,
     },
     /// Create the database if missing and apply pending migrations.
     Migrate,
@@ -44,17 +62,30 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve { http_addr } => serve(&cli.database, http_addr).await,
+        Command::Serve {
+            http_addr,
+            components,
+        } => {
+            let components: HashSet<Component> = if components.is_empty() {
+                Component::ALL.into_iter().collect()
+            } else {
+                components.into_iter().collect()
+            };
+            serve(&cli.database, &cli.transport, http_addr, components).await
+        }
         Command::Migrate => {
             prepare_database(&cli.database).await?;
             Ok(())
         }
-        Command::Bench { command } => sagaflow::bench::run(command, &cli.database).await,
+        Command::Bench { command } => {
+            sagaflow::bench::run(command, &cli.database, &cli.transport).await
+        }
     }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -73,20 +104,42 @@ async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-async fn serve(args: &DatabaseArgs, http_addr: SocketAddr) -> anyhow::Result<()> {
+async fn serve(
+    args: &DatabaseArgs,
+    transport_args: &TransportArgs,
+    http_addr: SocketAddr,
+    components: HashSet<Component>,
+) -> anyhow::Result<()> {
+    let mut names: Vec<String> = components
+        .iter()
+        .map(|c| format!("{c:?}").to_lowercase())
+        .collect();
+    names.sort();
     tracing::info!(
         database = %mask_url(&args.database_url),
         db_pool_size = args.db_pool_size,
+        transport = ?transport_args.transport,
+        kafka_brokers = transport_args.kafka_brokers.as_deref().unwrap_or("-"),
+        topic_prefix = %transport_args.topic_prefix,
+        partitions = transport_args.partitions,
         %http_addr,
+        components = %names.join(","),
         "starting sagaflow"
     );
     let pool = prepare_database(args).await?;
-    let app = sagaflow::build_app(pool.clone());
-    let listener = TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {http_addr}"))?;
-    tracing::info!(%http_addr, "listening");
-    sagaflow::serve(listener, app.router, shutdown_signal()).await?;
+    let transport = sagaflow::build_transport(&pool, transport_args).await?;
+    let engine =
+        sagaflow::Engine::start(pool.clone(), transport, &components, RelayConfig::default());
+    if components.contains(&Component::Http) {
+        let listener = TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {http_addr}"))?;
+        tracing::info!(%http_addr, "listening");
+        sagaflow::serve(listener, engine.app.router.clone(), shutdown_signal()).await?;
+    } else {
+        shutdown_signal().await;
+    }
+    engine.stop().await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

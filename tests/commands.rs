@@ -46,7 +46,9 @@ async fn an_accepted_order_has_its_event_and_outbox_row(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn domain_routes_and_the_generic_route_reach_the_same_aggregates(pool: PgPool) {
     let app = start(pool).await;
-    let (s, _) = app.post("/inventory/SKU-9/restock", json!({"quantity": 10})).await;
+    let (s, _) = app
+        .post("/inventory/SKU-9/restock", json!({"quantity": 10}))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let order_id = Uuid::now_v7();
     let (s, body) = app
@@ -65,18 +67,27 @@ async fn domain_routes_and_the_generic_route_reach_the_same_aggregates(pool: PgP
             json!({"command": "reserve", "payload": {"order_id": Uuid::now_v7(), "quantity": 7}}),
         )
         .await;
-    assert_eq!((s, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_stock"));
+    assert_eq!(
+        (s, error_code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_stock")
+    );
     // Releasing twice is idempotent.
     for expected_events in [1, 0] {
         let (s, body) = app
-            .post("/commands/inventory/SKU-9", json!({"command": "release", "payload": {"order_id": order_id}}))
+            .post(
+                "/commands/inventory/SKU-9",
+                json!({"command": "release", "payload": {"order_id": order_id}}),
+            )
             .await;
         assert_eq!(s, StatusCode::ACCEPTED);
         assert_eq!(body["events"].as_array().unwrap().len(), expected_events);
     }
     let customer = Uuid::now_v7();
     let (s, _) = app
-        .post(&format!("/accounts/{customer}/deposits"), json!({"amount_cents": 5000}))
+        .post(
+            &format!("/accounts/{customer}/deposits"),
+            json!({"amount_cents": 5000}),
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(app.count("events").await, 4);
@@ -88,12 +99,30 @@ async fn cancelling_an_order_and_confirming_it_afterwards(pool: PgPool) {
     let app = start(pool).await;
     let (_, body) = app.post("/orders", order(Uuid::now_v7())).await;
     let id = body["order_id"].as_str().unwrap().to_owned();
-    let (s, _) = app.post(&format!("/orders/{id}/cancel"), json!({"reason": "changed my mind"})).await;
+    let (s, _) = app
+        .post(
+            &format!("/orders/{id}/cancel"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    let (s, body) = app.post(&format!("/commands/order/{id}"), json!({"command": "confirm"})).await;
-    assert_eq!((s, error_code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "order_cancelled"));
+    let (s, body) = app
+        .post(
+            &format!("/commands/order/{id}"),
+            json!({"command": "confirm"}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "order_cancelled")
+    );
     // A cancel without a body is accepted too (and is a no-op now).
-    let r = app.client.post(app.url(&format!("/orders/{id}/cancel"))).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url(&format!("/orders/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(app.count("events").await, 2);
 }
@@ -108,7 +137,10 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
     let customer = Uuid::now_v7();
     let before = (app.count("events").await, app.count("outbox").await);
 
-    let big = format!("{{\"quantity\": 1, \"pad\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
+    let big = format!(
+        "{{\"quantity\": 1, \"pad\": \"{}\"}}",
+        "x".repeat(1024 * 1024 + 10)
+    );
     let cases: Vec<(&str, String, String, Option<&str>, StatusCode, &str)> = vec![
         ("malformed JSON", "/orders".into(), "{\"customer_id\": ".into(), None, StatusCode::BAD_REQUEST, "malformed_json"),
         ("not JSON at all", "/inventory/SKU-1/restock".into(), "quantity=5".into(), None, StatusCode::BAD_REQUEST, "malformed_json"),
@@ -161,7 +193,10 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
         .await
         .unwrap();
     let (status, body) = common::read(r).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_idempotency_key"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_idempotency_key")
+    );
     let r = app
         .client
         .post(app.url("/orders"))
@@ -174,7 +209,10 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
     let r = app.client.get(app.url("/orders")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 
-    assert_eq!((app.count("events").await, app.count("outbox").await), before);
+    assert_eq!(
+        (app.count("events").await, app.count("outbox").await),
+        before
+    );
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -188,21 +226,44 @@ async fn an_idempotency_key_returns_the_first_response_and_writes_nothing(pool: 
     assert!(!replayed1 && replayed2);
     assert_eq!(app.count("events").await, 1);
 
-    let (s, other, _) = app.post_with_key("/orders", "order-42", order(Uuid::now_v7())).await;
-    assert_eq!((s, error_code(&other)), (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"));
+    let (s, other, _) = app
+        .post_with_key("/orders", "order-42", order(Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (s, error_code(&other)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+    );
     // The same key on another route is another request, too.
-    let (s, _, _) = app.post_with_key("/inventory/SKU-1/restock", "order-42", json!({"quantity": 1})).await;
+    let (s, _, _) = app
+        .post_with_key(
+            "/inventory/SKU-1/restock",
+            "order-42",
+            json!({"quantity": 1}),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(app.count("events").await, 1);
 
     // A rejection is remembered as well: its repeat answers the same, even once it would pass.
     let key = "reserve-1";
-    let reserve = json!({"command": "reserve", "payload": {"order_id": Uuid::now_v7(), "quantity": 5}});
-    let (s, rejected, _) = app.post_with_key("/commands/inventory/SKU-7", key, reserve.clone()).await;
-    assert_eq!((s, error_code(&rejected)), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_stock"));
-    app.post("/inventory/SKU-7/restock", json!({"quantity": 10})).await;
-    let (s, again, replayed) = app.post_with_key("/commands/inventory/SKU-7", key, reserve).await;
-    assert_eq!((s, &again, replayed), (StatusCode::UNPROCESSABLE_ENTITY, &rejected, true));
+    let reserve =
+        json!({"command": "reserve", "payload": {"order_id": Uuid::now_v7(), "quantity": 5}});
+    let (s, rejected, _) = app
+        .post_with_key("/commands/inventory/SKU-7", key, reserve.clone())
+        .await;
+    assert_eq!(
+        (s, error_code(&rejected)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_stock")
+    );
+    app.post("/inventory/SKU-7/restock", json!({"quantity": 10}))
+        .await;
+    let (s, again, replayed) = app
+        .post_with_key("/commands/inventory/SKU-7", key, reserve)
+        .await;
+    assert_eq!(
+        (s, &again, replayed),
+        (StatusCode::UNPROCESSABLE_ENTITY, &rejected, true)
+    );
     assert_eq!(app.count("events").await, 2);
 }
 
@@ -220,7 +281,12 @@ async fn concurrent_commands_on_one_aggregate_lose_nothing(pool: PgPool) {
             (b.client.clone(), b.url("/inventory/HOT-1/restock"))
         };
         tasks.push(tokio::spawn(async move {
-            let r = client.post(url).json(&json!({"quantity": 3})).send().await.unwrap();
+            let r = client
+                .post(url)
+                .json(&json!({"quantity": 3}))
+                .send()
+                .await
+                .unwrap();
             common::read(r).await
         }));
     }
@@ -256,9 +322,12 @@ async fn concurrent_commands_on_one_aggregate_lose_nothing(pool: PgPool) {
 async fn streams_are_read_in_pages(pool: PgPool) {
     let app = start(pool).await;
     for _ in 0..5 {
-        app.post("/inventory/PAGED/restock", json!({"quantity": 1})).await;
+        app.post("/inventory/PAGED/restock", json!({"quantity": 1}))
+            .await;
     }
-    let (s, page) = app.get("/streams/inventory-PAGED/events?from_version=2&limit=2").await;
+    let (s, page) = app
+        .get("/streams/inventory-PAGED/events?from_version=2&limit=2")
+        .await;
     assert_eq!(s, StatusCode::OK);
     let versions: Vec<i64> = page["events"]
         .as_array()
@@ -268,15 +337,31 @@ async fn streams_are_read_in_pages(pool: PgPool) {
         .collect();
     assert_eq!(versions, [2, 3]);
     assert_eq!(page["next_from_version"], 4);
-    let (_, last) = app.get("/streams/inventory-PAGED/events?from_version=4&limit=10").await;
+    let (_, last) = app
+        .get("/streams/inventory-PAGED/events?from_version=4&limit=10")
+        .await;
     assert_eq!(last["events"].as_array().unwrap().len(), 2);
     assert_eq!(last["next_from_version"], Value::Null);
 
     let (s, body) = app.get("/streams/inventory-NOPE/events").await;
-    assert_eq!((s, error_code(&body)), (StatusCode::NOT_FOUND, "stream_not_found"));
-    for bad in ["limit=0", "limit=5000", "from_version=0", "from_version=abc"] {
-        let (s, body) = app.get(&format!("/streams/inventory-PAGED/events?{bad}")).await;
-        assert_eq!((s, error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"), "{bad}");
+    assert_eq!(
+        (s, error_code(&body)),
+        (StatusCode::NOT_FOUND, "stream_not_found")
+    );
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "from_version=0",
+        "from_version=abc",
+    ] {
+        let (s, body) = app
+            .get(&format!("/streams/inventory-PAGED/events?{bad}"))
+            .await;
+        assert_eq!(
+            (s, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_query"),
+            "{bad}"
+        );
     }
     let (s, body) = app.get("/healthz").await;
     assert_eq!((s, body), (StatusCode::OK, json!({"status": "ok"})));

@@ -85,7 +85,9 @@ pub fn encode_event<E: DomainEvent>(event: &E) -> (String, Value) {
         Value::Object(mut map) => {
             let event_type = match map.remove("event_type") {
                 Some(Value::String(t)) => t,
-                _ => panic!("domain events must be #[serde(tag = \"event_type\", content = \"payload\")]"),
+                _ => panic!(
+                    "domain events must be #[serde(tag = \"event_type\", content = \"payload\")]"
+                ),
             };
             let payload = map.remove("payload").unwrap_or(Value::Null);
             (event_type, payload)
@@ -95,7 +97,10 @@ pub fn encode_event<E: DomainEvent>(event: &E) -> (String, Value) {
 }
 
 /// Rebuilds an event enum value from a stored `(event_type, payload)` pair.
-pub fn decode_event<E: DomainEvent>(event_type: &str, payload: &Value) -> Result<E, serde_json::Error> {
+pub fn decode_event<E: DomainEvent>(
+    event_type: &str,
+    payload: &Value,
+) -> Result<E, serde_json::Error> {
     let mut map = serde_json::Map::with_capacity(2);
     map.insert("event_type".into(), Value::String(event_type.to_owned()));
     if !payload.is_null() {

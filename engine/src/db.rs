@@ -22,17 +22,24 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     let mut conn = PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(&format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
+        match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it at the same moment.
             Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some(DUPLICATE_DATABASE) | Some(UNIQUE_VIOLATION)) => {}
+                if matches!(
+                    e.code().as_deref(),
+                    Some(DUPLICATE_DATABASE) | Some(UNIQUE_VIOLATION)
+                ) => {}
             Err(e) => return Err(e),
         }
     }

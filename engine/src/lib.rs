@@ -3,12 +3,15 @@
 
 pub mod aggregate;
 pub mod command;
+pub mod consumer;
 pub mod db;
+pub mod doorbell;
 pub mod envelope;
 pub mod http;
 pub mod outbox;
 pub mod store;
 pub mod testing;
+pub mod transport;
 
 pub use aggregate::{Aggregate, DomainCommand, DomainError, DomainEvent};
 pub use envelope::{Envelope, Metadata, RecordedEvent};

@@ -78,7 +78,7 @@ async fn restock(
     if let Err(message) = Inventory::validate_id(&sku) {
         return ApiError::bad_request("invalid_id", message).into_response();
     }
-    let request = with_command(request, |b| InventoryCommand::Restock {
+    let request = request.map(|b| InventoryCommand::Restock {
         quantity: b.quantity,
     });
     run_command(&domain.inventory, &sku, request, false, accepted_body).await
@@ -89,7 +89,7 @@ async fn deposit(
     PathParams(customer_id): PathParams<Uuid>,
     request: CommandRequest<DepositBody>,
 ) -> Response {
-    let request = with_command(request, |b| AccountCommand::Deposit {
+    let request = request.map(|b| AccountCommand::Deposit {
         amount_cents: b.amount_cents,
     });
     let id = customer_id.to_string();
@@ -103,7 +103,7 @@ async fn place_order(
     request: CommandRequest<PlaceOrderBody>,
 ) -> Response {
     let order_id = Uuid::now_v7();
-    let request = with_command(request, |b| OrderCommand::Place {
+    let request = request.map(|b| OrderCommand::Place {
         customer_id: b.customer_id,
         lines: b.lines,
     });
@@ -114,7 +114,14 @@ async fn place_order(
             "version": outcome.version,
         })
     };
-    run_command(&domain.orders, &order_id.to_string(), request, true, respond).await
+    run_command(
+        &domain.orders,
+        &order_id.to_string(),
+        request,
+        true,
+        respond,
+    )
+    .await
 }
 
 async fn cancel_order(
@@ -122,20 +129,11 @@ async fn cancel_order(
     PathParams(order_id): PathParams<Uuid>,
     request: CommandRequest<Option<CancelBody>>,
 ) -> Response {
-    let request = with_command(request, |b| OrderCommand::Cancel {
+    let request = request.map(|b| OrderCommand::Cancel {
         reason: b.and_then(|b| b.reason),
     });
     let id = order_id.to_string();
     run_command(&domain.orders, &id, request, false, accepted_body).await
-}
-
-/// The same request, carrying the command built from its body.
-fn with_command<B, C>(request: CommandRequest<B>, command: impl FnOnce(B) -> C) -> CommandRequest<C> {
-    CommandRequest {
-        body: command(request.body),
-        metadata: request.metadata,
-        idempotency: request.idempotency,
-    }
 }
 
 #[cfg(test)]

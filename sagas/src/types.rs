@@ -17,112 +17,65 @@ use serde::{Deserialize, Serialize};
 #[error("{0}")]
 pub struct InvalidValue(&'static str);
 
-/// A number of units of one SKU: always in `1..=1_000_000`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
-pub struct Quantity(i64);
+/// Declares an `i64` newtype whose value is always in `MIN..=MAX`: checked by `new`, and by
+/// deserialization (which refuses anything but a JSON integer). It serializes as that integer.
+macro_rules! bounded_i64 {
+    ($(#[$doc:meta])* $name:ident in $min:expr, $max:expr; $rule:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "i64", into = "i64")]
+        pub struct $name(i64);
 
-impl Quantity {
-    pub const MAX: i64 = 1_000_000;
+        impl $name {
+            pub const MIN: i64 = $min;
+            pub const MAX: i64 = $max;
 
-    pub fn new(units: i64) -> Result<Self, InvalidValue> {
-        if (1..=Self::MAX).contains(&units) {
-            Ok(Quantity(units))
-        } else {
-            Err(InvalidValue("quantity must be a positive integer of at most 1000000"))
+            pub fn new(value: i64) -> Result<Self, InvalidValue> {
+                if (Self::MIN..=Self::MAX).contains(&value) {
+                    Ok($name(value))
+                } else {
+                    Err(InvalidValue($rule))
+                }
+            }
+
+            pub fn get(self) -> i64 {
+                self.0
+            }
         }
-    }
 
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
+        impl TryFrom<i64> for $name {
+            type Error = InvalidValue;
 
-impl TryFrom<i64> for Quantity {
-    type Error = InvalidValue;
-
-    fn try_from(units: i64) -> Result<Self, InvalidValue> {
-        Quantity::new(units)
-    }
-}
-
-impl From<Quantity> for i64 {
-    fn from(q: Quantity) -> i64 {
-        q.0
-    }
-}
-
-/// An amount of money to move, in integer cents: always in `1..=1_000_000_000_000`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
-pub struct AmountCents(i64);
-
-impl AmountCents {
-    pub const MAX: i64 = 1_000_000_000_000;
-
-    pub fn new(cents: i64) -> Result<Self, InvalidValue> {
-        if (1..=Self::MAX).contains(&cents) {
-            Ok(AmountCents(cents))
-        } else {
-            Err(InvalidValue(
-                "amount_cents must be a positive integer number of cents of at most 1000000000000",
-            ))
+            fn try_from(value: i64) -> Result<Self, InvalidValue> {
+                $name::new(value)
+            }
         }
-    }
 
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
-
-impl TryFrom<i64> for AmountCents {
-    type Error = InvalidValue;
-
-    fn try_from(cents: i64) -> Result<Self, InvalidValue> {
-        AmountCents::new(cents)
-    }
-}
-
-impl From<AmountCents> for i64 {
-    fn from(a: AmountCents) -> i64 {
-        a.0
-    }
-}
-
-/// A unit price in integer cents: never negative (free items are allowed), at most
-/// [`AmountCents::MAX`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
-pub struct PriceCents(i64);
-
-impl PriceCents {
-    pub fn new(cents: i64) -> Result<Self, InvalidValue> {
-        if (0..=AmountCents::MAX).contains(&cents) {
-            Ok(PriceCents(cents))
-        } else {
-            Err(InvalidValue(
-                "unit_price_cents must be a non-negative integer number of cents of at most 1000000000000",
-            ))
+        impl From<$name> for i64 {
+            fn from(value: $name) -> i64 {
+                value.0
+            }
         }
-    }
-
-    pub fn get(self) -> i64 {
-        self.0
-    }
+    };
 }
 
-impl TryFrom<i64> for PriceCents {
-    type Error = InvalidValue;
-
-    fn try_from(cents: i64) -> Result<Self, InvalidValue> {
-        PriceCents::new(cents)
-    }
+bounded_i64! {
+    /// A number of units of one SKU: always in `1..=1_000_000`.
+    Quantity in 1, 1_000_000;
+    "quantity must be a positive integer of at most 1000000"
 }
 
-impl From<PriceCents> for i64 {
-    fn from(p: PriceCents) -> i64 {
-        p.0
-    }
+bounded_i64! {
+    /// An amount of money to move, in integer cents: always in `1..=1_000_000_000_000`.
+    AmountCents in 1, 1_000_000_000_000;
+    "amount_cents must be a positive integer number of cents of at most 1000000000000"
+}
+
+bounded_i64! {
+    /// A unit price in integer cents: never negative (free items are allowed), at most
+    /// [`AmountCents::MAX`].
+    PriceCents in 0, AmountCents::MAX;
+    "unit_price_cents must be a non-negative integer number of cents of at most 1000000000000"
 }
 
 /// A stock keeping unit: 1 to 64 characters of `A-Z a-z 0-9 _ . -`, so it is safe in a URL
@@ -195,9 +148,14 @@ mod tests {
 
     #[test]
     fn quantity_accepts_only_positive_integers_up_to_the_max() {
-        assert_eq!(serde_json::from_value::<Quantity>(json!(1)).unwrap().get(), 1);
         assert_eq!(
-            serde_json::from_value::<Quantity>(json!(1_000_000)).unwrap().get(),
+            serde_json::from_value::<Quantity>(json!(1)).unwrap().get(),
+            1
+        );
+        assert_eq!(
+            serde_json::from_value::<Quantity>(json!(1_000_000))
+                .unwrap()
+                .get(),
             1_000_000
         );
         for bad in [
@@ -217,8 +175,14 @@ mod tests {
         let message = serde_json::from_value::<Quantity>(json!(0))
             .unwrap_err()
             .to_string();
-        assert!(message.contains("quantity must be a positive integer"), "{message}");
-        assert_eq!(serde_json::to_value(Quantity::new(7).unwrap()).unwrap(), json!(7));
+        assert!(
+            message.contains("quantity must be a positive integer"),
+            "{message}"
+        );
+        assert_eq!(
+            serde_json::to_value(Quantity::new(7).unwrap()).unwrap(),
+            json!(7)
+        );
     }
 
     #[test]
@@ -229,7 +193,10 @@ mod tests {
         assert!(AmountCents::new(-5).is_err());
         assert!(AmountCents::new(AmountCents::MAX + 1).is_err());
         assert!(serde_json::from_value::<AmountCents>(json!("100")).is_err());
-        assert_eq!(serde_json::to_value(AmountCents::new(250).unwrap()).unwrap(), json!(250));
+        assert_eq!(
+            serde_json::to_value(AmountCents::new(250).unwrap()).unwrap(),
+            json!(250)
+        );
     }
 
     #[test]
@@ -250,7 +217,10 @@ mod tests {
         }
         assert!(serde_json::from_value::<Sku>(json!("")).is_err());
         assert!(serde_json::from_value::<Sku>(json!(5)).is_err());
-        assert_eq!(serde_json::to_value(Sku::new("abc").unwrap()).unwrap(), json!("abc"));
+        assert_eq!(
+            serde_json::to_value(Sku::new("abc").unwrap()).unwrap(),
+            json!("abc")
+        );
     }
 
     #[test]

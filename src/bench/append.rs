@@ -81,7 +81,11 @@ pub async fn run(args: AppendArgs, database: &DatabaseArgs) -> anyhow::Result<()
     println!("sagaflow commands: {http_rate:>9.0} commands/s");
     println!(
         "ratio sagaflow/raw: {:.2} (target >= 0.80)",
-        if raw_rate > 0.0 { http_rate / raw_rate } else { 0.0 }
+        if raw_rate > 0.0 {
+            http_rate / raw_rate
+        } else {
+            0.0
+        }
     );
     Ok(())
 }
@@ -145,7 +149,11 @@ async fn http_phase(
     collect(workers, start).await
 }
 
-async fn raw_phase(pool: &PgPool, concurrency: usize, duration: Duration) -> anyhow::Result<PhaseResult> {
+async fn raw_phase(
+    pool: &PgPool,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<PhaseResult> {
     let (progress, _guard) = Progress::start("raw", None);
     let start = Instant::now();
     let deadline = start + duration;
@@ -176,7 +184,8 @@ async fn raw_insert(pool: &PgPool) -> Result<(), sqlx::Error> {
     let message_id = Uuid::now_v7();
     let stream_id = format!("order-{}", Uuid::now_v7());
     let body = order_body();
-    let payload = json!({"customer_id": body["customer_id"], "lines": body["lines"], "total_cents": 7499});
+    let payload =
+        json!({"customer_id": body["customer_id"], "lines": body["lines"], "total_cents": 7499});
     let metadata = json!({"correlation_id": Uuid::now_v7()});
     let envelope = json!({
         "message_id": message_id, "stream_id": stream_id, "stream_version": 1,

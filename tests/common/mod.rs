@@ -6,6 +6,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 
+pub mod transport;
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -15,7 +17,9 @@ pub struct TestApp {
 /// Serves the whole application over `pool` on an ephemeral port.
 pub async fn start(pool: PgPool) -> TestApp {
     let app = sagaflow::build_app(pool.clone());
-    let addr = sagaflow::spawn_server(app.router).await.expect("bind a loopback port");
+    let addr = sagaflow::spawn_server(app.router)
+        .await
+        .expect("bind a loopback port");
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
@@ -29,11 +33,22 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self.client.post(self.url(path)).json(&body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         read(r).await
     }
 
-    pub async fn post_with_key(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value, bool) {
+    pub async fn post_with_key(
+        &self,
+        path: &str,
+        key: &str,
+        body: Value,
+    ) -> (StatusCode, Value, bool) {
         let r = self
             .client
             .post(self.url(path))
@@ -62,14 +77,23 @@ impl TestApp {
 pub async fn read(r: reqwest::Response) -> (StatusCode, Value) {
     let status = r.status();
     let bytes = r.bytes().await.unwrap();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("status {status}: body is not JSON: {}", String::from_utf8_lossy(&bytes)));
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "status {status}: body is not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
     (status, body)
 }
 
 /// Asserts the error shape `{"error": {"code", "message"}}` and returns the code.
 pub fn error_code(body: &Value) -> &str {
     let error = &body["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
-    error["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message in {body}"
+    );
+    error["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
 }

@@ -48,10 +48,12 @@ impl IdempotencyRequest {
     }
 
     pub async fn lookup(&self, pool: &PgPool) -> Result<Option<Previous>, sqlx::Error> {
-        let row = sqlx::query("SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1")
-            .bind(&self.key)
-            .fetch_optional(pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1",
+        )
+        .bind(&self.key)
+        .fetch_optional(pool)
+        .await?;
         Ok(row.map(|row| {
             let hash: Vec<u8> = row.get(0);
             if hash != self.request_hash {
@@ -96,7 +98,11 @@ impl IdempotencyRequest {
 
     /// Remembers a response that wrote no events (a rejection). Returns what an earlier request
     /// left if the key was taken meanwhile.
-    pub async fn remember(&self, pool: &PgPool, response: &StoredResponse) -> Result<Option<Previous>, sqlx::Error> {
+    pub async fn remember(
+        &self,
+        pool: &PgPool,
+        response: &StoredResponse,
+    ) -> Result<Option<Previous>, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (key, request_hash, status_code, response) VALUES ($1, $2, $3, $4)
              ON CONFLICT (key) DO NOTHING RETURNING key",

@@ -24,8 +24,9 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::aggregate::{decode_event, encode_event, stream_id, Aggregate, DomainEvent};
+use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
-use crate::outbox::{self, OutboxMessage};
+use crate::outbox::{self, OutboxMessage, OUTBOX_CHANNEL};
 use crate::store::{AppendError, EventStore, NewEvent, StoreError};
 
 /// Settings of the command bus.
@@ -49,19 +50,27 @@ impl Default for CommandBusConfig {
     }
 }
 
-/// Shared by every [`Repository`]: the store and its settings.
+/// Shared by every [`Repository`]: the store, its settings, and the doorbell that wakes the
+/// outbox relay after a commit.
 #[derive(Clone)]
 pub struct CommandBus {
     store: EventStore,
     config: Arc<CommandBusConfig>,
+    outbox_bell: Doorbell,
 }
 
 impl CommandBus {
     pub fn new(pool: PgPool, config: CommandBusConfig) -> Self {
         CommandBus {
+            outbox_bell: Doorbell::new(pool.clone(), OUTBOX_CHANNEL),
             store: EventStore::new(pool),
             config: Arc::new(config),
         }
+    }
+
+    /// Rung after every commit that wrote outbox rows.
+    pub fn outbox_bell(&self) -> &Doorbell {
+        &self.outbox_bell
     }
 
     pub fn store(&self) -> &EventStore {
@@ -184,7 +193,8 @@ impl<A: Aggregate> Repository<A> {
         }
         let stream = stream_id::<A>(id);
         let mut cache = self.stripe(&stream).lock().await;
-        let mut fresh = false;
+        // A freshly minted stream has nothing to load, so a rejection needs no second look.
+        let mut fresh = ctx.new_stream;
         let mut loaded = match cache.remove(&stream) {
             Some(l) => l,
             None if ctx.new_stream => Loaded {
@@ -193,7 +203,14 @@ impl<A: Aggregate> Repository<A> {
             },
             None => {
                 fresh = true;
-                self.replay(&stream, Loaded { version: 0, state: A::default() }).await?
+                self.replay(
+                    &stream,
+                    Loaded {
+                        version: 0,
+                        state: A::default(),
+                    },
+                )
+                .await?
             }
         };
         let max_attempts = self.bus.config.max_attempts.max(1);
@@ -222,7 +239,10 @@ impl<A: Aggregate> Repository<A> {
                     }
                 }
             };
-            match self.commit(&stream, &loaded, decided.clone(), ctx, &respond).await {
+            match self
+                .commit(&stream, &loaded, decided.clone(), ctx, &respond)
+                .await
+            {
                 Ok(CommitResult::Committed { outcome, response }) => {
                     for e in &decided {
                         loaded.state.apply(e);
@@ -234,10 +254,15 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Ok(CommitResult::Replayed(previous)) => {
                     cache.insert(stream.clone(), loaded);
-                    let idem = ctx.idempotency.as_ref().expect("only keyed commands replay");
+                    let idem = ctx
+                        .idempotency
+                        .as_ref()
+                        .expect("only keyed commands replay");
                     return replayed(previous, idem);
                 }
-                Err(AppendError::Conflict { actual, expected, .. }) => {
+                Err(AppendError::Conflict {
+                    actual, expected, ..
+                }) => {
                     tracing::debug!(%stream, expected, actual, attempt, "append conflict, deciding again");
                     loaded = self.replay(&stream, loaded).await?;
                     fresh = true;
@@ -301,7 +326,11 @@ impl<A: Aggregate> Repository<A> {
                 return Ok(CommitResult::Replayed(previous));
             }
         }
-        let recorded = self.bus.store.append(&mut tx, stream, loaded.version, &new_events).await?;
+        let recorded = self
+            .bus
+            .store
+            .append(&mut tx, stream, loaded.version, &new_events)
+            .await?;
         let topic = format!("{}.events", A::CONTEXT);
         let messages: Vec<OutboxMessage> = recorded
             .iter()
@@ -314,7 +343,9 @@ impl<A: Aggregate> Repository<A> {
         outbox::enqueue(&mut tx, &messages).await?;
         let outcome = CommandOutcome {
             stream_id: stream.to_owned(),
-            version: recorded.last().map_or(loaded.version, |r| r.envelope.stream_version),
+            version: recorded
+                .last()
+                .map_or(loaded.version, |r| r.envelope.stream_version),
             events: recorded,
         };
         let response = respond(&outcome);
@@ -322,6 +353,9 @@ impl<A: Aggregate> Repository<A> {
             idem.store_response(&mut tx, &response).await?;
         }
         tx.commit().await?;
+        if !outcome.events.is_empty() {
+            self.bus.outbox_bell.ring();
+        }
         Ok(CommitResult::Committed { outcome, response })
     }
 
@@ -329,7 +363,11 @@ impl<A: Aggregate> Repository<A> {
     async fn replay(&self, stream: &str, mut from: Loaded<A>) -> Result<Loaded<A>, StoreError> {
         const PAGE: i64 = 1000;
         loop {
-            let page = self.bus.store.read_stream(stream, from.version + 1, PAGE).await?;
+            let page = self
+                .bus
+                .store
+                .read_stream(stream, from.version + 1, PAGE)
+                .await?;
             for e in &page {
                 from.state.apply(&decode::<A>(e)?);
                 from.version = e.envelope.stream_version;
@@ -369,7 +407,9 @@ fn replayed<E: std::error::Error + 'static>(
 ) -> Result<Executed, CommandError<E>> {
     match previous {
         Previous::Same(response) => Ok(Executed::Replayed(response)),
-        Previous::Mismatch => Err(CommandError::IdempotencyMismatch { key: idem.key.clone() }),
+        Previous::Mismatch => Err(CommandError::IdempotencyMismatch {
+            key: idem.key.clone(),
+        }),
     }
 }
 

@@ -91,7 +91,9 @@ async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
     let repo = repo(&pool);
     let ctx = CommandContext::default();
     for _ in 0..3 {
-        repo.execute("1", &CounterCommand::Add { n: 5 }, &ctx, ok).await.unwrap();
+        repo.execute("1", &CounterCommand::Add { n: 5 }, &ctx, ok)
+            .await
+            .unwrap();
     }
     let loaded = repo.load("1").await.unwrap();
     assert_eq!((loaded.version, loaded.state.value), (3, 15));
@@ -104,7 +106,9 @@ async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
     .unwrap();
     assert_eq!(
         outbox,
-        (1..=3).map(|v| ("test.events".to_owned(), "counter-1".to_owned(), v)).collect::<Vec<_>>()
+        (1..=3)
+            .map(|v| ("test.events".to_owned(), "counter-1".to_owned(), v))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -112,8 +116,13 @@ async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
 async fn a_rejection_writes_nothing(pool: PgPool) {
     let repo = repo(&pool);
     let ctx = CommandContext::default();
-    repo.execute("1", &CounterCommand::Add { n: 90 }, &ctx, ok).await.unwrap();
-    let err = repo.execute("1", &CounterCommand::Add { n: 20 }, &ctx, ok).await.unwrap_err();
+    repo.execute("1", &CounterCommand::Add { n: 90 }, &ctx, ok)
+        .await
+        .unwrap();
+    let err = repo
+        .execute("1", &CounterCommand::Add { n: 20 }, &ctx, ok)
+        .await
+        .unwrap_err();
     assert!(matches!(err, CommandError::Rejected(CounterError::TooHigh)));
     assert_eq!(count(&pool, "events").await, 1);
     assert_eq!(count(&pool, "outbox").await, 1);
@@ -124,12 +133,21 @@ async fn a_stale_cache_is_refreshed_by_the_conflict_and_decided_again(pool: PgPo
     // Two repositories over one database behave like two engine processes.
     let (a, b) = (repo(&pool), repo(&pool));
     let ctx = CommandContext::default();
-    a.execute("1", &CounterCommand::Add { n: 10 }, &ctx, ok).await.unwrap();
-    b.execute("1", &CounterCommand::Add { n: 80 }, &ctx, ok).await.unwrap();
+    a.execute("1", &CounterCommand::Add { n: 10 }, &ctx, ok)
+        .await
+        .unwrap();
+    b.execute("1", &CounterCommand::Add { n: 80 }, &ctx, ok)
+        .await
+        .unwrap();
     // `a` caches value 10 at version 1; its append conflicts, it reloads and decides on 90.
-    let err = a.execute("1", &CounterCommand::Add { n: 20 }, &ctx, ok).await.unwrap_err();
+    let err = a
+        .execute("1", &CounterCommand::Add { n: 20 }, &ctx, ok)
+        .await
+        .unwrap_err();
     assert!(matches!(err, CommandError::Rejected(_)), "{err:?}");
-    a.execute("1", &CounterCommand::Add { n: 10 }, &ctx, ok).await.unwrap();
+    a.execute("1", &CounterCommand::Add { n: 10 }, &ctx, ok)
+        .await
+        .unwrap();
     let loaded = b.load("1").await.unwrap();
     assert_eq!((loaded.version, loaded.state.value), (3, 100));
 }
@@ -140,14 +158,21 @@ async fn concurrent_commands_from_two_processes_lose_no_update(pool: PgPool) {
         max_attempts: 3,
         ..Default::default()
     };
-    let a = Arc::new(Repository::<Counter>::new(CommandBus::new(pool.clone(), config.clone())));
-    let b = Arc::new(Repository::<Counter>::new(CommandBus::new(pool.clone(), config)));
+    let a = Arc::new(Repository::<Counter>::new(CommandBus::new(
+        pool.clone(),
+        config.clone(),
+    )));
+    let b = Arc::new(Repository::<Counter>::new(CommandBus::new(
+        pool.clone(),
+        config,
+    )));
     let mut tasks = Vec::new();
     for i in 0..50 {
         let repo = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
             let ctx = CommandContext::default();
-            repo.execute("hot", &CounterCommand::Add { n: 1 }, &ctx, ok).await
+            repo.execute("hot", &CounterCommand::Add { n: 1 }, &ctx, ok)
+                .await
         }));
     }
     let mut applied = 0;
@@ -158,11 +183,12 @@ async fn concurrent_commands_from_two_processes_lose_no_update(pool: PgPool) {
             Err(e) => panic!("{e}"),
         }
     }
-    let versions: Vec<i64> =
-        sqlx::query_scalar("SELECT stream_version FROM events WHERE stream_id = 'counter-hot' ORDER BY 1")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "SELECT stream_version FROM events WHERE stream_id = 'counter-hot' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(versions, (1..=applied).collect::<Vec<_>>());
     assert_eq!(a.load("hot").await.unwrap().state.value, applied);
 }
@@ -185,7 +211,10 @@ async fn an_idempotency_key_replays_the_first_response_and_writes_nothing(pool: 
         .await
         .unwrap();
     assert!(matches!(first, Executed::Applied { .. }));
-    let second = repo.execute("1", &CounterCommand::Add { n: 1 }, &ctx, ok).await.unwrap();
+    let second = repo
+        .execute("1", &CounterCommand::Add { n: 1 }, &ctx, ok)
+        .await
+        .unwrap();
     match second {
         Executed::Replayed(r) => assert_eq!(r.body, serde_json::json!({ "version": 1 })),
         other => panic!("{other:?}"),
@@ -216,7 +245,9 @@ async fn concurrent_requests_with_one_key_apply_once(pool: PgPool) {
                 idempotency: Some(IdempotencyRequest::new("same", "POST", "/x", b"{}")),
                 ..Default::default()
             };
-            repo.execute("1", &CounterCommand::Add { n: 1 }, &ctx, ok).await.unwrap()
+            repo.execute("1", &CounterCommand::Add { n: 1 }, &ctx, ok)
+                .await
+                .unwrap()
         }));
     }
     let mut applied = 0;
@@ -237,7 +268,9 @@ async fn a_command_that_decides_nothing_writes_nothing(pool: PgPool) {
         .await
         .unwrap();
     match outcome {
-        Executed::Applied { outcome, .. } => assert_eq!((outcome.version, outcome.events.len()), (0, 0)),
+        Executed::Applied { outcome, .. } => {
+            assert_eq!((outcome.version, outcome.events.len()), (0, 0))
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(count(&pool, "events").await, 0);

@@ -60,11 +60,19 @@ impl From<sqlx::Error> for ApiError {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 tracing::warn!(error = %e, "database unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database is unavailable, retry later")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is unavailable, retry later",
+                )
             }
             e => {
                 tracing::error!(error = %e, "database error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }
@@ -76,7 +84,11 @@ impl From<StoreError> for ApiError {
             StoreError::Database(e) => e.into(),
             e @ StoreError::Decode { .. } => {
                 tracing::error!(error = %e, "undecodable stored event");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "undecodable_event", e.to_string())
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "undecodable_event",
+                    e.to_string(),
+                )
             }
         }
     }
@@ -85,10 +97,16 @@ impl From<StoreError> for ApiError {
 impl<E: DomainError> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Rejected(r) if r.is_not_found() => ApiError::not_found(r.code(), r.to_string()),
+            CommandError::Rejected(r) if r.is_not_found() => {
+                ApiError::not_found(r.code(), r.to_string())
+            }
             CommandError::Rejected(r) => ApiError::unprocessable(r.code(), r.to_string()),
-            e @ CommandError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "concurrency_conflict", e.to_string()),
-            e @ CommandError::IdempotencyMismatch { .. } => ApiError::unprocessable("idempotency_key_reused", e.to_string()),
+            e @ CommandError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "concurrency_conflict", e.to_string())
+            }
+            e @ CommandError::IdempotencyMismatch { .. } => {
+                ApiError::unprocessable("idempotency_key_reused", e.to_string())
+            }
             CommandError::Store(e) => e.into(),
         }
     }

@@ -23,6 +23,17 @@ pub struct CommandRequest<T> {
     pub idempotency: Option<IdempotencyRequest>,
 }
 
+impl<T> CommandRequest<T> {
+    /// The same request carrying another body, typically the command built from it.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> CommandRequest<U> {
+        CommandRequest {
+            body: f(self.body),
+            metadata: self.metadata,
+            idempotency: self.idempotency,
+        }
+    }
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandRequest<T> {
     type Rejection = ApiError;
 
@@ -59,15 +70,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandRequest<T> {
 /// An empty body reads as JSON `null`, so routes whose body is optional take an `Option`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return serde_json::from_slice(b"null")
-            .map_err(|_| ApiError::bad_request("missing_body", "this route needs a JSON request body"));
+        return serde_json::from_slice(b"null").map_err(|_| {
+            ApiError::bad_request("missing_body", "this route needs a JSON request body")
+        });
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))
-        }
+    let parsed = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        ),
         Category::Data => ApiError::unprocessable("invalid_body", e.to_string()),
-    })
+    })?;
+    // serde lets a struct be written as an array of its fields; a body must be an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            "request body must be a JSON object",
+        ));
+    }
+    Ok(parsed)
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -76,7 +97,9 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Some(v) => {
             let v = v.to_str().unwrap_or_default().to_ascii_lowercase();
             let mime = v.split(';').next().unwrap_or_default().trim();
-            if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+            if mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+            {
                 Ok(())
             } else {
                 Err(ApiError::new(
@@ -97,12 +120,17 @@ pub fn metadata_from_headers(headers: &HeaderMap) -> Result<Metadata, ApiError> 
             .to_str()
             .ok()
             .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| ApiError::bad_request("invalid_correlation_id", "X-Correlation-Id must be a UUID"))?;
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_correlation_id", "X-Correlation-Id must be a UUID")
+            })?;
     }
     if let Some(v) = headers.get("traceparent") {
         let tp = v.to_str().unwrap_or_default();
         if !is_traceparent(tp) {
-            return Err(ApiError::bad_request("invalid_traceparent", "traceparent must be a W3C trace context"));
+            return Err(ApiError::bad_request(
+                "invalid_traceparent",
+                "traceparent must be a W3C trace context",
+            ));
         }
         metadata.traceparent = Some(tp.to_owned());
     }
@@ -112,7 +140,11 @@ pub fn metadata_from_headers(headers: &HeaderMap) -> Result<Metadata, ApiError> 
 fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -120,7 +152,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     match v.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_owned())),
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
         _ => Err(ApiError::bad_request(
             "invalid_idempotency_key",
             "Idempotency-Key must be 1 to 255 visible ASCII characters",

@@ -7,7 +7,9 @@ mod extract;
 mod registry;
 
 pub use error::ApiError;
-pub use extract::{metadata_from_headers, parse_json, CommandRequest, PathParams, QueryParams, MAX_BODY_BYTES};
+pub use extract::{
+    metadata_from_headers, parse_json, CommandRequest, PathParams, QueryParams, MAX_BODY_BYTES,
+};
 pub use registry::{CommandRegistry, DynRepository};
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -21,7 +23,9 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::aggregate::{Aggregate, DomainCommand};
-use crate::command::{CommandContext, CommandError, CommandOutcome, Executed, Previous, Repository, StoredResponse};
+use crate::command::{
+    CommandContext, CommandError, CommandOutcome, Executed, Previous, Repository, StoredResponse,
+};
 use crate::envelope::RecordedEvent;
 use crate::store::EventStore;
 
@@ -36,7 +40,10 @@ pub struct EngineState {
 /// `GET /streams/{stream_id}/events`, `GET /healthz`.
 pub fn router(state: EngineState) -> Router {
     Router::new()
-        .route("/commands/{aggregate_type}/{aggregate_id}", post(generic_command))
+        .route(
+            "/commands/{aggregate_type}/{aggregate_id}",
+            post(generic_command),
+        )
         .route("/streams/{stream_id}/events", get(stream_events))
         .route("/healthz", get(healthz))
         .with_state(state)
@@ -47,7 +54,11 @@ pub fn router(state: EngineState) -> Router {
 pub fn finish(app: Router) -> Router {
     app.fallback(|| async { ApiError::not_found("route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
@@ -122,13 +133,31 @@ pub async fn run_generic<A: Aggregate>(
     if let Err(message) = A::validate_id(id) {
         return ApiError::bad_request("invalid_id", message).into_response();
     }
-    let GenericCommand { command, payload } = request.body;
-    let mut tagged = serde_json::Map::new();
-    tagged.insert("command".into(), Value::String(command.clone()));
-    if let Some(payload) = payload {
-        tagged.insert("payload".into(), payload);
-    }
-    let command: A::Command = match serde_json::from_value(Value::Object(tagged)) {
+    let CommandRequest {
+        body: GenericCommand { command, payload },
+        metadata,
+        idempotency,
+    } = request;
+    let tagged = |payload: Option<Value>| {
+        let mut tagged = serde_json::Map::new();
+        tagged.insert("command".into(), Value::String(command.clone()));
+        if let Some(payload) = payload {
+            tagged.insert("payload".into(), payload);
+        }
+        Value::Object(tagged)
+    };
+    let parsed = match payload {
+        Some(payload) => serde_json::from_value(tagged(Some(payload))),
+        // Unit commands take no payload; commands whose fields are all optional take `{}`.
+        None => serde_json::from_value(tagged(None)).or_else(|e| {
+            if e.to_string().contains("missing field `payload`") {
+                serde_json::from_value(tagged(Some(Value::Object(Default::default()))))
+            } else {
+                Err(e)
+            }
+        }),
+    };
+    let command: A::Command = match parsed {
         Ok(c) => c,
         Err(e) if e.to_string().starts_with("unknown variant") => {
             return ApiError::unprocessable(
@@ -141,8 +170,8 @@ pub async fn run_generic<A: Aggregate>(
     };
     let request = CommandRequest {
         body: command,
-        metadata: request.metadata,
-        idempotency: request.idempotency,
+        metadata,
+        idempotency,
     };
     run_command(repo, id, request, false, accepted_body).await
 }
@@ -195,8 +224,10 @@ pub async fn run_command<A: Aggregate>(
                 Ok(None) => error.into_response(),
                 Ok(Some(Previous::Same(first))) => stored(first, true),
                 Ok(Some(Previous::Mismatch)) => {
-                    ApiError::from(CommandError::<A::Error>::IdempotencyMismatch { key: idem.key.clone() })
-                        .into_response()
+                    ApiError::from(CommandError::<A::Error>::IdempotencyMismatch {
+                        key: idem.key.clone(),
+                    })
+                    .into_response()
                 }
                 Err(e) => ApiError::from(e).into_response(),
             }
@@ -209,8 +240,10 @@ fn stored(response: StoredResponse, replayed: bool) -> Response {
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
     let mut r = (status, Json(response.body)).into_response();
     if replayed {
-        r.headers_mut()
-            .insert(HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true"));
+        r.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
     }
     r
 }
@@ -236,15 +269,27 @@ async fn stream_events(
 ) -> Result<Json<StreamPage>, ApiError> {
     let from_version = q.from_version.unwrap_or(1);
     if from_version < 1 {
-        return Err(ApiError::bad_request("invalid_query", "from_version must be at least 1"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "from_version must be at least 1",
+        ));
     }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 1000",
+        ));
     }
-    let events = state.store.read_stream(&stream_id, from_version, limit).await?;
+    let events = state
+        .store
+        .read_stream(&stream_id, from_version, limit)
+        .await?;
     if events.is_empty() && state.store.stream_version(&stream_id).await? == 0 {
-        return Err(ApiError::not_found("stream_not_found", format!("stream {stream_id:?} has no events")));
+        return Err(ApiError::not_found(
+            "stream_not_found",
+            format!("stream {stream_id:?} has no events"),
+        ));
     }
     let next_from_version = (events.len() as i64 == limit)
         .then(|| events.last().map(|e| e.envelope.stream_version + 1))

@@ -54,7 +54,11 @@ impl CommandRegistry {
                 typed: repo,
             },
         );
-        assert!(previous.is_none(), "aggregate type {} registered twice", A::TYPE);
+        assert!(
+            previous.is_none(),
+            "aggregate type {} registered twice",
+            A::TYPE
+        );
         self
     }
 

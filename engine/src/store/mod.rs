@@ -150,10 +150,12 @@ impl EventStore {
 
     /// The committed version of a stream (0 if it has no events).
     pub async fn stream_version(&self, stream_id: &str) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1")
-            .bind(stream_id)
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Reads up to `limit` events of a stream, starting at `from_version`, in version order.
@@ -181,7 +183,11 @@ impl EventStore {
     /// position order. Positions come from an identity column: a reader that follows the head
     /// while appends are in flight can see a later position commit before an earlier one, so
     /// live consumers follow the outbox transport, not this method.
-    pub async fn read_all(&self, after_position: i64, limit: i64) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    pub async fn read_all(
+        &self,
+        after_position: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT global_position, stream_id, stream_version, message_id, event_type, schema_version,
                     payload, metadata, recorded_at
@@ -198,10 +204,11 @@ impl EventStore {
 
 fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, sqlx::Error> {
     let metadata: Value = row.try_get("metadata")?;
-    let metadata: Metadata = serde_json::from_value(metadata).map_err(|e| sqlx::Error::ColumnDecode {
-        index: "metadata".into(),
-        source: Box::new(e),
-    })?;
+    let metadata: Metadata =
+        serde_json::from_value(metadata).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "metadata".into(),
+            source: Box::new(e),
+        })?;
     Ok(RecordedEvent {
         global_position: row.try_get("global_position")?,
         recorded_at: row.try_get::<DateTime<Utc>, _>("recorded_at")?,

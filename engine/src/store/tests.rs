@@ -26,16 +26,36 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
 async fn appends_number_versions_from_the_expected_one(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
-    let first = store.append(&mut tx, "c-1", 0, &[new_event(1), new_event(2)]).await.unwrap();
-    let second = store.append(&mut tx, "c-1", 2, &[new_event(3)]).await.unwrap();
+    let first = store
+        .append(&mut tx, "c-1", 0, &[new_event(1), new_event(2)])
+        .await
+        .unwrap();
+    let second = store
+        .append(&mut tx, "c-1", 2, &[new_event(3)])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
-    let versions: Vec<i64> = first.iter().chain(&second).map(|e| e.envelope.stream_version).collect();
+    let versions: Vec<i64> = first
+        .iter()
+        .chain(&second)
+        .map(|e| e.envelope.stream_version)
+        .collect();
     assert_eq!(versions, [1, 2, 3]);
 
     let read = store.read_stream("c-1", 1, 100).await.unwrap();
-    assert_eq!(read.iter().map(|e| e.envelope.payload["n"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        read.iter()
+            .map(|e| e.envelope.payload["n"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(read, [first, second].concat());
-    assert_eq!(store.read_stream("c-1", 2, 1).await.unwrap()[0].envelope.stream_version, 2);
+    assert_eq!(
+        store.read_stream("c-1", 2, 1).await.unwrap()[0]
+            .envelope
+            .stream_version,
+        2
+    );
     assert_eq!(store.stream_version("c-1").await.unwrap(), 3);
     assert_eq!(store.stream_version("c-unknown").await.unwrap(), 0);
 }
@@ -44,12 +64,17 @@ async fn appends_number_versions_from_the_expected_one(pool: PgPool) {
 async fn a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
-    store.append(&mut tx, "c-1", 0, &[new_event(1), new_event(2)]).await.unwrap();
+    store
+        .append(&mut tx, "c-1", 0, &[new_event(1), new_event(2)])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
     match store.append(&mut tx, "c-1", 1, &[new_event(3)]).await {
-        Err(AppendError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (1, 2)),
+        Err(AppendError::Conflict {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (1, 2)),
         other => panic!("expected a conflict, got {other:?}"),
     }
     tx.rollback().await.unwrap();
@@ -61,7 +86,9 @@ async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
     match store.append(&mut tx, "c-1", 5, &[new_event(1)]).await {
-        Err(AppendError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (5, 0)),
+        Err(AppendError::Conflict {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (5, 0)),
         other => panic!("expected a conflict, got {other:?}"),
     }
     tx.rollback().await.unwrap();
@@ -72,12 +99,18 @@ async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool
 async fn a_failed_append_leaves_neither_events_nor_outbox_rows(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
-    store.append(&mut tx, "c-1", 0, &[new_event(1)]).await.unwrap();
+    store
+        .append(&mut tx, "c-1", 0, &[new_event(1)])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     // Outbox rows first, then an append that conflicts: the caller rolls back both.
     let mut tx = pool.begin().await.unwrap();
-    let recorded = store.append(&mut tx, "c-2", 0, &[new_event(1)]).await.unwrap();
+    let recorded = store
+        .append(&mut tx, "c-2", 0, &[new_event(1)])
+        .await
+        .unwrap();
     enqueue(
         &mut tx,
         &[OutboxMessage {
@@ -129,11 +162,21 @@ async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
 async fn read_all_pages_by_global_position(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
-    store.append(&mut tx, "a-1", 0, &[new_event(1)]).await.unwrap();
-    store.append(&mut tx, "b-1", 0, &[new_event(2), new_event(3)]).await.unwrap();
+    store
+        .append(&mut tx, "a-1", 0, &[new_event(1)])
+        .await
+        .unwrap();
+    store
+        .append(&mut tx, "b-1", 0, &[new_event(2), new_event(3)])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let page1 = store.read_all(0, 2).await.unwrap();
     let page2 = store.read_all(page1[1].global_position, 2).await.unwrap();
-    let streams: Vec<_> = page1.iter().chain(&page2).map(|e| e.envelope.stream_id.as_str()).collect();
+    let streams: Vec<_> = page1
+        .iter()
+        .chain(&page2)
+        .map(|e| e.envelope.stream_id.as_str())
+        .collect();
     assert_eq!(streams, ["a-1", "b-1", "b-1"]);
 }

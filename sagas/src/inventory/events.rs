@@ -11,12 +11,23 @@ use sagaflow_engine::DomainEvent;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
 pub enum InventoryEvent {
-    StockRestocked { quantity: i64 },
-    StockReserved { order_id: Uuid, quantity: i64 },
+    StockRestocked {
+        quantity: i64,
+    },
+    StockReserved {
+        order_id: Uuid,
+        quantity: i64,
+    },
     /// The order's whole reservation went back to the available stock.
-    StockReleased { order_id: Uuid, quantity: i64 },
+    StockReleased {
+        order_id: Uuid,
+        quantity: i64,
+    },
     /// The order's whole reservation left the stock (on hand and reserved both drop by it).
-    StockCommitted { order_id: Uuid, quantity: i64 },
+    StockCommitted {
+        order_id: Uuid,
+        quantity: i64,
+    },
 }
 
 impl DomainEvent for InventoryEvent {}

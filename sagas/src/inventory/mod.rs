@@ -64,7 +64,11 @@ impl Inventory {
         }])
     }
 
-    fn reserve(&self, order_id: Uuid, quantity: Quantity) -> Result<Vec<InventoryEvent>, InventoryError> {
+    fn reserve(
+        &self,
+        order_id: Uuid,
+        quantity: Quantity,
+    ) -> Result<Vec<InventoryEvent>, InventoryError> {
         let requested = quantity.get();
         match self.reservation(order_id) {
             Some(held) if held == requested => Ok(vec![]),

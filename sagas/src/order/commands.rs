@@ -25,8 +25,8 @@ impl OrderLine {
 }
 
 /// Commands of the [`Order`](super::Order) aggregate, in the wire shape
-/// `{"command": "place", "payload": {...}}`. Commands without data (`confirm`) may omit
-/// `payload`; unknown fields are refused.
+/// `{"command": "place", "payload": {...}}`. `confirm` carries no data and may omit `payload`;
+/// `cancel` needs one, `{}` when there is no reason. Unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "command",

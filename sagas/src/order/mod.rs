@@ -111,7 +111,9 @@ impl Order {
         }
         let total_cents = lines
             .iter()
-            .try_fold(0i64, |total, line| total.checked_add(line.subtotal_cents()?))
+            .try_fold(0i64, |total, line| {
+                total.checked_add(line.subtotal_cents()?)
+            })
             .filter(|total| *total <= AmountCents::MAX)
             .ok_or(OrderError::AmountTooLarge)?;
         Ok(vec![OrderEvent::OrderPlaced {

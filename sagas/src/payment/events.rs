@@ -11,12 +11,23 @@ use sagaflow_engine::DomainEvent;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
 pub enum AccountEvent {
-    FundsDeposited { amount_cents: i64 },
-    PaymentAuthorized { order_id: Uuid, amount_cents: i64 },
+    FundsDeposited {
+        amount_cents: i64,
+    },
+    PaymentAuthorized {
+        order_id: Uuid,
+        amount_cents: i64,
+    },
     /// The order's whole hold was taken (balance and held both drop by it).
-    PaymentCaptured { order_id: Uuid, amount_cents: i64 },
+    PaymentCaptured {
+        order_id: Uuid,
+        amount_cents: i64,
+    },
     /// The order's whole hold went back to the available balance.
-    PaymentVoided { order_id: Uuid, amount_cents: i64 },
+    PaymentVoided {
+        order_id: Uuid,
+        amount_cents: i64,
+    },
 }
 
 impl DomainEvent for AccountEvent {}

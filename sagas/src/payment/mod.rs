@@ -64,7 +64,11 @@ impl Account {
         }])
     }
 
-    fn authorize(&self, order_id: Uuid, amount: AmountCents) -> Result<Vec<AccountEvent>, AccountError> {
+    fn authorize(
+        &self,
+        order_id: Uuid,
+        amount: AmountCents,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
         let requested = amount.get();
         match self.hold(order_id) {
             Some(held) if held == requested => Ok(vec![]),

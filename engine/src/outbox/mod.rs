@@ -2,6 +2,10 @@
 //! saga state) that caused them, so nothing is published that was not committed and nothing
 //! committed is lost. The relay (one per shard) moves them to the transport.
 
+pub mod relay;
+
+pub use relay::{Relay, RelayConfig, RelayStats, OUTBOX_CHANNEL};
+
 use sqlx::PgConnection;
 
 use crate::envelope::Envelope;

@@ -1,0 +1,554 @@
+//! The consumer runtime shared by the orchestrator, the participants and the projectors.
+//!
+//! - **Offsets in PostgreSQL, in the handler's transaction.** A batch of one partition is
+//!   applied in one transaction that also advances the group's offset (compare-and-set on the
+//!   previous offset), so effects are exactly-once even though delivery is at-least-once.
+//! - **Redelivered messages are skipped** by message id (`processed_messages`), which covers a
+//!   relay that published a batch twice.
+//! - **Per-key order.** A key lives in one partition; a partition is consumed by one member of
+//!   the group at a time, in offset order.
+//! - **Poison messages are parked.** A message whose handler keeps failing is retried with
+//!   exponential backoff (its partition waits, the others go on); after `max_attempts` it is
+//!   written to `dead_letters` with its error, and the partition moves on.
+//! - **Groups are coordinated by PostgreSQL** (see [`leases`]), for both transports: members
+//!   share the partitions, and a dead member's partitions are taken over within seconds.
+
+mod leases;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::doorbell::Doorbell;
+use crate::transport::{Delivery, Position, Transport};
+use leases::Leases;
+
+/// An error of a handler. Any error rolls the batch back; the message is retried and, after
+/// `max_attempts`, parked.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Applies messages inside the consumer's transaction.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies one message. Everything it writes through `tx` commits together with the
+    /// consumer offset, or not at all.
+    async fn handle(&self, tx: &mut PgConnection, message: &Delivery) -> Result<(), HandlerError>;
+
+    /// Applies several messages of one partition, in offset order. Override it to batch
+    /// writes (one upsert for many rows); the default calls [`Handler::handle`] for each.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[Delivery],
+    ) -> Result<(), HandlerError> {
+        for m in messages {
+            self.handle(tx, m).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The group: its members share the partitions, and its offsets are its own.
+    pub group: String,
+    /// Logical topics (`order.events`); the transport's layout names them.
+    pub topics: Vec<String>,
+    /// Messages per poll (they are applied in one transaction per partition).
+    pub batch_size: usize,
+    /// Longest wait for new messages before checking leases and shutdown again.
+    pub poll_wait: Duration,
+    /// Attempts before a failing message is parked in `dead_letters`.
+    pub max_attempts: u32,
+    /// First retry delay of a failing message; doubles per attempt.
+    pub retry_backoff: Duration,
+    /// How often partition ownership is rebalanced.
+    pub rebalance_interval: Duration,
+}
+
+impl ConsumerConfig {
+    pub fn new(group: impl Into<String>, topics: &[&str]) -> Self {
+        ConsumerConfig {
+            group: group.into(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            batch_size: 500,
+            poll_wait: Duration::from_millis(250),
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(100),
+            rebalance_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a consumer did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub failures: AtomicU64,
+    /// Partitions this member owns now.
+    pub owned_partitions: AtomicU64,
+}
+
+pub struct Consumer {
+    pool: PgPool,
+    transport: Arc<dyn Transport>,
+    handler: Arc<dyn Handler>,
+    config: ConsumerConfig,
+    stats: Arc<ConsumerStats>,
+    outbox_bell: Option<Doorbell>,
+}
+
+struct Failure {
+    attempts: u32,
+    first_failed_at: DateTime<Utc>,
+    retry_at: Instant,
+    error: String,
+}
+
+type PartitionKey = (String, i32);
+
+impl Consumer {
+    pub fn new(
+        pool: PgPool,
+        transport: Arc<dyn Transport>,
+        handler: Arc<dyn Handler>,
+        config: ConsumerConfig,
+    ) -> Self {
+        Consumer {
+            pool,
+            transport,
+            handler,
+            config,
+            stats: Arc::new(ConsumerStats::default()),
+            outbox_bell: None,
+        }
+    }
+
+    /// Rings `bell` after each committed batch: for handlers that write outbox rows.
+    pub fn with_outbox_bell(mut self, bell: Doorbell) -> Self {
+        self.outbox_bell = Some(bell);
+        self
+    }
+
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled; the batch in flight is finished first.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(), crate::transport::TransportError> {
+        let layout = self.transport.layout().clone();
+        let topics: Vec<String> = self.config.topics.iter().map(|t| layout.topic(t)).collect();
+        let mut leases = Leases::new(
+            self.pool.connect_options().as_ref().clone(),
+            &self.config.group,
+            &topics,
+            layout.partitions,
+        );
+        let mut reader = self.transport.reader().await?;
+        let mut positions: BTreeMap<PartitionKey, i64> = BTreeMap::new();
+        let mut failures: HashMap<Uuid, Failure> = HashMap::new();
+        let mut paused: HashMap<PartitionKey, Instant> = HashMap::new();
+        let mut next_rebalance = Instant::now();
+        while !shutdown.is_cancelled() {
+            if Instant::now() >= next_rebalance {
+                if leases.rebalance().await {
+                    match self.load_positions(&leases).await {
+                        Ok(p) => positions = p,
+                        Err(e) => {
+                            tracing::warn!(group = %self.config.group, error = %e, "cannot load offsets");
+                            positions.clear();
+                        }
+                    }
+                    reader.assign(&to_positions(&positions)).await?;
+                    self.stats
+                        .owned_partitions
+                        .store(positions.len() as u64, Ordering::Relaxed);
+                    tracing::info!(group = %self.config.group, partitions = positions.len(), "consumer owns partitions");
+                }
+                next_rebalance = Instant::now() + self.config.rebalance_interval;
+            }
+            if positions.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.rebalance_interval) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let wait = self.config.poll_wait;
+            let messages = tokio::select! {
+                r = reader.poll(self.config.batch_size, wait) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(group = %self.config.group, error = %e, "transport poll failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            let mut rewind = false;
+            for (key, batch) in by_partition(messages) {
+                let Some(&expected) = positions.get(&key) else {
+                    rewind = true; // no longer ours
+                    continue;
+                };
+                if let Some(until) = paused.get(&key) {
+                    if Instant::now() < *until {
+                        rewind = true;
+                        continue;
+                    }
+                    paused.remove(&key);
+                }
+                // Anything before the committed position was applied already.
+                let batch: Vec<Delivery> =
+                    batch.into_iter().filter(|m| m.offset >= expected).collect();
+                if batch.is_empty() {
+                    continue;
+                }
+                match self
+                    .apply_partition(&key, expected, batch, &mut failures)
+                    .await
+                {
+                    Ok(Applied::All(next)) => {
+                        positions.insert(key, next);
+                    }
+                    Ok(Applied::Stopped { next, retry_at }) => {
+                        positions.insert(key.clone(), next);
+                        paused.insert(key, retry_at);
+                        rewind = true;
+                    }
+                    Err(e) => {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(group = %self.config.group, topic = %key.0, partition = key.1, error = %e, "batch failed; re-reading from the committed offset");
+                        match self.committed_offset(&key).await {
+                            Ok(o) => {
+                                positions.insert(key, o);
+                            }
+                            Err(_) => next_rebalance = Instant::now(),
+                        }
+                        rewind = true;
+                    }
+                }
+            }
+            if rewind {
+                reader.assign(&to_positions(&positions)).await?;
+                if !paused.is_empty() {
+                    // Nothing else to read may be ready; do not spin on a paused partition.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        leases.release_all().await;
+        Ok(())
+    }
+
+    async fn load_positions(
+        &self,
+        leases: &Leases,
+    ) -> Result<BTreeMap<PartitionKey, i64>, sqlx::Error> {
+        let mut positions = BTreeMap::new();
+        for key in &leases.owned {
+            positions.insert(key.clone(), self.committed_offset(key).await?);
+        }
+        Ok(positions)
+    }
+
+    async fn committed_offset(
+        &self,
+        (topic, partition): &PartitionKey,
+    ) -> Result<i64, sqlx::Error> {
+        let offset: Option<i64> = sqlx::query_scalar(
+            "SELECT next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+        )
+        .bind(&self.config.group)
+        .bind(topic)
+        .bind(partition)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(offset.unwrap_or(0))
+    }
+
+    /// Applies a partition's batch in one transaction; if it fails, applies its messages one
+    /// by one to find the failing one, which is retried later or parked.
+    async fn apply_partition(
+        &self,
+        key: &PartitionKey,
+        expected: i64,
+        batch: Vec<Delivery>,
+        failures: &mut HashMap<Uuid, Failure>,
+    ) -> Result<Applied, ConsumeError> {
+        let span = tracing::info_span!("consume", group = %self.config.group, topic = %key.0, partition = key.1, messages = batch.len());
+        let first_try = batch
+            .iter()
+            .all(|m| !failures.contains_key(&m.message_id()));
+        if first_try && batch.iter().all(|m| m.decode_error.is_none()) {
+            match self
+                .apply(key, expected, &batch)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(next) => return Ok(Applied::All(next)),
+                Err(ConsumeError::Handler(_)) if batch.len() > 1 => {}
+                Err(ConsumeError::Handler(e)) => {
+                    return self
+                        .record_failure(key, expected, &batch[0], e.to_string(), failures)
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut next = expected;
+        for m in &batch {
+            if let Some(error) = &m.decode_error {
+                self.park(key, next, m, error, 1, Utc::now()).await?;
+                next = m.offset + 1;
+                continue;
+            }
+            if let Some(f) = failures.get(&m.message_id()) {
+                if Instant::now() < f.retry_at {
+                    return Ok(Applied::Stopped {
+                        next,
+                        retry_at: f.retry_at,
+                    });
+                }
+            }
+            match self
+                .apply(key, next, std::slice::from_ref(m))
+                .instrument(span.clone())
+                .await
+            {
+                Ok(n) => {
+                    failures.remove(&m.message_id());
+                    next = n;
+                }
+                Err(ConsumeError::Handler(e)) => {
+                    return self
+                        .record_failure(key, next, m, e.to_string(), failures)
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Applied::All(next))
+    }
+
+    async fn record_failure(
+        &self,
+        key: &PartitionKey,
+        next: i64,
+        m: &Delivery,
+        error: String,
+        failures: &mut HashMap<Uuid, Failure>,
+    ) -> Result<Applied, ConsumeError> {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let f = failures.entry(m.message_id()).or_insert_with(|| Failure {
+            attempts: 0,
+            first_failed_at: Utc::now(),
+            retry_at: Instant::now(),
+            error: String::new(),
+        });
+        f.attempts += 1;
+        f.error = error;
+        tracing::warn!(group = %self.config.group, topic = %key.0, partition = key.1, offset = m.offset,
+            message_id = %m.message_id(), attempt = f.attempts, error = %f.error, "handler failed");
+        if f.attempts >= self.config.max_attempts {
+            let (attempts, first, error) = (f.attempts, f.first_failed_at, f.error.clone());
+            failures.remove(&m.message_id());
+            self.park(key, next, m, &error, attempts, first).await?;
+            return Ok(Applied::Stopped {
+                next: m.offset + 1,
+                retry_at: Instant::now(),
+            });
+        }
+        let backoff = self.config.retry_backoff * 2u32.saturating_pow(f.attempts - 1);
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+        f.retry_at = Instant::now() + backoff.min(Duration::from_secs(30)) + jitter;
+        Ok(Applied::Stopped {
+            next,
+            retry_at: f.retry_at,
+        })
+    }
+
+    /// Applies `messages` (consecutive, from offset `expected` of one partition) in one
+    /// transaction with the offset; returns the next offset.
+    async fn apply(
+        &self,
+        key: &PartitionKey,
+        expected: i64,
+        messages: &[Delivery],
+    ) -> Result<i64, ConsumeError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = messages.iter().map(Delivery::message_id).collect();
+        let fresh: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO processed_messages (consumer_group, message_id)
+             SELECT $1, UNNEST($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id",
+        )
+        .bind(&self.config.group)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let todo: Vec<Delivery> = messages
+            .iter()
+            .filter(|m| fresh.contains(&m.message_id()))
+            .cloned()
+            .collect();
+        if !todo.is_empty() {
+            self.handler
+                .handle_batch(&mut tx, &todo)
+                .await
+                .map_err(ConsumeError::Handler)?;
+        }
+        let next = messages.last().expect("non-empty batch").offset + 1;
+        self.commit_offset(&mut tx, key, expected, next).await?;
+        tx.commit().await?;
+        if let Some(bell) = &self.outbox_bell {
+            bell.ring();
+        }
+        self.stats
+            .applied
+            .fetch_add(todo.len() as u64, Ordering::Relaxed);
+        self.stats
+            .duplicates
+            .fetch_add((messages.len() - todo.len()) as u64, Ordering::Relaxed);
+        Ok(next)
+    }
+
+    /// Moves the offset from `expected` to `next`, or fails if another member moved it.
+    async fn commit_offset(
+        &self,
+        tx: &mut PgConnection,
+        (topic, partition): &PartitionKey,
+        expected: i64,
+        next: i64,
+    ) -> Result<(), ConsumeError> {
+        let updated = sqlx::query(
+            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $5)
+             ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+             SET next_offset = EXCLUDED.next_offset, updated_at = now()
+             WHERE consumer_offsets.next_offset = $4",
+        )
+        .bind(&self.config.group)
+        .bind(topic)
+        .bind(partition)
+        .bind(expected)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(ConsumeError::OffsetMoved {
+                topic: topic.clone(),
+                partition: *partition,
+                expected,
+            })
+        }
+    }
+
+    /// Parks a message in `dead_letters` and moves the offset past it, in one transaction.
+    async fn park(
+        &self,
+        key: &PartitionKey,
+        expected: i64,
+        m: &Delivery,
+        error: &str,
+        attempts: u32,
+        first_failed_at: DateTime<Utc>,
+    ) -> Result<(), ConsumeError> {
+        let mut tx = self.pool.begin().await?;
+        let envelope = serde_json::to_value(&m.envelope).expect("envelopes serialize");
+        sqlx::query(
+            "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", message_id, partition_key,
+                                       envelope, error, attempts, first_failed_at, last_failed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+             ON CONFLICT (consumer_group, message_id) DO UPDATE
+             SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts,
+                 last_failed_at = now(), status = 'parked'",
+        )
+        .bind(&self.config.group)
+        .bind(&m.topic)
+        .bind(m.partition)
+        .bind(m.offset)
+        .bind(m.message_id())
+        .bind(&m.key)
+        .bind(&envelope)
+        .bind(error)
+        .bind(attempts as i32)
+        .bind(first_failed_at)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_offset(&mut tx, key, expected, m.offset + 1)
+            .await?;
+        tx.commit().await?;
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(group = %self.config.group, topic = %m.topic, partition = m.partition, offset = m.offset,
+            message_id = %m.message_id(), attempts, error, "message parked in dead_letters");
+        Ok(())
+    }
+}
+
+enum Applied {
+    /// Everything was applied (or skipped as a duplicate); the next offset.
+    All(i64),
+    /// Stopped at a failing message: the partition resumes at `next` after `retry_at`.
+    Stopped { next: i64, retry_at: Instant },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error("handler failed: {0}")]
+    Handler(HandlerError),
+    #[error("offset of {topic}/{partition} is no longer {expected}: another member moved it")]
+    OffsetMoved {
+        topic: String,
+        partition: i32,
+        expected: i64,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+fn to_positions(positions: &BTreeMap<PartitionKey, i64>) -> Vec<Position> {
+    positions
+        .iter()
+        .map(|((topic, partition), offset)| Position {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+        })
+        .collect()
+}
+
+/// Groups messages by partition, keeping each partition's order.
+fn by_partition(messages: Vec<Delivery>) -> BTreeMap<PartitionKey, Vec<Delivery>> {
+    let mut out: BTreeMap<PartitionKey, Vec<Delivery>> = BTreeMap::new();
+    for m in messages {
+        out.entry((m.topic.clone(), m.partition))
+            .or_default()
+            .push(m);
+    }
+    out
+}

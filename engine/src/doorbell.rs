@@ -1,0 +1,161 @@
+//! A doorbell wakes the waiters of one PostgreSQL notification channel: in this process
+//! directly, in other processes through `LISTEN/NOTIFY`.
+//!
+//! Ringing is cheap and coalesced: however often it rings, at most one `pg_notify` is in
+//! flight, and it is sent outside the writer's transaction (a `NOTIFY` inside a transaction
+//! serializes every notifying commit). Each bell keeps one listening connection of its own
+//! (outside the pool) and fans notifications out to all its waiters in the process. A ring is
+//! never lost for a waiter that was busy: each waiter remembers the last ring it saw.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+struct Inner {
+    channel: &'static str,
+    pool: PgPool,
+    rings: AtomicU64,
+    wake: Notify,
+    remote: Notify,
+    listening: AtomicBool,
+}
+
+/// Rings a channel. Cloning shares the bell.
+#[derive(Clone)]
+pub struct Doorbell {
+    inner: Arc<Inner>,
+}
+
+impl Doorbell {
+    /// A bell on `channel`; spawns the task that forwards rings to `pg_notify`.
+    pub fn new(pool: PgPool, channel: &'static str) -> Self {
+        let inner = Arc::new(Inner {
+            channel,
+            pool,
+            rings: AtomicU64::new(0),
+            wake: Notify::new(),
+            remote: Notify::new(),
+            listening: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let pool = inner.pool.clone();
+                let channel = inner.channel;
+                // Wait for a ring without keeping the bell alive.
+                let notified = async { inner.remote.notified().await };
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+                drop(inner);
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(channel)
+                    .execute(&pool)
+                    .await
+                {
+                    if pool.is_closed() {
+                        return;
+                    }
+                    tracing::debug!(channel, error = %e, "pg_notify failed; waiters fall back to polling");
+                }
+            }
+        });
+        Doorbell { inner }
+    }
+
+    /// Wakes every waiter, here and in other processes. Call it after the commit that made
+    /// something new visible.
+    pub fn ring(&self) {
+        self.inner.rings.fetch_add(1, Ordering::SeqCst);
+        self.inner.wake.notify_waiters();
+        self.inner.remote.notify_one();
+    }
+
+    /// A waiter on this bell. The first waiter starts the bell's listening connection.
+    pub fn waiter(&self) -> Waiter {
+        if !self.inner.listening.swap(true, Ordering::SeqCst) {
+            tokio::spawn(listen(Arc::downgrade(&self.inner)));
+        }
+        Waiter {
+            inner: self.inner.clone(),
+            seen: self.inner.rings.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// Forwards notifications from other processes to this process's waiters.
+async fn listen(weak: std::sync::Weak<Inner>) {
+    let (channel, options) = match weak.upgrade() {
+        Some(inner) => (inner.channel, inner.pool.connect_options().as_ref().clone()),
+        None => return,
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(mut l) => match l.listen(channel).await {
+                Ok(()) => l,
+                Err(e) => {
+                    tracing::debug!(channel, error = %e, "LISTEN failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(channel, error = %e, "no listener connection; retrying");
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+            let Some(inner) = weak.upgrade() else { return };
+            match got {
+                Ok(Ok(Some(_))) => {
+                    inner.rings.fetch_add(1, Ordering::SeqCst);
+                    inner.wake.notify_waiters();
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    // The connection dropped; wake everyone in case something was missed.
+                    inner.rings.fetch_add(1, Ordering::SeqCst);
+                    inner.wake.notify_waiters();
+                    break;
+                }
+                Err(_) => {} // quiet channel; check that the bell still exists
+            }
+        }
+    }
+}
+
+/// Waits for the rings of one [`Doorbell`].
+pub struct Waiter {
+    inner: Arc<Inner>,
+    seen: u64,
+}
+
+impl Waiter {
+    /// Returns at once if the bell rang since the last call, else at the next ring or after
+    /// `timeout` (the polling fallback).
+    pub async fn wait(&mut self, timeout: Duration) {
+        let notified = self.inner.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.inner.rings.load(Ordering::SeqCst) == self.seen {
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(timeout) => {}
+            }
+        }
+        self.seen = self.inner.rings.load(Ordering::SeqCst);
+    }
+}

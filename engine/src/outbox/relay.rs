@@ -1,0 +1,332 @@
+//! The outbox relay: moves committed outbox rows to the transport.
+//!
+//! - **One active relay per shard.** Leadership is a session advisory lock
+//!   (`pg_try_advisory_lock`) held on a dedicated connection; a standby process retries and
+//!   takes over as soon as the leader's connection goes away (a crash, a kill -9).
+//! - **Nothing lost, nothing published uncommitted.** A batch is read in `id` order, deleted
+//!   with `DELETE … RETURNING` inside a transaction (which also fences off any other relay that
+//!   still believes it leads: it blocks on the rows and then finds them gone), handed to the
+//!   transport, and the transaction commits only after the transport acknowledged every
+//!   message. On any error the transaction rolls back and the rows stay for the next attempt,
+//!   with exponential backoff while the sink is down.
+//! - **Per-key order.** A key always maps to one shard and one partition, and its rows are
+//!   published in `id` order, which is commit order for one stream.
+//!
+//! Delivery is at-least-once: a crash after the transport acknowledged but before the commit
+//! publishes the batch again (the embedded transport writes in the same transaction, so for
+//! it the relay is exactly-once). Consumers de-duplicate by message id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::OUTBOX_SHARDS;
+use crate::doorbell::Doorbell;
+use crate::envelope::Envelope;
+use crate::transport::{OutgoingMessage, Transport};
+
+/// The notification channel rung after a transaction wrote outbox rows.
+pub const OUTBOX_CHANNEL: &str = "sagaflow_outbox";
+
+/// First key of the relay's advisory locks (the second is the shard).
+const RELAY_LOCK_CLASS: i32 = 0x5346_5201;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows per batch.
+    pub batch_size: i64,
+    /// Polling fallback when no notification arrives.
+    pub idle_poll: Duration,
+    /// How often a standby tries to become leader.
+    pub standby_retry: Duration,
+    /// Longest backoff while the transport fails.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 1000,
+            idle_poll: Duration::from_millis(500),
+            standby_retry: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the relay did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub published: AtomicU64,
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+    /// Duration of the last successful batch, in microseconds.
+    pub last_batch_micros: AtomicU64,
+    /// Bit i is set while this process leads shard i.
+    pub leading: AtomicU64,
+}
+
+impl RelayStats {
+    pub fn leads_any(&self) -> bool {
+        self.leading.load(Ordering::Relaxed) != 0
+    }
+}
+
+/// Rows waiting in the outbox (all shards).
+pub async fn outbox_depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+}
+
+pub struct Relay {
+    pool: PgPool,
+    lock_options: PgConnectOptions,
+    transport: Arc<dyn Transport>,
+    bell: Doorbell,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+}
+
+impl Relay {
+    /// `outbox_bell` must be the doorbell the command side rings after writing outbox rows.
+    pub fn new(
+        pool: PgPool,
+        transport: Arc<dyn Transport>,
+        outbox_bell: Doorbell,
+        config: RelayConfig,
+    ) -> Self {
+        let lock_options = pool.connect_options().as_ref().clone();
+        Relay {
+            pool,
+            lock_options,
+            transport,
+            bell: outbox_bell,
+            config,
+            stats: Arc::new(RelayStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    /// Runs one task per shard until `shutdown` is cancelled. A batch in flight finishes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        for shard in 0..OUTBOX_SHARDS {
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { this.run_shard(shard, shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn run_shard(&self, shard: i16, shutdown: CancellationToken) {
+        let mut waiter = self.bell.waiter();
+        let mut lock: Option<PgConnection> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_lock_check = Instant::now();
+        while !shutdown.is_cancelled() {
+            if lock.is_none() {
+                match self.try_lead(shard).await {
+                    Ok(Some(conn)) => {
+                        tracing::info!(shard, "relay leads shard");
+                        self.stats.leading.fetch_or(1 << shard, Ordering::Relaxed);
+                        lock = Some(conn);
+                        last_lock_check = Instant::now();
+                    }
+                    Ok(None) => {
+                        sleep_or_cancel(self.config.standby_retry, &shutdown).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "relay cannot reach the database");
+                        sleep_or_cancel(self.config.standby_retry, &shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            // The lock lives as long as its connection: check it now and then, and step down
+            // if it is gone (another relay may lead by now).
+            if last_lock_check.elapsed() > Duration::from_secs(1) {
+                let alive = match lock.as_mut() {
+                    Some(conn) => conn.ping().await.is_ok(),
+                    None => false,
+                };
+                if !alive {
+                    tracing::warn!(shard, "relay lost its leadership connection; stepping down");
+                    self.stats
+                        .leading
+                        .fetch_and(!(1 << shard), Ordering::Relaxed);
+                    lock = None;
+                    continue;
+                }
+                last_lock_check = Instant::now();
+            }
+            match self.relay_batch(shard).await {
+                Ok(0) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = waiter.wait(self.config.idle_poll) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; rows kept");
+                    sleep_or_cancel(backoff, &shutdown).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+        self.stats
+            .leading
+            .fetch_and(!(1 << shard), Ordering::Relaxed);
+        if let Some(conn) = lock {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// A dedicated connection holding the shard's lock, or `None` if another relay leads.
+    async fn try_lead(&self, shard: i16) -> Result<Option<PgConnection>, sqlx::Error> {
+        let mut conn = self.lock_options.connect().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(RELAY_LOCK_CLASS)
+            .bind(i32::from(shard))
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            Ok(Some(conn))
+        } else {
+            conn.close().await?;
+            Ok(None)
+        }
+    }
+
+    /// Moves one batch of the shard; returns how many messages were published.
+    pub async fn relay_batch(&self, shard: i16) -> Result<usize, RelayError> {
+        let started = Instant::now();
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2")
+                .bind(shard)
+                .bind(self.config.batch_size)
+                .fetch_all(&self.pool)
+                .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "DELETE FROM outbox WHERE id = ANY($1) RETURNING id, topic, partition_key, envelope",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let layout = self.transport.layout();
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in rows {
+            let payload: serde_json::Value = row.get(3);
+            let key: String = row.get(2);
+            let envelope: Envelope = match serde_json::from_value(payload.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    // Only a bug writes such a row; park it visibly instead of stalling the shard.
+                    let id: i64 = row.get(0);
+                    tracing::error!(outbox_id = id, error = %e, "outbox row is not an envelope; parked in dead_letters");
+                    park_corrupt_row(
+                        &mut tx,
+                        id,
+                        &row.get::<String, _>(1),
+                        &key,
+                        &payload,
+                        &e.to_string(),
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            let topic: String = row.get(1);
+            batch.push(OutgoingMessage {
+                outbox_id: row.get(0),
+                topic: layout.topic(&topic),
+                partition: layout.partition_of(&key),
+                key,
+                envelope,
+                payload,
+            });
+        }
+        // DELETE … RETURNING does not keep the order of `ids`.
+        batch.sort_by_key(|m| m.outbox_id);
+        let span = tracing::info_span!("relay_batch", shard, size = batch.len());
+        self.transport
+            .publish(&mut tx, &batch)
+            .instrument(span)
+            .await?;
+        tx.commit().await?;
+        self.transport.published();
+        let n = batch.len();
+        self.stats.published.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_batch_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            shard,
+            messages = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "relayed batch"
+        );
+        Ok(n)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The consumer group under which the relay parks outbox rows it cannot read.
+pub const RELAY_DEAD_LETTER_GROUP: &str = "outbox-relay";
+
+async fn park_corrupt_row(
+    tx: &mut PgConnection,
+    id: i64,
+    topic: &str,
+    key: &str,
+    payload: &serde_json::Value,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", message_id, partition_key,
+                                   envelope, error, attempts, first_failed_at, last_failed_at)
+         VALUES ($1, $2, -1, $3, gen_random_uuid(), $4, $5, $6, 1, now(), now())",
+    )
+    .bind(RELAY_DEAD_LETTER_GROUP)
+    .bind(topic)
+    .bind(id)
+    .bind(key)
+    .bind(payload)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}

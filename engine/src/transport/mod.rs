@@ -1,0 +1,178 @@
+//! The transport between the relay and the consumers, with Kafka's semantics: named topics,
+//! a fixed number of partitions per topic, a message's partition chosen by its key, and
+//! offsets that only grow within a partition.
+//!
+//! Two implementations share one contract (and one test suite):
+//! - [`postgres::PostgresTransport`], the embedded default: a `message_log` table;
+//! - [`kafka::KafkaTransport`]: Apache Kafka (or any Kafka-protocol broker) through rdkafka.
+//!
+//! Consumer offsets never live in the transport: consumers keep them in PostgreSQL, in the
+//! same transaction as their effects, and ask the transport to read from there.
+
+pub mod kafka;
+pub mod postgres;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::outbox::fnv1a;
+
+/// Naming and partitioning shared by both transports.
+#[derive(Debug, Clone)]
+pub struct TopicLayout {
+    /// Prepended to every logical topic: `<prefix>.<context>.events`.
+    pub prefix: String,
+    /// Partitions per topic. Fixed for the life of a deployment: a key always maps to the
+    /// same partition, which is what keeps per-key order.
+    pub partitions: i32,
+}
+
+impl Default for TopicLayout {
+    fn default() -> Self {
+        TopicLayout {
+            prefix: "sagaflow".into(),
+            partitions: 8,
+        }
+    }
+}
+
+impl TopicLayout {
+    /// The physical topic of a logical one (`order.events` → `sagaflow.order.events`).
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}.{}", self.prefix, logical)
+    }
+
+    /// The partition of a key: FNV-1a modulo the partition count, the same in every process
+    /// and for both transports.
+    pub fn partition_of(&self, key: &str) -> i32 {
+        (fnv1a(key.as_bytes()) % self.partitions.max(1) as u64) as i32
+    }
+}
+
+/// A message the relay hands to a transport.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    /// The outbox row it comes from.
+    pub outbox_id: i64,
+    /// Physical topic.
+    pub topic: String,
+    pub partition: i32,
+    pub key: String,
+    pub envelope: Envelope,
+    /// The envelope encoded once, as stored in the outbox.
+    pub payload: serde_json::Value,
+}
+
+/// A message delivered to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Physical topic.
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub envelope: Envelope,
+    /// Set when the bytes on the wire were not an envelope. `envelope` then carries the raw
+    /// bytes as a JSON string in `payload` under a fresh `message_id`; the consumer parks such
+    /// a message in `dead_letters` without handing it to the handler.
+    pub decode_error: Option<String>,
+}
+
+impl Delivery {
+    pub fn message_id(&self) -> Uuid {
+        self.envelope.message_id
+    }
+
+    /// A delivery for bytes that are not an envelope.
+    pub fn undecodable(
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: String,
+        raw: &[u8],
+        error: String,
+    ) -> Self {
+        Delivery {
+            topic,
+            partition,
+            offset,
+            envelope: Envelope {
+                message_id: Uuid::new_v4(),
+                stream_id: key.clone(),
+                stream_version: 0,
+                event_type: "undecodable".into(),
+                schema_version: 0,
+                payload: serde_json::Value::String(String::from_utf8_lossy(raw).into_owned()),
+                metadata: Default::default(),
+            },
+            key,
+            decode_error: Some(error),
+        }
+    }
+}
+
+/// Where a reader should read one partition from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The sink or source is unreachable or refused; retry later.
+    #[error("transport unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A transport: publishes the relay's batches, and opens readers for consumers.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// `postgres` or `kafka`.
+    fn kind(&self) -> &'static str;
+
+    fn layout(&self) -> &TopicLayout;
+
+    /// Creates the physical topics of these logical topics if they do not exist.
+    async fn ensure_topics(&self, logical: &[&str]) -> Result<(), TransportError>;
+
+    /// Publishes `batch` in order, preserving per-partition order. Returns only once every
+    /// message is durably accepted by the transport (for the embedded transport: written in
+    /// `tx`, which the relay commits together with the deletion of the outbox rows; the Kafka
+    /// transport ignores `tx` and waits for every acknowledgement). On error nothing may be
+    /// assumed published: the relay keeps the rows and sends them again.
+    async fn publish(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[OutgoingMessage],
+    ) -> Result<(), TransportError>;
+
+    /// Called by the relay after the transaction of a successful [`Transport::publish`]
+    /// committed, to wake readers.
+    fn published(&self) {}
+
+    /// Opens a reader that a consumer assigns partitions to.
+    async fn reader(&self) -> Result<Box<dyn Reader>, TransportError>;
+
+    /// Whether the transport can be reached (for readiness).
+    async fn check(&self) -> Result<(), TransportError>;
+}
+
+/// Reads assigned partitions from given offsets.
+#[async_trait]
+pub trait Reader: Send {
+    /// Replaces the assignment: from now on read exactly these partitions, each from its
+    /// offset. Also used to rewind a partition after a failed batch.
+    async fn assign(&mut self, positions: &[Position]) -> Result<(), TransportError>;
+
+    /// Waits at most `wait` for messages and returns up to `max` of them; within a partition
+    /// they come in offset order, and the next call continues after them.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError>;
+}
