@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real services: starts PostgreSQL if it is down, then every
-# crate's unit tests and the end-to-end tests. Each database test gets its own fresh database.
+# Runs the whole test suite against real services: starts PostgreSQL if it is down, installs
+# and starts a Kafka-protocol broker (Tansu, on 127.0.0.1 only), then every crate's unit tests
+# and the end-to-end tests. Each database test gets its own fresh database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
 # sqlx::test creates one database per test from this server.
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  eval "$(bash scripts/broker.sh start 19092 | grep '^KAFKA_BROKERS=')"
+  export KAFKA_BROKERS
+fi
+echo "PostgreSQL at 127.0.0.1:5432, Kafka-protocol broker at $KAFKA_BROKERS" >&2
 cargo test --workspace --locked "$@"

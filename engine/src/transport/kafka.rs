@@ -15,8 +15,15 @@
 //! librdkafka declared the idempotent producer unusable) would otherwise fail every later
 //! publish: the transport then replaces its producer and reports the batch as unavailable, so
 //! the relay resends it through the new producer.
+//!
+//! **Topics** are created only by the transport, with the layout's partition count: clients
+//! never let the broker auto-create one (it would pick its own count, Tansu 4 and Kafka
+//! `num.partitions`, and keys would then map to partitions that do not exist). A broker that
+//! lost its topics (Tansu's memory storage after a restart) gets them back after the next
+//! failed publish, so the relay's following attempt succeeds.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -64,6 +71,7 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         config.set("client.id", "sagaflow");
+        config.set("allow.auto.create.topics", "false");
         for (key, value) in settings {
             config.set(*key, value);
         }
@@ -101,7 +109,9 @@ pub struct KafkaTransport {
     config: KafkaConfig,
     /// Replaced after a fatal error; publishes in flight keep the one they started with.
     producer: RwLock<Arc<FutureProducer>>,
-    admin: AdminClient<DefaultClientContext>,
+    /// How often the producer was replaced.
+    replacements: AtomicU64,
+    topics: Arc<Topics>,
 }
 
 impl KafkaTransport {
@@ -115,7 +125,12 @@ impl KafkaTransport {
             .map_err(|e| unavailable("cannot create the Kafka admin client", e))?;
         Ok(KafkaTransport {
             producer: RwLock::new(Arc::new(producer)),
-            admin,
+            replacements: AtomicU64::new(0),
+            topics: Arc::new(Topics {
+                admin,
+                partitions: config.layout.partitions,
+                healing: AtomicBool::new(false),
+            }),
             config,
         })
     }
@@ -140,36 +155,100 @@ impl KafkaTransport {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *current, Arc::new(fresh));
                 drop(current);
-                tracing::warn!(reason, "replaced the Kafka producer");
+                let n = self.replacements.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(reason, replacements = n, "replaced the Kafka producer");
                 release(old);
             }
             Err(e) => tracing::error!(error = %e, "cannot replace the broken Kafka producer"),
         }
     }
+}
 
-    /// Partition counts of existing topics, by a metadata request.
-    async fn partition_counts(
-        &self,
-        topics: Vec<String>,
-    ) -> Result<Vec<(String, usize)>, TransportError> {
-        let producer = self.current_producer();
-        tokio::task::spawn_blocking(move || {
-            let mut counts = Vec::with_capacity(topics.len());
-            for topic in topics {
-                let metadata = producer
-                    .client()
-                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+/// Creates physical topics, for [`Transport::ensure_topics`] and to heal lost ones.
+struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    partitions: i32,
+    /// Set while a background re-creation runs: one at a time is enough.
+    healing: AtomicBool,
+}
+
+impl Topics {
+    /// Creates the missing ones of `names`, then checks that every one has the layout's
+    /// partition count.
+    async fn create(self: &Arc<Self>, names: Vec<String>) -> Result<(), TransportError> {
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| NewTopic::new(n, self.partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = self
+            .admin
+            .create_topics(&topics, &options)
+            .await
+            .map_err(|e| unavailable("cannot create topics", e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(unavailable(&format!("cannot create topic {topic}"), code))
+                }
+            }
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.check_partitions(&names))
+            .await
+            .map_err(|e| TransportError::Unavailable(format!("metadata task failed: {e}")))?
+    }
+
+    /// Fails unless every topic has `partitions` partitions: keys would map elsewhere.
+    fn check_partitions(&self, names: &[String]) -> Result<(), TransportError> {
+        for topic in names {
+            // A topic just created may take a moment to appear in every broker's metadata.
+            let mut attempts = 0;
+            let found = loop {
+                let metadata = self
+                    .admin
+                    .inner()
+                    .fetch_metadata(Some(topic), Duration::from_secs(10))
                     .map_err(|e| unavailable("cannot fetch topic metadata", e))?;
-                let n = metadata
+                let found = metadata
                     .topics()
                     .first()
                     .map_or(0, |t| t.partitions().len());
-                counts.push((topic, n));
+                attempts += 1;
+                if found > 0 || attempts == 25 {
+                    break found;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            if found != self.partitions as usize {
+                return Err(TransportError::Unavailable(format!(
+                    "topic {topic} has {found} partitions, the layout wants {}",
+                    self.partitions
+                )));
             }
-            Ok(counts)
-        })
-        .await
-        .map_err(|e| TransportError::Unavailable(format!("metadata task failed: {e}")))?
+        }
+        Ok(())
+    }
+
+    /// Re-creates the topics of a failed batch in the background, in case the broker lost
+    /// them; the publish that failed does not wait for it.
+    fn heal(self: &Arc<Self>, batch: &[OutgoingMessage]) {
+        if self.healing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut names: Vec<String> = batch.iter().map(|m| m.topic.clone()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let this = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(30), this.create(names)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-create the batch's topics"),
+                Err(_) => tracing::warn!("re-creating the batch's topics timed out"),
+            }
+            this.healing.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -299,34 +378,9 @@ impl Transport for KafkaTransport {
             return Ok(());
         }
         let layout = &self.config.layout;
-        let names: Vec<String> = logical.iter().map(|l| layout.topic(l)).collect();
-        let topics: Vec<NewTopic<'_>> = names
-            .iter()
-            .map(|n| NewTopic::new(n, layout.partitions, TopicReplication::Fixed(1)))
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = self
-            .admin
-            .create_topics(&topics, &options)
+        self.topics
+            .create(logical.iter().map(|l| layout.topic(l)).collect())
             .await
-            .map_err(|e| unavailable("cannot create topics", e))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(unavailable(&format!("cannot create topic {topic}"), code))
-                }
-            }
-        }
-        for (topic, n) in self.partition_counts(names).await? {
-            if n != layout.partitions as usize {
-                return Err(TransportError::Unavailable(format!(
-                    "topic {topic} has {n} partitions, the layout wants {}",
-                    layout.partitions
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// Ignores `tx`. Waits at most `delivery_timeout` for every acknowledgement; on error some
@@ -350,6 +404,9 @@ impl Transport for KafkaTransport {
             if let Some(reason) = replacement_reason(&producer, e) {
                 self.replace_producer(&producer, &reason);
             }
+            // Topics unknown to the broker are not always reported as such: librdkafka waits
+            // for them to appear until the batch times out.
+            self.topics.heal(batch);
         }
         release(producer);
         outcome.map_err(|e| unavailable("Kafka did not acknowledge the batch", e))
@@ -660,6 +717,41 @@ mod tests {
         out
     }
 
+    /// Polls until every message of `sent` arrived, maybe more than once (failing after
+    /// 20 s); checks that the first copies keep per-key order and returns them.
+    async fn read_at_least(reader: &mut dyn Reader, sent: &[OutgoingMessage]) -> Vec<Delivery> {
+        let mut first_copies = Vec::new();
+        let mut seen = HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < sent.len() {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {} messages",
+                seen.len(),
+                sent.len()
+            );
+            for d in reader
+                .poll(500, Duration::from_secs(1))
+                .await
+                .expect("poll")
+            {
+                if seen.insert(d.message_id()) {
+                    first_copies.push(d);
+                }
+            }
+        }
+        let expected: HashSet<Uuid> = sent.iter().map(|m| m.envelope.message_id).collect();
+        assert_eq!(seen, expected);
+        let mut versions: HashMap<&str, i64> = HashMap::new();
+        for d in &first_copies {
+            let last = versions
+                .insert(&d.key, d.envelope.stream_version)
+                .unwrap_or(0);
+            assert!(d.envelope.stream_version > last, "order of {}", d.key);
+        }
+        first_copies
+    }
+
     fn by_partition(deliveries: &[Delivery]) -> BTreeMap<i32, Vec<&Delivery>> {
         let mut out: BTreeMap<i32, Vec<&Delivery>> = BTreeMap::new();
         for d in deliveries {
@@ -960,22 +1052,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kafka_experiment_auto_create() {
-        let layout = fresh_layout();
-        let transport = KafkaTransport::new(test_config(&brokers(), &layout)).unwrap();
-        let before: Result<Vec<(String, usize)>, TransportError> = Ok(vec![]);
-        println!("before: {before:?}");
-        let mut m = message(&layout, 0, 1);
-        m.topic = layout.topic("never.created");
-        m.partition = 7;
-        let r = transport.publish(&mut relay_tx().await, &[m]).await;
-        println!("publish: {r:?}");
-        let after = transport
-            .partition_counts(vec![layout.topic("never.created")])
-            .await;
-        println!("after: {after:?}");
-        let r = transport.ensure_topics(&["never.created"]).await;
-        println!("ensure: {r:?}");
+    async fn kafka_topics_have_the_layout_partition_count_and_lost_ones_come_back() {
+        let brokers = brokers();
+        let layout = TopicLayout {
+            partitions: 6,
+            ..fresh_layout()
+        };
+        let mut config = test_config(&brokers, &layout);
+        config.delivery_timeout = Duration::from_secs(3);
+        let transport = KafkaTransport::new(config).unwrap();
+
+        // Never created: the broker must not invent it with a partition count of its own; the
+        // failed publish re-creates it and the relay's next attempt goes through.
+        let batch = messages(&layout, 0..60, 12);
+        assert!(batch.iter().any(|m| m.partition >= 4));
+        let attempts = publish_until_acknowledged(&transport, &batch, 10).await;
+        assert!(attempts > 1, "published to a topic that did not exist");
+        transport
+            .ensure_topics(&[TOPIC])
+            .await
+            .expect("6 partitions");
+        let mut reader = transport.reader().await.unwrap();
+        reader.assign(&positions(&layout, |_| 0)).await.unwrap();
+        let got = read_at_least(reader.as_mut(), &batch).await;
+        assert!(got
+            .iter()
+            .all(|d| d.partition == layout.partition_of(&d.key)));
+
+        // The same topic seen through a layout of another partition count is refused.
+        let other = TopicLayout {
+            partitions: 4,
+            ..layout.clone()
+        };
+        let mismatched = KafkaTransport::new(test_config(&brokers, &other)).unwrap();
+        match mismatched.ensure_topics(&[TOPIC]).await {
+            Err(TransportError::Unavailable(e)) => {
+                assert!(e.contains("has 6 partitions, the layout wants 4"), "{e}")
+            }
+            other => panic!("a partition count mismatch was accepted: {other:?}"),
+        }
     }
 
     /// A Tansu broker of a test's own, on a free port, stopped when dropped.
@@ -1075,43 +1190,10 @@ mod tests {
         let attempts = publish_until_acknowledged(&transport, &during, 20).await;
         println!("re-published after the outage in {attempts} attempt(s)");
 
-        // Everything arrives, maybe twice; the first copies keep per-key order.
+        let sent: Vec<OutgoingMessage> = before.into_iter().chain(during).collect();
         let mut reader = transport.reader().await.unwrap();
         reader.assign(&positions(&layout, |_| 0)).await.unwrap();
-        let mut first_seen: Vec<Uuid> = Vec::new();
-        let mut seen = HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while seen.len() < 200 && Instant::now() < deadline {
-            for d in reader.poll(500, Duration::from_secs(1)).await.unwrap() {
-                if seen.insert(d.message_id()) {
-                    first_seen.push(d.message_id());
-                }
-            }
-        }
-        let sent: Vec<&OutgoingMessage> = before.iter().chain(&during).collect();
-        assert_eq!(
-            seen,
-            sent.iter()
-                .map(|m| m.envelope.message_id)
-                .collect::<HashSet<_>>()
-        );
-        let position: HashMap<Uuid, usize> = first_seen
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (*id, i))
-            .collect();
-        for key in sent.iter().map(|m| &m.key).collect::<HashSet<_>>() {
-            let order: Vec<usize> = sent
-                .iter()
-                .filter(|m| &m.key == key)
-                .map(|m| position[&m.envelope.message_id])
-                .collect();
-            assert!(
-                order.windows(2).all(|w| w[0] < w[1]),
-                "order of {key}: {order:?}"
-            );
-        }
-        drop(reader);
+        read_at_least(reader.as_mut(), &sent).await;
     }
 
     #[tokio::test]
@@ -1131,31 +1213,18 @@ mod tests {
         // A restarted memory broker has no topics and no producer ids any more.
         broker.script("stop");
         broker.script("start");
-        // EXPERIMENT transport.ensure_topics(&[TOPIC]).await.unwrap();
         let after = messages(&layout, 100..200, 10);
         let attempts = publish_until_acknowledged(&transport, &after, 20).await;
         println!("published to the restarted broker in {attempts} attempt(s)");
 
+        assert!(transport.replacements.load(Ordering::Relaxed) >= 1);
+        transport
+            .ensure_topics(&[TOPIC])
+            .await
+            .expect("4 partitions again");
+
         let mut reader = transport.reader().await.unwrap();
         reader.assign(&positions(&layout, |_| 0)).await.unwrap();
-        let mut got = HashSet::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while got.len() < after.len() && Instant::now() < deadline {
-            got.extend(
-                reader
-                    .poll(500, Duration::from_secs(1))
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(Delivery::message_id),
-            );
-        }
-        assert_eq!(
-            got,
-            after
-                .iter()
-                .map(|m| m.envelope.message_id)
-                .collect::<HashSet<_>>()
-        );
+        read_at_least(reader.as_mut(), &after).await;
     }
 }
