@@ -399,7 +399,7 @@ impl Consumer {
     ) -> Result<i64, ConsumeError> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = messages.iter().map(Delivery::message_id).collect();
-        let fresh: HashSet<Uuid> = sqlx::query_scalar(
+        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(
             "INSERT INTO processed_messages (consumer_group, message_id)
              SELECT $1, UNNEST($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id",
         )
@@ -409,9 +409,10 @@ impl Consumer {
         .await?
         .into_iter()
         .collect();
+        // `remove`: a message delivered twice within one batch is applied once.
         let todo: Vec<Delivery> = messages
             .iter()
-            .filter(|m| fresh.contains(&m.message_id()))
+            .filter(|m| fresh.remove(&m.message_id()))
             .cloned()
             .collect();
         if !todo.is_empty() {

@@ -14,7 +14,9 @@
 //! A **fatal producer error** (the broker forgot the producer id, the producer was fenced, or
 //! librdkafka declared the idempotent producer unusable) would otherwise fail every later
 //! publish: the transport then replaces its producer and reports the batch as unavailable, so
-//! the relay resends it through the new producer.
+//! the relay resends it through the new producer. A batch not acknowledged within
+//! [`KafkaConfig::delivery_timeout`] replaces the producer too, because librdkafka retries
+//! some of those refusals silently until the batch times out.
 //!
 //! **Topics** are created only by the transport, with the layout's partition count: clients
 //! never let the broker auto-create one (it would pick its own count, Tansu 4 and Kafka
@@ -43,7 +45,7 @@ use super::{Delivery, OutgoingMessage, Position, Reader, TopicLayout, Transport,
 use crate::envelope::Envelope;
 
 /// How the transport reaches the brokers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
     pub brokers: String,
@@ -53,6 +55,19 @@ pub struct KafkaConfig {
     pub overrides: Vec<(String, String)>,
     /// How long publish waits for all acknowledgements before failing the batch.
     pub delivery_timeout: Duration,
+}
+
+/// Override values are left out: they may hold credentials (`sasl.password`).
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let overridden: Vec<&str> = self.overrides.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("layout", &self.layout)
+            .field("overrides", &overridden)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -541,10 +556,7 @@ impl Reader for KafkaReader {
         if max == 0 {
             return Ok(out);
         }
-        let consumer = self
-            .consumer
-            .as_ref()
-            .expect("the consumer lives as long as the reader");
+        let consumer = self.consumer();
         let assigned = &self.assigned;
         let mut stream = consumer.stream();
         let deadline = tokio::time::Instant::now() + wait;
@@ -558,6 +570,7 @@ impl Reader for KafkaReader {
             match delivery_of(assigned, received) {
                 Ok(Some(d)) => out.push(d),
                 Ok(None) => {}
+                // Partition fetch errors and client-wide ones (all brokers down, …).
                 Err(e) => return Err(unavailable("cannot read from Kafka", e)),
             }
         }
@@ -570,7 +583,7 @@ impl Reader for KafkaReader {
                 Ok(Some(d)) => out.push(d),
                 Ok(None) => {}
                 Err(e) => {
-                    // Reported by the next poll if it persists; what was read is returned.
+                    // Returning it would drop what was read; the next one is reported.
                     tracing::warn!(error = %e, "Kafka consumer error");
                     break;
                 }
@@ -742,14 +755,65 @@ mod tests {
         }
         let expected: HashSet<Uuid> = sent.iter().map(|m| m.envelope.message_id).collect();
         assert_eq!(seen, expected);
+        assert_key_order(&first_copies);
+        first_copies
+    }
+
+    /// Each key's versions come in increasing order.
+    fn assert_key_order<'a>(deliveries: impl IntoIterator<Item = &'a Delivery>) {
         let mut versions: HashMap<&str, i64> = HashMap::new();
-        for d in &first_copies {
+        for d in deliveries {
             let last = versions
                 .insert(&d.key, d.envelope.stream_version)
                 .unwrap_or(0);
             assert!(d.envelope.stream_version > last, "order of {}", d.key);
         }
-        first_copies
+    }
+
+    /// Publishes `sent` as one batch and reads the whole topic back with a new reader.
+    async fn publish_and_read_all(
+        transport: &KafkaTransport,
+        sent: &[OutgoingMessage],
+    ) -> (Box<dyn Reader>, Vec<Delivery>) {
+        transport
+            .publish(&mut relay_tx().await, sent)
+            .await
+            .expect("published");
+        read_all(transport, sent.len()).await
+    }
+
+    /// A new reader of the whole topic from offset 0, and the `n` messages it reads there.
+    async fn read_all(transport: &KafkaTransport, n: usize) -> (Box<dyn Reader>, Vec<Delivery>) {
+        let mut reader = transport.reader().await.unwrap();
+        reader
+            .assign(&positions(transport.layout(), |_| 0))
+            .await
+            .unwrap();
+        let all = read_exactly(reader.as_mut(), n).await;
+        (reader, all)
+    }
+
+    /// Publishes `sent` in batches of `batch` messages, as the relay does, and prints the rate.
+    async fn publish_timed(transport: &KafkaTransport, sent: &[OutgoingMessage], batch: usize) {
+        let mut tx = relay_tx().await;
+        let started = Instant::now();
+        for chunk in sent.chunks(batch) {
+            transport.publish(&mut tx, chunk).await.expect("published");
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "published {} messages in batches of {batch} in {elapsed:?}: {:.0} messages/s",
+            sent.len(),
+            sent.len() as f64 / elapsed.as_secs_f64()
+        );
+    }
+
+    /// (offset, message id) of each delivery, by partition.
+    fn offsets_and_ids(deliveries: &[Delivery]) -> BTreeMap<i32, Vec<(i64, Uuid)>> {
+        by_partition(deliveries)
+            .into_iter()
+            .map(|(p, ds)| (p, ds.iter().map(|d| (d.offset, d.message_id())).collect()))
+            .collect()
     }
 
     fn by_partition(deliveries: &[Delivery]) -> BTreeMap<i32, Vec<&Delivery>> {
@@ -812,21 +876,8 @@ mod tests {
         let transport = transport_on(&brokers, &layout).await;
         let sent = messages(&layout, 0..1000, 50);
 
-        let started = Instant::now();
-        transport
-            .publish(&mut relay_tx().await, &sent)
-            .await
-            .expect("published");
-        let elapsed = started.elapsed();
-        println!(
-            "published {} messages in {elapsed:?}: {:.0} messages/s",
-            sent.len(),
-            sent.len() as f64 / elapsed.as_secs_f64()
-        );
-
-        let mut reader = transport.reader().await.unwrap();
-        reader.assign(&positions(&layout, |_| 0)).await.unwrap();
-        let got = read_exactly(reader.as_mut(), sent.len()).await;
+        publish_timed(&transport, &sent, sent.len()).await;
+        let (_, got) = read_all(&transport, sent.len()).await;
 
         // Every message once, on its key's partition, intact.
         let sent_by_id: HashMap<Uuid, &OutgoingMessage> =
@@ -853,13 +904,7 @@ mod tests {
                 (0..ds.len() as i64).collect::<Vec<_>>(),
                 "partition {partition}"
             );
-            let mut versions: HashMap<&str, i64> = HashMap::new();
-            for d in ds {
-                let last = versions
-                    .insert(&d.key, d.envelope.stream_version)
-                    .unwrap_or(0);
-                assert_eq!(d.envelope.stream_version, last + 1, "order of {}", d.key);
-            }
+            assert_key_order(ds);
         }
         assert_eq!(
             got.iter()
@@ -888,30 +933,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kafka_publishes_twenty_thousand_messages_in_relay_sized_batches() {
+        let layout = fresh_layout();
+        let transport = transport_on(&brokers(), &layout).await;
+        // Connects and obtains a producer id first, as a running relay already has.
+        publish_timed(&transport, &messages(&layout, 0..1, 1), 1).await;
+        let sent = messages(&layout, 1..20_001, 500);
+
+        publish_timed(&transport, &sent, 1000).await;
+        let (_, got) = read_all(&transport, sent.len() + 1).await;
+        let ids: HashSet<Uuid> = got.iter().map(Delivery::message_id).collect();
+        assert_eq!(ids.len(), got.len(), "a message delivered twice");
+        assert!(sent.iter().all(|m| ids.contains(&m.envelope.message_id)));
+    }
+
+    #[tokio::test]
     async fn kafka_reader_assigned_from_a_middle_offset_starts_there() {
         let layout = fresh_layout();
         let transport = transport_on(&brokers(), &layout).await;
-        let sent = messages(&layout, 0..200, 10);
-        transport
-            .publish(&mut relay_tx().await, &sent)
-            .await
-            .unwrap();
-        let mut reader = transport.reader().await.unwrap();
-        reader.assign(&positions(&layout, |_| 0)).await.unwrap();
-        let all = read_exactly(reader.as_mut(), sent.len()).await;
-        let all = by_partition(&all);
+        let (_, all) = publish_and_read_all(&transport, &messages(&layout, 0..200, 10)).await;
+        let all = offsets_and_ids(&all);
 
         let mut fresh = transport.reader().await.unwrap();
         let middle = |p: i32| (all[&p].len() / 2) as i64;
         fresh.assign(&positions(&layout, middle)).await.unwrap();
         let expected: usize = all.values().map(|ds| ds.len() - ds.len() / 2).sum();
-        let tail = read_exactly(fresh.as_mut(), expected).await;
-        for (partition, ds) in by_partition(&tail) {
-            let want: Vec<(i64, Uuid)> = all[&partition][middle(partition) as usize..]
-                .iter()
-                .map(|d| (d.offset, d.message_id()))
-                .collect();
-            let got: Vec<(i64, Uuid)> = ds.iter().map(|d| (d.offset, d.message_id())).collect();
+        let tail = offsets_and_ids(&read_exactly(fresh.as_mut(), expected).await);
+        for (partition, got) in tail {
+            let want = &all[&partition][middle(partition) as usize..];
             assert_eq!(got, want, "partition {partition}");
         }
     }
@@ -970,13 +1019,8 @@ mod tests {
         let layout = fresh_layout();
         let transport = transport_on(&brokers(), &layout).await;
         let sent = messages(&layout, 0..400, 20);
-        transport
-            .publish(&mut relay_tx().await, &sent)
-            .await
-            .unwrap();
-        let mut reader = transport.reader().await.unwrap();
-        reader.assign(&positions(&layout, |_| 0)).await.unwrap();
-        let first = read_exactly(reader.as_mut(), sent.len()).await;
+        let (mut reader, first) = publish_and_read_all(&transport, &sent).await;
+        let first = offsets_and_ids(&first);
 
         // Read part of it again, with more already fetched: the rewind must discard that.
         reader.assign(&positions(&layout, |_| 0)).await.unwrap();
@@ -984,13 +1028,7 @@ mod tests {
         assert!(!some.is_empty() && some.len() <= 10);
         reader.assign(&positions(&layout, |_| 0)).await.unwrap();
         let again = read_exactly(reader.as_mut(), sent.len()).await;
-        let ids = |ds: &[Delivery]| -> BTreeMap<i32, Vec<(i64, Uuid)>> {
-            by_partition(ds)
-                .into_iter()
-                .map(|(p, ds)| (p, ds.iter().map(|d| (d.offset, d.message_id())).collect()))
-                .collect()
-        };
-        assert_eq!(ids(&again), ids(&first));
+        assert_eq!(offsets_and_ids(&again), first);
 
         // Rewinding one partition and dropping the others.
         let rewound = Position {
@@ -999,9 +1037,8 @@ mod tests {
             offset: 3,
         };
         reader.assign(std::slice::from_ref(&rewound)).await.unwrap();
-        let in_two = ids(&first)[&2].len();
-        let tail = read_exactly(reader.as_mut(), in_two - 3).await;
-        assert_eq!(ids(&tail)[&2], ids(&first)[&2][3..]);
+        let tail = read_exactly(reader.as_mut(), first[&2].len() - 3).await;
+        assert_eq!(offsets_and_ids(&tail)[&2], first[&2][3..]);
     }
 
     #[tokio::test]
@@ -1114,23 +1151,39 @@ mod tests {
             format!("127.0.0.1:{}", self.port)
         }
 
+        /// Runs `scripts/broker.sh <command> <port>`; panics if it fails.
         fn script(&self, command: &str) {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/broker.sh");
-            let status = Command::new("bash")
-                .arg(script)
+            assert!(
+                self.run(command),
+                "broker.sh {command} {} failed",
+                self.port
+            );
+        }
+
+        fn run(&self, command: &str) -> bool {
+            Command::new("bash")
+                .arg(repo_root().join("scripts/broker.sh"))
                 .arg(command)
                 .arg(self.port.to_string())
                 .stdout(std::process::Stdio::null())
                 .status()
-                .expect("bash runs");
-            assert!(status.success(), "broker.sh {command} {} failed", self.port);
+                .is_ok_and(|s| s.success())
         }
     }
 
     impl Drop for OwnBroker {
         fn drop(&mut self) {
-            self.script("stop");
+            self.run("stop");
+            // A failed test keeps the broker's log to look at.
+            if !std::thread::panicking() {
+                let log = format!(".tools/tansu/broker-{}.log", self.port);
+                let _ = std::fs::remove_file(repo_root().join(log));
+            }
         }
+    }
+
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
     }
 
     /// Publishes `batch` until it succeeds, as the relay does; returns the attempts it took.
@@ -1154,18 +1207,10 @@ mod tests {
 
     #[tokio::test]
     async fn kafka_publish_during_an_outage_fails_and_succeeds_once_the_broker_is_back() {
-        brokers();
-        let broker = OwnBroker::start();
-        let layout = fresh_layout();
-        let mut config = test_config(&broker.address(), &layout);
-        config.delivery_timeout = Duration::from_secs(5);
-        let transport = KafkaTransport::new(config).unwrap();
-        transport.ensure_topics(&[TOPIC]).await.unwrap();
-        let before = messages(&layout, 0..100, 10);
-        transport
-            .publish(&mut relay_tx().await, &before)
-            .await
-            .unwrap();
+        let (broker, transport) = on_own_broker().await;
+        let layout = transport.layout().clone();
+        let (mut reader, _) =
+            publish_and_read_all(&transport, &messages(&layout, 0..100, 10)).await;
         transport.check().await.expect("reachable");
 
         broker.script("pause");
@@ -1185,30 +1230,27 @@ mod tests {
             transport.check().await.is_err(),
             "a paused broker reported reachable"
         );
+        let started = Instant::now();
+        let polled = reader.poll(100, Duration::from_secs(1)).await;
+        assert!(polled.map_or(true, |m| m.is_empty()));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "poll outwaited its wait"
+        );
 
         broker.script("resume");
         let attempts = publish_until_acknowledged(&transport, &during, 20).await;
         println!("re-published after the outage in {attempts} attempt(s)");
 
-        let sent: Vec<OutgoingMessage> = before.into_iter().chain(during).collect();
-        let mut reader = transport.reader().await.unwrap();
-        reader.assign(&positions(&layout, |_| 0)).await.unwrap();
-        read_at_least(reader.as_mut(), &sent).await;
+        // The reader goes on where it was, with no further help.
+        read_at_least(reader.as_mut(), &during).await;
     }
 
     #[tokio::test]
     async fn kafka_producer_is_recreated_after_the_broker_forgot_it() {
-        brokers();
-        let broker = OwnBroker::start();
-        let layout = fresh_layout();
-        let mut config = test_config(&broker.address(), &layout);
-        config.delivery_timeout = Duration::from_secs(5);
-        let transport = KafkaTransport::new(config).unwrap();
-        transport.ensure_topics(&[TOPIC]).await.unwrap();
-        transport
-            .publish(&mut relay_tx().await, &messages(&layout, 0..100, 10))
-            .await
-            .unwrap();
+        let (broker, transport) = on_own_broker().await;
+        let layout = transport.layout().clone();
+        publish_and_read_all(&transport, &messages(&layout, 0..100, 10)).await;
 
         // A restarted memory broker has no topics and no producer ids any more.
         broker.script("stop");
@@ -1226,5 +1268,17 @@ mod tests {
         let mut reader = transport.reader().await.unwrap();
         reader.assign(&positions(&layout, |_| 0)).await.unwrap();
         read_at_least(reader.as_mut(), &after).await;
+    }
+
+    /// A broker of the test's own (it gets paused or restarted), and a transport on it with a
+    /// short delivery timeout and the test topic.
+    async fn on_own_broker() -> (OwnBroker, KafkaTransport) {
+        brokers();
+        let broker = OwnBroker::start();
+        let mut config = test_config(&broker.address(), &fresh_layout());
+        config.delivery_timeout = Duration::from_secs(5);
+        let transport = KafkaTransport::new(config).unwrap();
+        transport.ensure_topics(&[TOPIC]).await.unwrap();
+        (broker, transport)
     }
 }
