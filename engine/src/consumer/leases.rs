@@ -96,7 +96,8 @@ impl Leases {
         let conn = self.conn.as_mut().expect("connected above");
         let members: i64 = sqlx::query_scalar(
             "SELECT count(DISTINCT objid) FROM pg_locks
-             WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid = ($1::int8)::oid",
+             WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid = ($1::int8)::oid
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .bind(i64::from(self.member_class))
         .fetch_one(&mut *conn)
