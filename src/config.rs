@@ -82,8 +82,10 @@ pub enum Component {
     Http,
     /// The outbox relay (one active per outbox shard across all processes).
     Relay,
+    /// The projectors that keep the read models.
+    Projections,
 }
 
 impl Component {
-    pub const ALL: [Component; 2] = [Component::Http, Component::Relay];
+    pub const ALL: [Component; 3] = [Component::Http, Component::Relay, Component::Projections];
 }

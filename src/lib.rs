@@ -12,12 +12,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use sagaflow_engine::command::{CommandBus, CommandBusConfig};
+use sagaflow_engine::http::admin::{self, AdminToken};
 use sagaflow_engine::http::{self as engine_http, CommandRegistry, EngineState};
 use sagaflow_engine::outbox::{Relay, RelayConfig, RelayStats};
 use sagaflow_engine::transport::kafka::{KafkaConfig, KafkaTransport};
 use sagaflow_engine::transport::postgres::PostgresTransport;
 use sagaflow_engine::transport::{TopicLayout, Transport};
 use sagaflow_engine::Aggregate;
+use sagaflow_projections::Projections;
 use sagaflow_sagas::Domain;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -26,27 +28,43 @@ use tokio_util::sync::CancellationToken;
 
 use config::{Component, TransportArgs, TransportKind};
 
-/// One running sagaflow application: its routes and the parts behind them.
+/// Settings of the application that are not about where things run.
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    /// Guards every `/admin/*` route; without one they answer 403.
+    pub admin_token: AdminToken,
+}
+
+/// One sagaflow application: its routes and the parts behind them.
 pub struct App {
     pub router: Router,
     pub domain: Domain,
+    pub projections: Projections,
     pub bus: CommandBus,
 }
 
-/// Wires the engine, the domain and the read models over `pool`.
-pub fn build_app(pool: PgPool) -> App {
-    let bus = CommandBus::new(pool, CommandBusConfig::default());
+/// Wires the engine, the domain and the read models over `pool` and `transport`.
+pub fn build_app(pool: PgPool, transport: Arc<dyn Transport>, options: &AppOptions) -> App {
+    let bus = CommandBus::new(pool.clone(), CommandBusConfig::default());
     let domain = Domain::new(&bus);
     let mut registry = CommandRegistry::new();
     domain.register(&mut registry);
+    let projections = Projections::new(pool, transport);
     let engine = engine_http::router(EngineState {
         registry: Arc::new(registry),
         store: bus.store().clone(),
     });
-    let router = engine_http::finish(engine.merge(sagaflow_sagas::router(&domain)));
+    let admin = admin::protect(projections.admin_router(), options.admin_token.clone());
+    let router = engine_http::finish(
+        engine
+            .merge(sagaflow_sagas::router(&domain))
+            .merge(projections.router())
+            .merge(admin),
+    );
     App {
         router,
         domain,
+        projections,
         bus,
     }
 }
@@ -129,10 +147,21 @@ impl Engine {
         transport: Arc<dyn Transport>,
         components: &HashSet<Component>,
         relay: RelayConfig,
+        options: &AppOptions,
     ) -> Self {
-        let app = build_app(pool.clone());
+        let app = build_app(pool.clone(), transport.clone(), options);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if components.contains(&Component::Projections) {
+            for consumer in app.projections.consumers() {
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = consumer.run(shutdown).await {
+                        tracing::error!(error = %e, "projector stopped");
+                    }
+                });
+            }
+        }
         let mut relay_stats = None;
         if components.contains(&Component::Relay) {
             let relay = Relay::new(

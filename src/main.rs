@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use sagaflow::config::{mask_url, Component, DatabaseArgs, LogFormat, TransportArgs};
 use sagaflow_engine::db;
+use sagaflow_engine::http::admin::AdminToken;
 use sagaflow_engine::outbox::RelayConfig;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -44,6 +45,9 @@ enum Command {
         /// Address the HTTP API listens on.
         #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        /// Bearer token for the `/admin/*` routes; without it they answer 403.
+        #[arg(long, env = "SAGAFLOW_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         /// Components this process runs (comma-separated); all by default.
         #[arg(long, env = "SAGAFLOW_COMPONENTS", value_enum, value_delimiter = ',')]
         components: Vec<Component>,
@@ -65,13 +69,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             http_addr,
             components,
+            admin_token,
         } => {
             let components: HashSet<Component> = if components.is_empty() {
                 Component::ALL.into_iter().collect()
             } else {
                 components.into_iter().collect()
             };
-            serve(&cli.database, &cli.transport, http_addr, components).await
+            serve(
+                &cli.database,
+                &cli.transport,
+                http_addr,
+                components,
+                admin_token,
+            )
+            .await
         }
         Command::Migrate => {
             prepare_database(&cli.database).await?;
@@ -109,6 +121,7 @@ async fn serve(
     transport_args: &TransportArgs,
     http_addr: SocketAddr,
     components: HashSet<Component>,
+    admin_token: Option<String>,
 ) -> anyhow::Result<()> {
     let mut names: Vec<String> = components
         .iter()
@@ -128,8 +141,19 @@ async fn serve(
     );
     let pool = prepare_database(args).await?;
     let transport = sagaflow::build_transport(&pool, transport_args).await?;
-    let engine =
-        sagaflow::Engine::start(pool.clone(), transport, &components, RelayConfig::default());
+    let options = sagaflow::AppOptions {
+        admin_token: AdminToken::new(admin_token.as_deref()),
+    };
+    if !options.admin_token.is_configured() {
+        tracing::warn!("SAGAFLOW_ADMIN_TOKEN is not set: admin routes answer 403");
+    }
+    let engine = sagaflow::Engine::start(
+        pool.clone(),
+        transport,
+        &components,
+        RelayConfig::default(),
+        &options,
+    );
     if components.contains(&Component::Http) {
         let listener = TcpListener::bind(http_addr)
             .await

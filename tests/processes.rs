@@ -38,7 +38,10 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
 }
 
 /// Consumes every event topic into `delivered` until cancelled.
-fn start_verifier(pool: &PgPool, transport: Arc<dyn Transport>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn start_verifier(
+    pool: &PgPool,
+    transport: Arc<dyn Transport>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let topics = sagaflow::event_topics();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut config = ConsumerConfig::new("verifier", &topics);
@@ -80,7 +83,11 @@ fn database_url(pool: &PgPool) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct EngineProcess {
@@ -104,7 +111,10 @@ async fn spawn_engine(pool: &PgPool, transport: &Arc<dyn Transport>) -> EnginePr
         .env("SAGAFLOW_DB_POOL_SIZE", "8")
         .env("SAGAFLOW_TRANSPORT", transport.kind())
         .env("SAGAFLOW_TOPIC_PREFIX", &transport.layout().prefix)
-        .env("SAGAFLOW_PARTITIONS", transport.layout().partitions.to_string())
+        .env(
+            "SAGAFLOW_PARTITIONS",
+            transport.layout().partitions.to_string(),
+        )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -114,9 +124,11 @@ async fn spawn_engine(pool: &PgPool, transport: &Arc<dyn Transport>) -> EnginePr
     let child = command.spawn().expect("start the sagaflow binary");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "the engine process answering /healthz", || async {
-        client.get(format!("{base}/healthz")).send().await.is_ok()
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the engine process answering /healthz",
+        || async { client.get(format!("{base}/healthz")).send().await.is_ok() },
+    )
     .await;
     EngineProcess { child, base }
 }
@@ -147,14 +159,20 @@ async fn create_delivered(pool: &PgPool) {
 async fn kill_9_of_the_leading_engine(pool: PgPool, transport: Arc<dyn Transport>) {
     create_delivered(&pool).await;
     let leader = spawn_engine(&pool, &transport).await;
-    eventually(Duration::from_secs(10), "the first engine leading all 4 shards", || async {
-        relay_lock_holders(&pool).await.len() == 4
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the first engine leading all 4 shards",
+        || async { relay_lock_holders(&pool).await.len() == 4 },
+    )
     .await;
     let leader_locks = relay_lock_holders(&pool).await;
     let standby = spawn_engine(&pool, &transport).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(relay_lock_holders(&pool).await, leader_locks, "the standby must not relay while the leader lives");
+    assert_eq!(
+        relay_lock_holders(&pool).await,
+        leader_locks,
+        "the standby must not relay while the leader lives"
+    );
 
     let (stop_verifier, verifier) = start_verifier(&pool, transport.clone());
     let client = reqwest::Client::new();
@@ -190,14 +208,24 @@ async fn kill_9_of_the_leading_engine(pool: PgPool, transport: Arc<dyn Transport
     for t in tasks {
         t.await.unwrap();
     }
-    eventually(Duration::from_secs(15), "the standby taking over every shard", || async {
-        let holders = relay_lock_holders(&pool).await;
-        holders.len() == 4 && holders.is_disjoint(&leader_locks)
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the standby taking over every shard",
+        || async {
+            let holders = relay_lock_holders(&pool).await;
+            holders.len() == 4 && holders.is_disjoint(&leader_locks)
+        },
+    )
     .await;
-    eprintln!("takeover observed {:.1}s after the kill", killed_at.elapsed().as_secs_f64());
+    eprintln!(
+        "takeover observed {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
     let accepted = accepted.load(Ordering::SeqCst) as i64;
-    assert!(accepted >= 150, "the standby accepted its commands ({accepted})");
+    assert!(
+        accepted >= 150,
+        "the standby accepted its commands ({accepted})"
+    );
     // Every accepted command is stored (a command the leader committed just before dying may
     // be stored without its 202 having arrived).
     assert!(scalar(&pool, "SELECT count(*) FROM events").await >= accepted);
@@ -281,8 +309,11 @@ async fn a_broker_outage_loses_and_doubles_nothing(pool: PgPool) {
             max_backoff: Duration::from_secs(2),
             ..Default::default()
         },
+        &sagaflow::AppOptions::default(),
     );
-    let addr = sagaflow::spawn_server(engine.app.router.clone()).await.unwrap();
+    let addr = sagaflow::spawn_server(engine.app.router.clone())
+        .await
+        .unwrap();
     let (stop_verifier, verifier) = start_verifier(&pool, transport.clone());
 
     broker.pause();
@@ -292,18 +323,35 @@ async fn a_broker_outage_loses_and_doubles_nothing(pool: PgPool) {
     for chunk in (0..2000).collect::<Vec<_>>().chunks(50) {
         let mut tasks = Vec::new();
         for i in chunk {
-            let (client, url) = (client.clone(), format!("http://{addr}/inventory/SKU-{}/restock", i % 40));
+            let (client, url) = (
+                client.clone(),
+                format!("http://{addr}/inventory/SKU-{}/restock", i % 40),
+            );
             tasks.push(tokio::spawn(async move {
-                client.post(url).json(&json!({"quantity": 1})).send().await.unwrap().status()
+                client
+                    .post(url)
+                    .json(&json!({"quantity": 1}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
             }));
         }
         for t in tasks {
-            assert_eq!(t.await.unwrap(), StatusCode::ACCEPTED, "commands are accepted while the broker is down");
+            assert_eq!(
+                t.await.unwrap(),
+                StatusCode::ACCEPTED,
+                "commands are accepted while the broker is down"
+            );
             accepted += 1;
         }
     }
     assert_eq!(accepted, 2000);
-    assert_eq!(scalar(&pool, "SELECT count(*) FROM delivered").await, 0, "nothing can be delivered yet");
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM delivered").await,
+        0,
+        "nothing can be delivered yet"
+    );
     let held = scalar(&pool, "SELECT count(*) FROM outbox").await;
     eprintln!("outbox holds {held} messages during the outage");
     assert!(held > 0);

@@ -4,7 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use clap::Args;
+use sagaflow_engine::transport::postgres::PostgresTransport;
+use sagaflow_engine::transport::TopicLayout;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -48,7 +52,8 @@ pub async fn run(args: AppendArgs, database: &DatabaseArgs) -> anyhow::Result<()
         args.rounds,
         crate::config::mask_url(&url)
     );
-    let app = crate::build_app(pool.clone());
+    let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
+    let app = crate::build_app(pool.clone(), transport, &crate::AppOptions::default());
     let addr = crate::spawn_server(app.router).await?;
     let base = format!("http://{addr}");
     let client = reqwest::Client::builder()

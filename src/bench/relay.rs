@@ -143,6 +143,7 @@ async fn through_relay(
             batch_size: args.batch_size,
             ..Default::default()
         },
+        &crate::AppOptions::default(),
     );
     let stats = engine.relay_stats.clone().expect("relay runs");
     let (progress, guard) = Progress::start(&format!("relay/{kind}"), Some(args.messages as u64));

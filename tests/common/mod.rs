@@ -14,9 +14,13 @@ pub struct TestApp {
     pub pool: PgPool,
 }
 
-/// Serves the whole application over `pool` on an ephemeral port.
+/// Serves the whole application over `pool` on an ephemeral port, on the embedded transport.
 pub async fn start(pool: PgPool) -> TestApp {
-    let app = sagaflow::build_app(pool.clone());
+    start_with(pool, sagaflow::AppOptions::default()).await
+}
+
+pub async fn start_with(pool: PgPool, options: sagaflow::AppOptions) -> TestApp {
+    let app = sagaflow::build_app(pool.clone(), transport::postgres(&pool), &options);
     let addr = sagaflow::spawn_server(app.router)
         .await
         .expect("bind a loopback port");

@@ -532,6 +532,53 @@ enum ConsumeError {
     Database(#[from] sqlx::Error),
 }
 
+/// How far one partition of a group is behind the transport.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The group's committed position: the next offset it will apply.
+    pub position: i64,
+    /// The offset after the last message in the partition.
+    pub end: i64,
+    pub lag: i64,
+}
+
+/// The lag of `group` on the given logical topics, per partition.
+pub async fn group_lag(
+    pool: &PgPool,
+    transport: &dyn Transport,
+    group: &str,
+    logical_topics: &[&str],
+) -> Result<Vec<PartitionLag>, crate::transport::TransportError> {
+    let mut out = Vec::new();
+    for logical in logical_topics {
+        let topic = transport.layout().topic(logical);
+        let ends = transport.end_offsets(&topic).await?;
+        let committed: HashMap<i32, i64> = sqlx::query_as(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(&topic)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect();
+        for (partition, end) in ends.into_iter().enumerate() {
+            let partition = partition as i32;
+            let position = committed.get(&partition).copied().unwrap_or(0);
+            out.push(PartitionLag {
+                topic: topic.clone(),
+                partition,
+                position,
+                end,
+                lag: (end - position).max(0),
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn to_positions(positions: &BTreeMap<PartitionKey, i64>) -> Vec<Position> {
     positions
         .iter()

@@ -2,6 +2,7 @@
 //! crates add their own routes with [`run_command`], which applies the same error mapping and
 //! idempotency rules everywhere.
 
+pub mod admin;
 mod error;
 mod extract;
 mod registry;

@@ -447,6 +447,27 @@ impl Transport for KafkaTransport {
         }))
     }
 
+    /// High watermarks. (Tansu's memory engine reports them wrong, see KAFKA-BROKER.md; real
+    /// Kafka reports them right.)
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>, TransportError> {
+        let producer = self.current_producer();
+        let topic = topic.to_owned();
+        let partitions = self.config.layout.partitions;
+        tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    producer
+                        .client()
+                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                        .map(|(_, high)| high.max(0))
+                        .map_err(|e| unavailable("cannot fetch watermarks", e))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| TransportError::Unavailable(format!("watermark task failed: {e}")))?
+    }
+
     async fn check(&self) -> Result<(), TransportError> {
         let producer = self.current_producer();
         tokio::task::spawn_blocking(move || {

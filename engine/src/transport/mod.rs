@@ -158,6 +158,10 @@ pub trait Transport: Send + Sync + 'static {
     /// committed, to wake readers.
     fn published(&self) {}
 
+    /// The offset after the last message of each partition of a physical topic (0 for an
+    /// empty partition), in partition order; for consumer lag.
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>, TransportError>;
+
     /// Opens a reader that a consumer assigns partitions to.
     async fn reader(&self) -> Result<Box<dyn Reader>, TransportError>;
 

@@ -122,6 +122,21 @@ impl Transport for PostgresTransport {
         self.bell.ring();
     }
 
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>, TransportError> {
+        let heads: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM message_log_heads WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut ends = vec![0; self.layout.partitions.max(0) as usize];
+        for (p, next) in heads {
+            if let Some(slot) = ends.get_mut(p as usize) {
+                *slot = next;
+            }
+        }
+        Ok(ends)
+    }
+
     async fn reader(&self) -> Result<Box<dyn Reader>, TransportError> {
         Ok(Box::new(PgReader {
             pool: self.pool.clone(),
