@@ -45,7 +45,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// Puts every route of `router` behind the admin token.
 pub fn protect(router: Router, token: AdminToken) -> Router {
-    router.layer(middleware::from_fn_with_state(token, require_admin))
+    router.route_layer(middleware::from_fn_with_state(token, require_admin))
 }
 
 async fn require_admin(State(token): State<AdminToken>, request: Request, next: Next) -> Response {
