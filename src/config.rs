@@ -84,8 +84,40 @@ pub enum Component {
     Relay,
     /// The projectors that keep the read models.
     Projections,
+    /// The saga orchestrator and its deadline poller.
+    Orchestrator,
+    /// The inventory participant (runs saga commands on stock).
+    #[value(name = "participant:inventory")]
+    ParticipantInventory,
+    /// The payment participant (runs saga commands on accounts).
+    #[value(name = "participant:payment")]
+    ParticipantPayment,
+    /// The order participant (confirms and rejects orders for sagas).
+    #[value(name = "participant:order")]
+    ParticipantOrder,
 }
 
 impl Component {
-    pub const ALL: [Component; 3] = [Component::Http, Component::Relay, Component::Projections];
+    pub const ALL: [Component; 7] = [
+        Component::Http,
+        Component::Relay,
+        Component::Projections,
+        Component::Orchestrator,
+        Component::ParticipantInventory,
+        Component::ParticipantPayment,
+        Component::ParticipantOrder,
+    ];
+
+    /// The name `--components` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Http => "http",
+            Component::Relay => "relay",
+            Component::Projections => "projections",
+            Component::Orchestrator => "orchestrator",
+            Component::ParticipantInventory => "participant:inventory",
+            Component::ParticipantPayment => "participant:payment",
+            Component::ParticipantOrder => "participant:order",
+        }
+    }
 }

@@ -15,11 +15,16 @@ use sagaflow_engine::command::{CommandBus, CommandBusConfig};
 use sagaflow_engine::http::admin::{self, AdminToken};
 use sagaflow_engine::http::{self as engine_http, CommandRegistry, EngineState};
 use sagaflow_engine::outbox::{Relay, RelayConfig, RelayStats};
+use sagaflow_engine::saga::messages::{commands_topic, REPLIES_TOPIC};
+use sagaflow_engine::saga::{Orchestrator, Participant};
 use sagaflow_engine::transport::kafka::{KafkaConfig, KafkaTransport};
 use sagaflow_engine::transport::postgres::PostgresTransport;
 use sagaflow_engine::transport::{TopicLayout, Transport};
 use sagaflow_engine::Aggregate;
 use sagaflow_projections::Projections;
+use sagaflow_sagas::inventory::Inventory;
+use sagaflow_sagas::order::Order;
+use sagaflow_sagas::payment::Account;
 use sagaflow_sagas::Domain;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -40,6 +45,7 @@ pub struct App {
     pub router: Router,
     pub domain: Domain,
     pub projections: Projections,
+    pub orchestrator: Arc<Orchestrator>,
     pub bus: CommandBus,
 }
 
@@ -49,7 +55,8 @@ pub fn build_app(pool: PgPool, transport: Arc<dyn Transport>, options: &AppOptio
     let domain = Domain::new(&bus);
     let mut registry = CommandRegistry::new();
     domain.register(&mut registry);
-    let projections = Projections::new(pool, transport);
+    let projections = Projections::new(pool.clone(), transport);
+    let orchestrator = Arc::new(Orchestrator::new(pool.clone(), sagaflow_sagas::sagas()));
     let engine = engine_http::router(EngineState {
         registry: Arc::new(registry),
         store: bus.store().clone(),
@@ -58,6 +65,7 @@ pub fn build_app(pool: PgPool, transport: Arc<dyn Transport>, options: &AppOptio
     let router = engine_http::finish(
         engine
             .merge(sagaflow_sagas::router(&domain))
+            .merge(sagaflow_engine::saga::http::router(pool))
             .merge(projections.router())
             .merge(admin),
     );
@@ -65,6 +73,7 @@ pub fn build_app(pool: PgPool, transport: Arc<dyn Transport>, options: &AppOptio
         router,
         domain,
         projections,
+        orchestrator,
         bus,
     }
 }
@@ -92,13 +101,19 @@ pub async fn spawn_server(router: Router) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+const CONTEXTS: [&str; 3] = [Order::CONTEXT, Inventory::CONTEXT, Account::CONTEXT];
+
 /// The logical topics of the domain's events.
 pub fn event_topics() -> Vec<String> {
-    use sagaflow_sagas::{inventory::Inventory, order::Order, payment::Account};
-    [Order::CONTEXT, Inventory::CONTEXT, Account::CONTEXT]
-        .iter()
-        .map(|c| format!("{c}.events"))
-        .collect()
+    CONTEXTS.iter().map(|c| format!("{c}.events")).collect()
+}
+
+/// Every logical topic: events, saga commands per context, saga replies.
+pub fn all_topics() -> Vec<String> {
+    let mut topics = event_topics();
+    topics.extend(CONTEXTS.iter().map(|c| commands_topic(c)));
+    topics.push(REPLIES_TOPIC.to_owned());
+    topics
 }
 
 /// The transport chosen by `args`, with its topics created.
@@ -121,7 +136,7 @@ pub async fn build_transport(
             Arc::new(KafkaTransport::new(KafkaConfig::new(brokers, layout))?)
         }
     };
-    let topics = event_topics();
+    let topics = all_topics();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     transport
         .ensure_topics(&topics)
@@ -161,6 +176,42 @@ impl Engine {
                     }
                 });
             }
+        }
+        let bell = app.bus.outbox_bell().clone();
+        let mut consumers = Vec::new();
+        if components.contains(&Component::Orchestrator) {
+            consumers.push(app.orchestrator.consumer(transport.clone(), bell.clone()));
+            tasks.spawn(
+                app.orchestrator
+                    .clone()
+                    .run_deadlines(bell.clone(), shutdown.clone()),
+            );
+        }
+        if components.contains(&Component::ParticipantInventory) {
+            consumers.push(
+                Participant::new(app.domain.inventory.clone())
+                    .consumer(transport.clone(), bell.clone()),
+            );
+        }
+        if components.contains(&Component::ParticipantPayment) {
+            consumers.push(
+                Participant::new(app.domain.accounts.clone())
+                    .consumer(transport.clone(), bell.clone()),
+            );
+        }
+        if components.contains(&Component::ParticipantOrder) {
+            consumers.push(
+                Participant::new(app.domain.orders.clone())
+                    .consumer(transport.clone(), bell.clone()),
+            );
+        }
+        for consumer in consumers {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = consumer.run(shutdown).await {
+                    tracing::error!(error = %e, "consumer stopped");
+                }
+            });
         }
         let mut relay_stats = None;
         if components.contains(&Component::Relay) {

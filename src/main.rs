@@ -1,4 +1,4 @@
-//! The `sagaflow` command line: serve, migrate, bench.
+//! The `sagaflow` command line: serve, migrate, bench, projections.
 
 use std::net::SocketAddr;
 
@@ -59,6 +59,22 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Operate the read models.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Replay the event store into a read model, with progress on stderr. Running engines keep
+    /// serving and projecting meanwhile, and take over without missing or doubling anything.
+    Rebuild {
+        /// The projection.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(sagaflow_projections::names()))]
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -92,7 +108,63 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench { command } => {
             sagaflow::bench::run(command, &cli.database, &cli.transport).await
         }
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { name },
+        } => {
+            let pool = prepare_database(&cli.database).await?;
+            rebuild_projection(&pool, &name).await?;
+            pool.close().await;
+            Ok(())
+        }
     }
+}
+
+/// Rebuilds projection `name`, printing its progress to stderr once a second.
+async fn rebuild_projection(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<()> {
+    use sagaflow_projections::{RebuildOptions, RebuildProgress};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let last = Mutex::new(Instant::now());
+    let on_progress = Arc::new(move |p: &RebuildProgress| {
+        let mut last = last.lock().expect("progress lock");
+        if last.elapsed() >= Duration::from_secs(1) {
+            *last = Instant::now();
+            let percent = 100.0 * p.events_processed as f64 / p.events_total.max(1) as f64;
+            eprintln!(
+                "  [{}] {:>4.0}s {}/{} events ({percent:.0}%), {:.0} events/s",
+                p.name,
+                p.elapsed.as_secs_f64(),
+                p.events_processed,
+                p.events_total,
+                p.events_per_second()
+            );
+        }
+    });
+    let job = sagaflow_projections::begin_rebuild(
+        pool.clone(),
+        name,
+        RebuildOptions::default(),
+        on_progress,
+    )
+    .await
+    .with_context(|| format!("cannot start rebuilding {name}"))?;
+    eprintln!(
+        "rebuilding {name}: {} events to replay",
+        job.status.events_total.unwrap_or(0)
+    );
+    let report = job
+        .run
+        .await
+        .with_context(|| format!("rebuilding {name}"))?;
+    println!(
+        "rebuilt {name}: {} events, {} row writes in {:.1}s ({:.0} events/s)",
+        report.events,
+        report.rows_written,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second()
+    );
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

@@ -25,7 +25,8 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Send + Sync + 'sta
 /// A command the aggregate decides on. Commands are serde enums declared with
 /// `#[serde(tag = "command", content = "payload", rename_all = "snake_case")]`, which is exactly
 /// the body of `POST /commands/{aggregate_type}/{aggregate_id}`.
-pub trait DomainCommand: DeserializeOwned + Send + Sync + 'static {
+/// Commands are also serialized: sagas send them to participants through the outbox.
+pub trait DomainCommand: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The command's name, for logs and metrics.
     fn name(&self) -> &'static str;
 }

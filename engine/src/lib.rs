@@ -9,6 +9,7 @@ pub mod doorbell;
 pub mod envelope;
 pub mod http;
 pub mod outbox;
+pub mod saga;
 pub mod store;
 pub mod testing;
 pub mod transport;

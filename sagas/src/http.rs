@@ -110,6 +110,7 @@ async fn place_order(
     let respond = move |outcome: &CommandOutcome| {
         json!({
             "order_id": order_id,
+            "saga_id": crate::order_fulfillment::saga_id_of(order_id),
             "stream_id": outcome.stream_id,
             "version": outcome.version,
         })

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod inventory;
 pub mod order;
+pub mod order_fulfillment;
 pub mod payment;
 pub mod types;
 
@@ -48,6 +49,11 @@ impl Domain {
             .register(self.inventory.clone())
             .register(self.accounts.clone());
     }
+}
+
+/// The sagas of the domain, for the orchestrator.
+pub fn sagas() -> Vec<Arc<sagaflow_engine::saga::Saga>> {
+    vec![order_fulfillment::order_fulfillment()]
 }
 
 /// The domain's command routes (see [`http`]), with their state applied.

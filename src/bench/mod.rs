@@ -3,6 +3,7 @@
 //! Shared machines are noisy: compare ratios, not absolute figures.
 
 mod append;
+mod rebuild;
 mod relay;
 mod stats;
 
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     Append(append::AppendArgs),
     /// Drain an outbox backlog through each transport, beside raw baselines.
     Relay(relay::RelayArgs),
+    /// Rebuild every read model from 1,000,000 stored events, beside a plain sequential read.
+    Rebuild(rebuild::RebuildArgs),
 }
 
 pub async fn run(
@@ -30,6 +33,7 @@ pub async fn run(
     match command {
         BenchCommand::Append(args) => append::run(args, database).await,
         BenchCommand::Relay(args) => relay::run(args, database, transport).await,
+        BenchCommand::Rebuild(args) => rebuild::run(args, database).await,
     }
 }
 

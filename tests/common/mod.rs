@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 
+pub mod engine;
 pub mod transport;
 
 pub struct TestApp {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -27,7 +27,7 @@ use crate::aggregate::{decode_event, encode_event, stream_id, Aggregate, DomainE
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
 use crate::outbox::{self, OutboxMessage, OUTBOX_CHANNEL};
-use crate::store::{AppendError, EventStore, NewEvent, StoreError};
+use crate::store::{read_stream_on, AppendError, EventStore, NewEvent, StoreError};
 
 /// Settings of the command bus.
 #[derive(Debug, Clone)]
@@ -301,19 +301,7 @@ impl<A: Aggregate> Repository<A> {
             let response = respond(&outcome);
             return Ok(CommitResult::Committed { outcome, response });
         }
-        let new_events: Vec<NewEvent> = decided
-            .iter()
-            .map(|e| {
-                let (event_type, payload) = encode_event(e);
-                NewEvent {
-                    message_id: Uuid::now_v7(),
-                    schema_version: A::Event::schema_version(&event_type),
-                    event_type,
-                    payload,
-                    metadata: ctx.metadata.clone(),
-                }
-            })
-            .collect();
+        let new_events = new_events::<A>(&decided, &ctx.metadata);
         let mut tx = self.bus.pool().begin().await?;
         if let Some(idem) = &ctx.idempotency {
             if !idem.claim(&mut tx).await? {
@@ -391,6 +379,154 @@ impl<A: Aggregate> Repository<A> {
         cache.insert(stream, loaded.clone());
         Ok(loaded)
     }
+}
+
+/// Executes commands inside a caller's transaction, as a participant does for a batch of
+/// saga commands. Each stream's state is taken out of the repository's cache into the batch;
+/// later commands of the batch on the same stream see the earlier ones' events. Call
+/// [`CommandBatch::committed`] after the caller's transaction committed to hand the states
+/// back to the cache; a batch dropped without it (a rollback) leaves those streams to be
+/// reloaded from the store. Per-stream serialization is the caller's (a consumer owns its
+/// partition); concurrent writers elsewhere surface as [`AppendError::Conflict`].
+pub struct CommandBatch<A: Aggregate> {
+    repo: Arc<Repository<A>>,
+    states: HashMap<String, Loaded<A>>,
+}
+
+impl<A: Aggregate> Repository<A> {
+    pub fn batch(self: &Arc<Self>) -> CommandBatch<A> {
+        CommandBatch {
+            repo: self.clone(),
+            states: HashMap::new(),
+        }
+    }
+}
+
+impl<A: Aggregate> CommandBatch<A> {
+    /// Decides `command` on aggregate `id` and, unless the domain rejects it, appends the
+    /// events and their outbox rows in `tx`. The outer `Result` is a technical failure (the
+    /// caller rolls back), the inner one the domain's decision.
+    pub async fn execute(
+        &mut self,
+        tx: &mut PgConnection,
+        id: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+    ) -> Result<Result<CommandOutcome, A::Error>, BatchError> {
+        let stream = stream_id::<A>(id);
+        let mut loaded = match self.states.remove(&stream) {
+            Some(l) => l,
+            None => {
+                let cached = self.repo.stripe(&stream).lock().await.remove(&stream);
+                let start = cached.unwrap_or(Loaded {
+                    version: 0,
+                    state: A::default(),
+                });
+                replay_on(&mut *tx, &stream, start).await?
+            }
+        };
+        let decided = match loaded.state.handle(command) {
+            Ok(events) => events,
+            Err(rejection) => {
+                self.states.insert(stream, loaded);
+                return Ok(Err(rejection));
+            }
+        };
+        let new_events = new_events::<A>(&decided, metadata);
+        let recorded = self
+            .repo
+            .bus
+            .store
+            .append(&mut *tx, &stream, loaded.version, &new_events)
+            .await?;
+        outbox::enqueue(&mut *tx, &event_messages::<A>(&stream, &recorded)).await?;
+        for e in &decided {
+            loaded.state.apply(e);
+        }
+        if let Some(last) = recorded.last() {
+            loaded.version = last.envelope.stream_version;
+        }
+        let outcome = CommandOutcome {
+            stream_id: stream.clone(),
+            version: loaded.version,
+            events: recorded,
+        };
+        self.states.insert(stream, loaded);
+        Ok(Ok(outcome))
+    }
+
+    /// Hands the batch's states to the shared cache; call it after the commit.
+    pub async fn committed(self) {
+        let capacity = self.repo.bus.config.cache_per_stripe;
+        for (stream, loaded) in self.states {
+            let mut cache = self.repo.stripe(&stream).lock().await;
+            evict_one_if_full(&mut cache, capacity);
+            cache.insert(stream, loaded);
+        }
+    }
+}
+
+/// A technical failure of a [`CommandBatch`]: the caller rolls its transaction back.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        BatchError::Store(StoreError::Database(e))
+    }
+}
+
+/// Replays the tail of `stream` after `from` on `conn` (sees the transaction's own writes).
+async fn replay_on<A: Aggregate>(
+    conn: &mut PgConnection,
+    stream: &str,
+    mut from: Loaded<A>,
+) -> Result<Loaded<A>, StoreError> {
+    const PAGE: i64 = 1000;
+    loop {
+        let page = read_stream_on(&mut *conn, stream, from.version + 1, PAGE).await?;
+        for e in &page {
+            from.state.apply(&decode::<A>(e)?);
+            from.version = e.envelope.stream_version;
+        }
+        if (page.len() as i64) < PAGE {
+            return Ok(from);
+        }
+    }
+}
+
+fn new_events<A: Aggregate>(decided: &[A::Event], metadata: &Metadata) -> Vec<NewEvent> {
+    decided
+        .iter()
+        .map(|e| {
+            let (event_type, payload) = encode_event(e);
+            NewEvent {
+                message_id: Uuid::now_v7(),
+                schema_version: A::Event::schema_version(&event_type),
+                event_type,
+                payload,
+                metadata: metadata.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The outbox rows of recorded events: topic `<context>.events`, keyed by stream id.
+fn event_messages<A: Aggregate>(stream: &str, recorded: &[RecordedEvent]) -> Vec<OutboxMessage> {
+    let topic = format!("{}.events", A::CONTEXT);
+    recorded
+        .iter()
+        .map(|r| OutboxMessage {
+            topic: topic.clone(),
+            partition_key: stream.to_owned(),
+            envelope: r.envelope.clone(),
+        })
+        .collect()
 }
 
 enum CommitResult {

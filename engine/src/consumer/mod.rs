@@ -56,6 +56,11 @@ pub trait Handler: Send + Sync + 'static {
         }
         Ok(())
     }
+
+    /// Called after the transaction of the last `handle_batch` committed (not after a
+    /// rollback): the moment to publish in-memory state that must only reflect committed
+    /// work, such as cached aggregates.
+    async fn after_commit(&self) {}
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +429,9 @@ impl Consumer {
         let next = messages.last().expect("non-empty batch").offset + 1;
         self.commit_offset(&mut tx, key, expected, next).await?;
         tx.commit().await?;
+        if !todo.is_empty() {
+            self.handler.after_commit().await;
+        }
         if let Some(bell) = &self.outbox_bell {
             bell.ring();
         }

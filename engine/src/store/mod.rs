@@ -165,18 +165,7 @@ impl EventStore {
         from_version: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT global_position, stream_id, stream_version, message_id, event_type, schema_version,
-                    payload, metadata, recorded_at
-             FROM events WHERE stream_id = $1 AND stream_version >= $2
-             ORDER BY stream_version LIMIT $3",
-        )
-        .bind(stream_id)
-        .bind(from_version)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(row_to_event).collect()
+        read_stream_on(&self.pool, stream_id, from_version, limit).await
     }
 
     /// Reads up to `limit` events with a global position greater than `after_position`, in
@@ -200,6 +189,28 @@ impl EventStore {
         .await?;
         rows.iter().map(row_to_event).collect()
     }
+}
+
+/// [`EventStore::read_stream`] on any executor: inside a transaction it also sees that
+/// transaction's own uncommitted events.
+pub async fn read_stream_on<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    stream_id: &str,
+    from_version: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT global_position, stream_id, stream_version, message_id, event_type, schema_version,
+                payload, metadata, recorded_at
+         FROM events WHERE stream_id = $1 AND stream_version >= $2
+         ORDER BY stream_version LIMIT $3",
+    )
+    .bind(stream_id)
+    .bind(from_version)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(row_to_event).collect()
 }
 
 fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, sqlx::Error> {

@@ -1,0 +1,18 @@
+//! Sagas: long-running business processes written in Rust as ordered steps with
+//! compensations, driven by the [`Orchestrator`] over the transport, with [`Participant`]s
+//! running their commands against aggregates. See [`definition`] for the DSL.
+
+pub mod definition;
+pub mod http;
+pub mod messages;
+pub mod orchestrator;
+pub mod participant;
+pub mod state;
+pub mod testing;
+
+pub use definition::{
+    saga_id, saga_stream, Backoff, Failure, Invoke, Saga, SagaData, SagaDefinition,
+};
+pub use orchestrator::{load_saga, Orchestrator, ORCHESTRATOR_GROUP};
+pub use participant::Participant;
+pub use state::{decide, SagaEvent, SagaInput, SagaState, SagaStatus, StepStatus, StepView};

@@ -1,0 +1,620 @@
+//! The orchestrator: drives saga instances.
+//!
+//! It consumes the events that start or abort sagas and the participants' replies; for each
+//! it loads the saga (cached, replaying only what it misses), decides, and in the consumer's
+//! transaction appends the saga's events, writes the commands it sends to the outbox, sets or
+//! clears the saga's deadline and updates the `sagas` read model. A deadline poller, which
+//! any number of processes may run, claims due deadlines with `FOR UPDATE SKIP LOCKED`.
+//!
+//! One saga is only ever decided by one transaction at a time: every path takes the saga's
+//! advisory transaction lock first (the poller only tries, and skips a saga that is busy).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::definition::{saga_stream, target_stream, Saga};
+use super::messages::{
+    commands_topic, SagaCommand, SagaReply, COMMAND_EVENT_TYPE, REPLIES_TOPIC, REPLY_EVENT_TYPE,
+};
+use super::state::{decide, SagaEvent, SagaInput, SagaState, SentCommand};
+use crate::aggregate::encode_event;
+use crate::command::decode_envelope;
+use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
+use crate::doorbell::Doorbell;
+use crate::envelope::{Envelope, Metadata};
+use crate::outbox::{self, OutboxMessage};
+use crate::store::{read_stream_on, AppendError, EventStore, NewEvent};
+use crate::transport::{Delivery, Transport};
+
+/// The consumer group of the orchestrator.
+pub const ORCHESTRATOR_GROUP: &str = "orchestrator";
+
+#[derive(Clone)]
+struct Loaded {
+    version: i64,
+    state: SagaState,
+}
+
+/// Drives the registered sagas. Cheap to share (`Arc`).
+pub struct Orchestrator {
+    sagas: HashMap<&'static str, Arc<Saga>>,
+    pool: PgPool,
+    store: EventStore,
+    cache: Mutex<HashMap<Uuid, Loaded>>,
+    /// Sagas decided by the batch in flight; they reach `cache` after its commit.
+    batch: Mutex<HashMap<Uuid, Loaded>>,
+    cache_capacity: usize,
+}
+
+/// One thing that happens to one saga.
+struct Work {
+    saga_id: Uuid,
+    saga: Option<Arc<Saga>>,
+    input: SagaInput,
+    cause: Option<Envelope>,
+}
+
+impl Orchestrator {
+    pub fn new(pool: PgPool, sagas: Vec<Arc<Saga>>) -> Self {
+        Orchestrator {
+            sagas: sagas.into_iter().map(|s| (s.name, s)).collect(),
+            store: EventStore::new(pool.clone()),
+            pool,
+            cache: Mutex::new(HashMap::new()),
+            batch: Mutex::new(HashMap::new()),
+            cache_capacity: 100_000,
+        }
+    }
+
+    /// Logical topics the orchestrator consumes: its sagas' start and abort events, and the
+    /// replies.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.sagas.values().flat_map(|s| s.event_topics()).collect();
+        topics.push(REPLIES_TOPIC.to_owned());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// The orchestrator's consumer (group `orchestrator`).
+    pub fn consumer(
+        self: &Arc<Self>,
+        transport: Arc<dyn Transport>,
+        outbox_bell: Doorbell,
+    ) -> Consumer {
+        let topics = self.topics();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        Consumer::new(
+            self.pool.clone(),
+            transport,
+            self.clone(),
+            ConsumerConfig::new(ORCHESTRATOR_GROUP, &topics),
+        )
+        .with_outbox_bell(outbox_bell)
+    }
+
+    pub fn saga(&self, name: &str) -> Option<&Arc<Saga>> {
+        self.sagas.get(name)
+    }
+
+    fn classify(&self, m: &Delivery) -> Vec<Work> {
+        let envelope = &m.envelope;
+        if envelope.event_type == REPLY_EVENT_TYPE {
+            let saga_id = envelope
+                .metadata
+                .saga_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok());
+            return match (
+                saga_id,
+                serde_json::from_value::<SagaReply>(envelope.payload.clone()),
+            ) {
+                (Some(saga_id), Ok(reply)) => vec![Work {
+                    saga_id,
+                    saga: None,
+                    input: SagaInput::Reply {
+                        command_id: reply.command_id,
+                        outcome: reply.outcome,
+                    },
+                    cause: Some(envelope.clone()),
+                }],
+                _ => {
+                    tracing::error!(message_id = %envelope.message_id, "reply without a saga id or of an unknown shape; ignored");
+                    Vec::new()
+                }
+            };
+        }
+        let mut work = Vec::new();
+        for saga in self.sagas.values() {
+            match saga.try_start(envelope) {
+                Some(Ok(data)) => work.push(Work {
+                    saga_id: saga.id_for(&envelope.stream_id),
+                    saga: Some(saga.clone()),
+                    input: SagaInput::Start {
+                        data,
+                        correlation_id: envelope.metadata.correlation_id,
+                    },
+                    cause: Some(envelope.clone()),
+                }),
+                Some(Err(e)) => {
+                    tracing::error!(saga = saga.name, error = %e, "start event yields no saga data")
+                }
+                None => {}
+            }
+            if let Some(reason) = saga.try_abort(envelope) {
+                work.push(Work {
+                    saga_id: saga.id_for(&envelope.stream_id),
+                    saga: Some(saga.clone()),
+                    input: SagaInput::Abort { reason },
+                    cause: Some(envelope.clone()),
+                });
+            }
+        }
+        work
+    }
+
+    /// Applies `work` in `tx`; the sagas' new states wait in `self.batch` for the commit.
+    async fn process(&self, tx: &mut PgConnection, work: Vec<Work>) -> Result<(), HandlerError> {
+        let mut states: BTreeMap<Uuid, Loaded> = BTreeMap::new();
+        let mut touched: Vec<Uuid> = Vec::new();
+        let mut outgoing: Vec<OutboxMessage> = Vec::new();
+        let now = Utc::now();
+        let mut jitter = || rand::random::<f64>();
+        for w in work {
+            let loaded = match states.remove(&w.saga_id) {
+                Some(l) => l,
+                None => self.load(tx, w.saga_id).await?,
+            };
+            let saga = match (&w.saga, loaded.state.is_started()) {
+                (_, true) => self.sagas.get(loaded.state.saga_type.as_str()).cloned(),
+                (Some(s), false) => Some(s.clone()),
+                (None, false) => None,
+            };
+            let Some(saga) = saga else {
+                tracing::warn!(saga_id = %w.saga_id, "input for an unknown saga; ignored");
+                states.insert(w.saga_id, loaded);
+                continue;
+            };
+            let events = decide(&saga, &loaded.state, &w.input, now, &mut jitter)?;
+            if events.is_empty() {
+                states.insert(w.saga_id, loaded);
+                continue;
+            }
+            let mut next = loaded.clone();
+            for e in &events {
+                next.state.apply(e, now);
+            }
+            let metadata = Metadata {
+                correlation_id: next.state.correlation_id,
+                causation_id: w.cause.as_ref().map(|c| c.message_id),
+                traceparent: w
+                    .cause
+                    .as_ref()
+                    .and_then(|c| c.metadata.traceparent.clone()),
+                saga_id: Some(w.saga_id.to_string()),
+                ..Default::default()
+            };
+            let new_events: Vec<NewEvent> = events
+                .iter()
+                .map(|e| {
+                    let (event_type, payload) = encode_event(e);
+                    NewEvent {
+                        message_id: Uuid::now_v7(),
+                        event_type,
+                        schema_version: 1,
+                        payload,
+                        metadata: metadata.clone(),
+                    }
+                })
+                .collect();
+            let recorded = self
+                .store
+                .append(
+                    &mut *tx,
+                    &saga_stream(w.saga_id),
+                    loaded.version,
+                    &new_events,
+                )
+                .await
+                .map_err(|e| -> HandlerError {
+                    match e {
+                        AppendError::Conflict { .. } => {
+                            format!("saga {} changed concurrently: {e}", w.saga_id).into()
+                        }
+                        AppendError::Database(e) => e.into(),
+                    }
+                })?;
+            next.version = recorded
+                .last()
+                .map_or(loaded.version, |r| r.envelope.stream_version);
+            next.state.version = next.version;
+            for e in &events {
+                match e {
+                    SagaEvent::StepInvoked {
+                        name,
+                        attempt,
+                        commands,
+                        ..
+                    }
+                    | SagaEvent::CompensationInvoked {
+                        name,
+                        attempt,
+                        commands,
+                        ..
+                    } => {
+                        for c in commands {
+                            outgoing.push(command_message(w.saga_id, name, *attempt, c, &metadata));
+                        }
+                    }
+                    SagaEvent::FinalCommandInvoked {
+                        attempt, command, ..
+                    } => outgoing.push(command_message(
+                        w.saga_id,
+                        "on_compensated",
+                        *attempt,
+                        command,
+                        &metadata,
+                    )),
+                    _ => {}
+                }
+            }
+            touched.push(w.saga_id);
+            states.insert(w.saga_id, next);
+        }
+        outbox::enqueue(&mut *tx, &outgoing).await?;
+        touched.sort();
+        touched.dedup();
+        let touched: Vec<(Uuid, &Loaded)> = touched.iter().map(|id| (*id, &states[id])).collect();
+        write_deadlines(&mut *tx, &touched).await?;
+        write_summaries(&mut *tx, &touched).await?;
+        let mut batch = self.batch.lock().await;
+        batch.extend(states);
+        Ok(())
+    }
+
+    /// A saga's state: from the batch in flight, the cache, or its stream (read in `tx`).
+    async fn load(&self, tx: &mut PgConnection, saga_id: Uuid) -> Result<Loaded, sqlx::Error> {
+        if let Some(l) = self.batch.lock().await.remove(&saga_id) {
+            return Ok(l);
+        }
+        let mut loaded = self.cache.lock().await.remove(&saga_id).unwrap_or(Loaded {
+            version: 0,
+            state: SagaState::default(),
+        });
+        let stream = saga_stream(saga_id);
+        loop {
+            let page = read_stream_on(&mut *tx, &stream, loaded.version + 1, 1000).await?;
+            for r in &page {
+                let event = decode_envelope::<SagaEvent>(&r.envelope)
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                loaded.state.apply(&event, r.recorded_at);
+                loaded.version = r.envelope.stream_version;
+                loaded.state.version = loaded.version;
+            }
+            if page.len() < 1000 {
+                return Ok(loaded);
+            }
+        }
+    }
+
+    /// Takes the advisory locks of `ids` (sorted, so two transactions never wait on each
+    /// other in a cycle).
+    async fn lock_all(tx: &mut PgConnection, ids: &mut [Uuid]) -> Result<(), sqlx::Error> {
+        ids.sort();
+        let keys: Vec<i64> = ids.iter().map(lock_key).collect();
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::int8[]) AS k")
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Fires due deadlines until `shutdown`: one transaction per round, at most 200 sagas.
+    pub async fn run_deadlines(
+        self: Arc<Self>,
+        outbox_bell: Doorbell,
+        shutdown: CancellationToken,
+    ) {
+        while !shutdown.is_cancelled() {
+            let fired = match self.fire_due_deadlines(200).await {
+                Ok(n) => {
+                    if n > 0 {
+                        outbox_bell.ring();
+                        self.publish_batch().await;
+                    }
+                    n
+                }
+                Err(e) => {
+                    self.batch.lock().await.clear();
+                    tracing::warn!(error = %e, "deadline round failed; retrying");
+                    0
+                }
+            };
+            if fired < 200 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+
+    /// Claims and fires up to `limit` due deadlines; returns how many it fired.
+    pub async fn fire_due_deadlines(&self, limit: i64) -> Result<usize, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT saga_id FROM saga_deadlines WHERE due_at <= now()
+             ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // A saga whose lock is held is being decided right now: its deadline moves anyway.
+        let mut work = Vec::new();
+        for saga_id in due {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(lock_key(&saga_id))
+                .fetch_one(&mut *tx)
+                .await?;
+            if got {
+                work.push(Work {
+                    saga_id,
+                    saga: None,
+                    input: SagaInput::Deadline,
+                    cause: None,
+                });
+            }
+        }
+        let n = work.len();
+        self.batch.lock().await.clear();
+        self.process(&mut tx, work).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Runs an operator's input (abort, retry) on one saga in its own transaction.
+    pub async fn command(
+        &self,
+        saga_id: Uuid,
+        input: SagaInput,
+    ) -> Result<SagaState, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        Self::lock_all(&mut tx, &mut [saga_id]).await?;
+        self.batch.lock().await.clear();
+        self.process(
+            &mut tx,
+            vec![Work {
+                saga_id,
+                saga: None,
+                input,
+                cause: None,
+            }],
+        )
+        .await?;
+        tx.commit().await?;
+        let state = self
+            .batch
+            .lock()
+            .await
+            .get(&saga_id)
+            .map(|l| l.state.clone())
+            .unwrap_or_default();
+        self.publish_batch().await;
+        Ok(state)
+    }
+
+    async fn publish_batch(&self) {
+        let decided: Vec<(Uuid, Loaded)> = self.batch.lock().await.drain().collect();
+        let mut cache = self.cache.lock().await;
+        for (id, loaded) in decided {
+            if loaded.state.status.is_some_and(|s| s.is_terminal()) {
+                cache.remove(&id);
+                continue;
+            }
+            if cache.len() >= self.cache_capacity {
+                if let Some(k) = cache.keys().next().copied() {
+                    cache.remove(&k);
+                }
+            }
+            cache.insert(id, loaded);
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Orchestrator {
+    async fn handle(&self, tx: &mut PgConnection, message: &Delivery) -> Result<(), HandlerError> {
+        self.handle_batch(tx, std::slice::from_ref(message)).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[Delivery],
+    ) -> Result<(), HandlerError> {
+        // Whatever a failed batch left behind is not committed state.
+        self.batch.lock().await.clear();
+        let work: Vec<Work> = messages.iter().flat_map(|m| self.classify(m)).collect();
+        if work.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<Uuid> = work.iter().map(|w| w.saga_id).collect();
+        ids.dedup();
+        Self::lock_all(tx, &mut ids).await?;
+        self.process(tx, work).await
+    }
+
+    async fn after_commit(&self) {
+        self.publish_batch().await;
+    }
+}
+
+fn lock_key(saga_id: &Uuid) -> i64 {
+    let b = saga_id.as_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) ^ 0x5347_4100
+}
+
+fn command_message(
+    saga_id: Uuid,
+    step: &str,
+    attempt: u32,
+    c: &SentCommand,
+    metadata: &Metadata,
+) -> OutboxMessage {
+    let target = target_stream(&c.invocation);
+    OutboxMessage {
+        topic: commands_topic(&c.invocation.context),
+        partition_key: target.clone(),
+        envelope: Envelope {
+            message_id: c.message_id,
+            stream_id: target,
+            stream_version: 0,
+            event_type: COMMAND_EVENT_TYPE.into(),
+            schema_version: 1,
+            payload: serde_json::to_value(SagaCommand {
+                aggregate_type: c.invocation.aggregate_type.clone(),
+                aggregate_id: c.invocation.aggregate_id.clone(),
+                command: c.invocation.command.clone(),
+            })
+            .expect("commands serialize"),
+            metadata: Metadata {
+                saga_id: Some(saga_id.to_string()),
+                saga_step: Some(step.to_owned()),
+                attempt: Some(attempt),
+                ..metadata.clone()
+            },
+        },
+    }
+}
+
+async fn write_deadlines(
+    tx: &mut PgConnection,
+    sagas: &[(Uuid, &Loaded)],
+) -> Result<(), sqlx::Error> {
+    let (mut set_ids, mut set_types, mut set_due, mut clear) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, l) in sagas {
+        match l.state.deadline {
+            Some(d) => {
+                set_ids.push(*id);
+                set_types.push(l.state.saga_type.as_str());
+                set_due.push(d.at);
+            }
+            None => clear.push(*id),
+        }
+    }
+    if !set_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO saga_deadlines (saga_id, saga_type, due_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[])
+             ON CONFLICT (saga_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+        )
+        .bind(&set_ids)
+        .bind(&set_types)
+        .bind(&set_due)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !clear.is_empty() {
+        sqlx::query("DELETE FROM saga_deadlines WHERE saga_id = ANY($1)")
+            .bind(&clear)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Upserts the `sagas` read model rows of the touched sagas.
+async fn write_summaries(
+    tx: &mut PgConnection,
+    sagas: &[(Uuid, &Loaded)],
+) -> Result<(), sqlx::Error> {
+    if sagas.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let mut types = Vec::new();
+    let mut states = Vec::new();
+    let mut current = Vec::new();
+    let mut data = Vec::new();
+    let mut failures = Vec::new();
+    let mut steps = Vec::new();
+    let mut correlations = Vec::new();
+    let mut started = Vec::new();
+    let mut updated = Vec::new();
+    let mut versions = Vec::new();
+    for (id, l) in sagas {
+        let s = &l.state;
+        let Some(status) = s.status else { continue };
+        ids.push(*id);
+        types.push(s.saga_type.clone());
+        states.push(status.as_str());
+        current.push(s.current_step_name().map(str::to_owned));
+        data.push(s.data.clone());
+        failures.push(s.error.as_ref().or(s.failure.as_ref()).map(|f| json!(f)));
+        steps.push(json!(s.steps));
+        correlations.push(s.correlation_id);
+        started.push(s.started_at.unwrap_or_else(Utc::now));
+        updated.push(s.updated_at.unwrap_or_else(Utc::now));
+        versions.push(l.version);
+    }
+    sqlx::query(
+        "INSERT INTO sagas (saga_id, saga_type, state, current_step, data, failure, steps, correlation_id,
+                            started_at, updated_at, version)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+                              $7::jsonb[], $8::uuid[], $9::timestamptz[], $10::timestamptz[], $11::int8[])
+         ON CONFLICT (saga_id) DO UPDATE SET
+             state = EXCLUDED.state, current_step = EXCLUDED.current_step, data = EXCLUDED.data,
+             failure = EXCLUDED.failure, steps = EXCLUDED.steps, updated_at = EXCLUDED.updated_at,
+             version = EXCLUDED.version
+         WHERE sagas.version < EXCLUDED.version",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&states)
+    .bind(&current)
+    .bind(&data)
+    .bind(&failures)
+    .bind(&steps)
+    .bind(&correlations)
+    .bind(&started)
+    .bind(&updated)
+    .bind(&versions)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A saga's state read from its stream (for `GET /sagas/{id}` and the tools).
+pub async fn load_saga(pool: &PgPool, saga_id: Uuid) -> Result<Option<SagaState>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let stream = saga_stream(saga_id);
+    let mut state = SagaState::default();
+    let mut version = 0;
+    loop {
+        let page = read_stream_on(&mut *conn, &stream, version + 1, 1000).await?;
+        for r in &page {
+            let event = decode_envelope::<SagaEvent>(&r.envelope)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            state.apply(&event, r.recorded_at);
+            version = r.envelope.stream_version;
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    state.version = version;
+    Ok(state.is_started().then_some(state))
+}

@@ -1,0 +1,170 @@
+//! A participant runs saga commands against one aggregate type and replies.
+//!
+//! Each command is decided on the aggregate and its events, their outbox rows and the reply
+//! are written in the consumer's transaction, with the consumer offset: a command is applied
+//! exactly once even when it is delivered twice (the consumer skips a message id it already
+//! applied), and a reply exists if and only if the command's effects do.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::definition::saga_stream;
+use super::messages::{
+    commands_topic, ReplyEvent, ReplyOutcome, SagaCommand, SagaReply, COMMAND_EVENT_TYPE,
+    REPLIES_TOPIC, REPLY_EVENT_TYPE,
+};
+use crate::aggregate::{Aggregate, DomainError};
+use crate::command::{CommandBatch, Repository};
+use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
+use crate::doorbell::Doorbell;
+use crate::envelope::{Envelope, Metadata};
+use crate::outbox::{self, OutboxMessage};
+use crate::transport::{Delivery, Transport};
+
+/// Runs saga commands for aggregates of type `A`.
+pub struct Participant<A: Aggregate> {
+    repo: Arc<Repository<A>>,
+    batch: Mutex<Option<CommandBatch<A>>>,
+}
+
+impl<A: Aggregate> Participant<A> {
+    pub fn new(repo: Arc<Repository<A>>) -> Self {
+        Participant {
+            repo,
+            batch: Mutex::new(None),
+        }
+    }
+
+    /// The consumer group of this participant: `participant:<aggregate type>`.
+    pub fn group() -> String {
+        format!("participant:{}", A::TYPE)
+    }
+
+    /// The participant's consumer, on `<context>.commands`.
+    pub fn consumer(self, transport: Arc<dyn Transport>, outbox_bell: Doorbell) -> Consumer {
+        let topic = commands_topic(A::CONTEXT);
+        let pool = self.repo.bus().pool().clone();
+        Consumer::new(
+            pool,
+            transport,
+            Arc::new(self),
+            ConsumerConfig::new(Self::group(), &[topic.as_str()]),
+        )
+        .with_outbox_bell(outbox_bell)
+    }
+
+    /// Decides one command; `None` for a message that is not for this participant.
+    async fn run(
+        &self,
+        tx: &mut PgConnection,
+        batch: &mut CommandBatch<A>,
+        envelope: &Envelope,
+    ) -> Result<Option<ReplyOutcome>, HandlerError> {
+        if envelope.event_type != COMMAND_EVENT_TYPE {
+            return Ok(None);
+        }
+        let command = match serde_json::from_value::<SagaCommand>(envelope.payload.clone()) {
+            Ok(c) if c.aggregate_type == A::TYPE => c,
+            Ok(c) => {
+                tracing::warn!(aggregate_type = %c.aggregate_type, "saga command for another participant; ignored");
+                return Ok(None);
+            }
+            Err(e) => return Ok(Some(rejected("invalid_command", e.to_string()))),
+        };
+        if let Err(message) = A::validate_id(&command.aggregate_id) {
+            return Ok(Some(rejected("invalid_id", message)));
+        }
+        let decoded = match serde_json::from_value::<A::Command>(command.command) {
+            Ok(c) => c,
+            Err(e) => return Ok(Some(rejected("invalid_command", e.to_string()))),
+        };
+        let metadata = Metadata::caused_by(envelope);
+        Ok(Some(
+            match batch
+                .execute(tx, &command.aggregate_id, &decoded, &metadata)
+                .await?
+            {
+                Ok(outcome) => ReplyOutcome::Succeeded {
+                    events: outcome
+                        .events
+                        .into_iter()
+                        .map(|e| ReplyEvent {
+                            event_type: e.envelope.event_type,
+                            payload: e.envelope.payload,
+                        })
+                        .collect(),
+                },
+                Err(rejection) => rejected(rejection.code(), rejection.to_string()),
+            },
+        ))
+    }
+}
+
+fn rejected(code: &str, message: String) -> ReplyOutcome {
+    ReplyOutcome::Rejected {
+        code: code.to_owned(),
+        message,
+    }
+}
+
+/// The reply to `command`, addressed to its saga.
+fn reply_message(command: &Envelope, outcome: ReplyOutcome) -> Option<OutboxMessage> {
+    let saga_id = command.metadata.saga_id.clone()?;
+    let saga = Uuid::parse_str(&saga_id).ok()?;
+    Some(OutboxMessage {
+        topic: REPLIES_TOPIC.to_owned(),
+        partition_key: saga_id,
+        envelope: Envelope {
+            message_id: Uuid::now_v7(),
+            stream_id: saga_stream(saga),
+            stream_version: 0,
+            event_type: REPLY_EVENT_TYPE.into(),
+            schema_version: 1,
+            payload: serde_json::to_value(SagaReply {
+                command_id: command.message_id,
+                outcome,
+            })
+            .expect("replies serialize"),
+            metadata: Metadata::caused_by(command),
+        },
+    })
+}
+
+#[async_trait]
+impl<A: Aggregate> Handler for Participant<A> {
+    async fn handle(&self, tx: &mut PgConnection, message: &Delivery) -> Result<(), HandlerError> {
+        self.handle_batch(tx, std::slice::from_ref(message)).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[Delivery],
+    ) -> Result<(), HandlerError> {
+        let mut batch = self.repo.batch();
+        let mut replies = Vec::with_capacity(messages.len());
+        for m in messages {
+            if let Some(outcome) = self.run(tx, &mut batch, &m.envelope).await? {
+                match reply_message(&m.envelope, outcome) {
+                    Some(reply) => replies.push(reply),
+                    None => {
+                        tracing::warn!(message_id = %m.message_id(), "saga command without a saga id; no reply")
+                    }
+                }
+            }
+        }
+        outbox::enqueue(&mut *tx, &replies).await?;
+        *self.batch.lock().await = Some(batch);
+        Ok(())
+    }
+
+    async fn after_commit(&self) {
+        if let Some(batch) = self.batch.lock().await.take() {
+            batch.committed().await;
+        }
+    }
+}

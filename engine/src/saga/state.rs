@@ -1,0 +1,868 @@
+//! A saga instance's state is event-sourced in its `saga-<id>` stream. This module holds the
+//! events, the fold, and the pure decision function: given a saga's state and one input (its
+//! start, a reply, a deadline, an abort), which events follow. Everything the orchestrator
+//! sends (commands, the final command) and schedules (deadlines) is read off those events.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::definition::{Failure, Invocation, Saga};
+use super::messages::{ReplyEvent, ReplyOutcome};
+use crate::aggregate::DomainEvent;
+
+/// A command the saga sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentCommand {
+    pub message_id: Uuid,
+    /// Position among the step's commands (a step may fan out).
+    pub index: usize,
+    #[serde(flatten)]
+    pub invocation: Invocation,
+}
+
+/// The events of a saga's own stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+pub enum SagaEvent {
+    SagaStarted {
+        saga_type: String,
+        data: Value,
+        steps: Vec<String>,
+        /// The correlation id of the request that started it, carried by every command.
+        correlation_id: Uuid,
+    },
+    StepInvoked {
+        step: usize,
+        name: String,
+        attempt: u32,
+        commands: Vec<SentCommand>,
+        deadline_at: DateTime<Utc>,
+    },
+    ReplyReceived {
+        step: usize,
+        name: String,
+        command_id: Uuid,
+        index: usize,
+        #[serde(flatten)]
+        outcome: ReplyOutcome,
+    },
+    StepSucceeded {
+        step: usize,
+        name: String,
+        data: Value,
+    },
+    StepFailed {
+        step: usize,
+        name: String,
+        code: String,
+        message: String,
+    },
+    StepTimedOut {
+        step: usize,
+        name: String,
+        attempt: u32,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    CompensationStarted {
+        failure: Failure,
+        /// Steps to compensate, in order (reverse order of completion).
+        steps: Vec<usize>,
+    },
+    CompensationInvoked {
+        step: usize,
+        name: String,
+        attempt: u32,
+        commands: Vec<SentCommand>,
+        deadline_at: DateTime<Utc>,
+    },
+    CompensationDone {
+        step: usize,
+        name: String,
+    },
+    CompensationTimedOut {
+        step: usize,
+        name: String,
+        attempt: u32,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    SagaCompleted,
+    /// Every step was compensated; the definition's final command (reject the order, say)
+    /// is sent, and the saga ends when it is answered.
+    FinalCommandInvoked {
+        attempt: u32,
+        command: SentCommand,
+        deadline_at: DateTime<Utc>,
+    },
+    SagaCompensated {
+        failure: Failure,
+        /// How the final command was answered, if there was one (`succeeded`, or the code
+        /// it was rejected with).
+        final_outcome: Option<String>,
+    },
+    SagaFailed {
+        failure: Failure,
+    },
+    /// An operator asked to re-drive a failed saga from where it failed.
+    RetryRequested,
+}
+
+impl DomainEvent for SagaEvent {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+}
+
+impl SagaStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+}
+
+/// One step as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub timeouts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+/// What the saga waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadlineKind {
+    /// Replies to the current attempt are due.
+    Reply,
+    /// The next attempt is due.
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    pub at: DateTime<Utc>,
+    pub kind: DeadlineKind,
+}
+
+/// The fold of a saga's events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SagaState {
+    pub saga_type: String,
+    pub status: Option<SagaStatus>,
+    pub data: Value,
+    /// The step being executed or compensated.
+    pub current: Option<usize>,
+    pub compensating: bool,
+    pub attempt: u32,
+    pub deadline: Option<Deadline>,
+    /// Why the saga compensates (the step that failed, or the abort).
+    pub failure: Option<Failure>,
+    /// Why the saga stopped as `failed` (a compensation that kept failing); cleared by a retry.
+    pub error: Option<Failure>,
+    pub steps: Vec<StepView>,
+    pub correlation_id: Uuid,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    #[serde(skip)]
+    completed: Vec<usize>,
+    #[serde(skip)]
+    queue: Vec<usize>,
+    #[serde(skip)]
+    pending: BTreeSet<usize>,
+    #[serde(skip)]
+    commands: HashMap<Uuid, usize>,
+    #[serde(skip)]
+    replies: Vec<ReplyEvent>,
+    #[serde(skip)]
+    any_succeeded: bool,
+    #[serde(skip)]
+    rejection: Option<(String, String)>,
+    /// Message ids of the final command's attempts, while it is unanswered.
+    #[serde(skip)]
+    final_commands: BTreeSet<Uuid>,
+}
+
+impl SagaState {
+    pub fn is_started(&self) -> bool {
+        self.status.is_some()
+    }
+
+    pub fn current_step_name(&self) -> Option<&str> {
+        self.current
+            .and_then(|i| self.steps.get(i))
+            .map(|s| s.name.as_str())
+    }
+
+    fn begin_attempt(&mut self, attempt: u32, commands: &[SentCommand]) {
+        if attempt <= 1 {
+            self.pending = commands.iter().map(|c| c.index).collect();
+            self.commands.clear();
+            self.replies.clear();
+            self.any_succeeded = false;
+            self.rejection = None;
+        }
+        for c in commands {
+            self.commands.insert(c.message_id, c.index);
+        }
+    }
+
+    /// Evolves the state by one recorded event.
+    pub fn apply(&mut self, event: &SagaEvent, at: DateTime<Utc>) {
+        self.updated_at = Some(at);
+        match event {
+            SagaEvent::SagaStarted {
+                saga_type,
+                data,
+                steps,
+                correlation_id,
+            } => {
+                self.saga_type = saga_type.clone();
+                self.correlation_id = *correlation_id;
+                self.status = Some(SagaStatus::Running);
+                self.data = data.clone();
+                self.started_at = Some(at);
+                self.steps = steps
+                    .iter()
+                    .map(|name| StepView {
+                        name: name.clone(),
+                        status: StepStatus::Pending,
+                        attempts: 0,
+                        compensation_attempts: 0,
+                        timeouts: 0,
+                        started_at: None,
+                        finished_at: None,
+                        error: None,
+                    })
+                    .collect();
+            }
+            SagaEvent::StepInvoked {
+                step,
+                attempt,
+                commands,
+                deadline_at,
+                ..
+            } => {
+                self.current = Some(*step);
+                self.compensating = false;
+                self.attempt = *attempt;
+                self.begin_attempt(*attempt, commands);
+                self.deadline = Some(Deadline {
+                    at: *deadline_at,
+                    kind: DeadlineKind::Reply,
+                });
+                if let Some(v) = self.steps.get_mut(*step) {
+                    v.status = StepStatus::Running;
+                    v.attempts = *attempt;
+                    v.started_at.get_or_insert(at);
+                }
+            }
+            SagaEvent::ReplyReceived { index, outcome, .. } => {
+                self.pending.remove(index);
+                match outcome {
+                    ReplyOutcome::Succeeded { events } => {
+                        self.any_succeeded = true;
+                        self.replies.extend(events.iter().cloned());
+                    }
+                    ReplyOutcome::Rejected { code, message } => {
+                        self.rejection
+                            .get_or_insert((code.clone(), message.clone()));
+                    }
+                }
+            }
+            SagaEvent::StepSucceeded { step, data, .. } => {
+                self.data = data.clone();
+                self.completed.push(*step);
+                self.current = None;
+                self.deadline = None;
+                if let Some(v) = self.steps.get_mut(*step) {
+                    v.status = StepStatus::Succeeded;
+                    v.finished_at = Some(at);
+                }
+            }
+            SagaEvent::StepFailed {
+                step,
+                code,
+                message,
+                ..
+            } => {
+                self.current = None;
+                self.deadline = None;
+                if let Some(v) = self.steps.get_mut(*step) {
+                    v.status = StepStatus::Failed;
+                    v.finished_at = Some(at);
+                    v.error = Some(format!("{code}: {message}"));
+                }
+            }
+            SagaEvent::StepTimedOut { step, retry_at, .. }
+            | SagaEvent::CompensationTimedOut { step, retry_at, .. } => {
+                self.deadline = retry_at.map(|at| Deadline {
+                    at,
+                    kind: DeadlineKind::Retry,
+                });
+                if let Some(v) = self.steps.get_mut(*step) {
+                    v.timeouts += 1;
+                }
+            }
+            SagaEvent::CompensationStarted { failure, steps } => {
+                self.status = Some(SagaStatus::Compensating);
+                self.failure = Some(failure.clone());
+                self.queue = steps.clone();
+                self.current = None;
+                self.deadline = None;
+            }
+            SagaEvent::CompensationInvoked {
+                step,
+                attempt,
+                commands,
+                deadline_at,
+                ..
+            } => {
+                self.current = Some(*step);
+                self.compensating = true;
+                self.attempt = *attempt;
+                self.begin_attempt(*attempt, commands);
+                self.deadline = Some(Deadline {
+                    at: *deadline_at,
+                    kind: DeadlineKind::Reply,
+                });
+                if let Some(v) = self.steps.get_mut(*step) {
+                    v.status = StepStatus::Compensating;
+                    v.compensation_attempts = *attempt;
+                }
+            }
+            SagaEvent::CompensationDone { step, .. } => {
+                self.queue.retain(|s| s != step);
+                self.current = None;
+                self.deadline = None;
+                if let Some(v) = self.steps.get_mut(*step) {
+                    v.status = StepStatus::Compensated;
+                    v.finished_at = Some(at);
+                }
+            }
+            SagaEvent::SagaCompleted => {
+                self.status = Some(SagaStatus::Completed);
+                self.current = None;
+                self.deadline = None;
+            }
+            SagaEvent::FinalCommandInvoked {
+                attempt,
+                command,
+                deadline_at,
+            } => {
+                self.current = None;
+                self.attempt = *attempt;
+                self.final_commands.insert(command.message_id);
+                self.deadline = Some(Deadline {
+                    at: *deadline_at,
+                    kind: DeadlineKind::Reply,
+                });
+            }
+            SagaEvent::SagaCompensated { failure, .. } => {
+                self.status = Some(SagaStatus::Compensated);
+                self.failure = Some(failure.clone());
+                self.current = None;
+                self.deadline = None;
+                self.final_commands.clear();
+            }
+            SagaEvent::SagaFailed { failure } => {
+                if let (true, Some(v)) = (
+                    self.compensating,
+                    self.current.and_then(|i| self.steps.get_mut(i)),
+                ) {
+                    v.status = StepStatus::CompensationFailed;
+                    v.error = Some(format!("{}: {}", failure.code, failure.message));
+                }
+                self.status = Some(SagaStatus::Failed);
+                self.error = Some(failure.clone());
+                self.deadline = None;
+            }
+            SagaEvent::RetryRequested => {
+                self.error = None;
+                self.status = Some(if self.compensating {
+                    SagaStatus::Compensating
+                } else {
+                    SagaStatus::Running
+                });
+            }
+        }
+    }
+}
+
+/// What happens to a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SagaInput {
+    /// The start event arrived, with the data the definition derived from it.
+    Start { data: Value, correlation_id: Uuid },
+    /// A participant answered a command.
+    Reply {
+        command_id: Uuid,
+        outcome: ReplyOutcome,
+    },
+    /// The saga's deadline passed.
+    Deadline,
+    /// Compensate and end (a cancelled order, an operator's abort).
+    Abort { reason: String },
+    /// Re-drive a failed saga: the compensation (or step) that failed is sent again.
+    Retry,
+}
+
+/// Decides the events that follow `input` for a saga in `state`. Pure but for the clock and
+/// the jitter source; an input that does not apply (a duplicate reply, a stale deadline, a
+/// second start) yields no events.
+pub fn decide(
+    saga: &Saga,
+    state: &SagaState,
+    input: &SagaInput,
+    now: DateTime<Utc>,
+    jitter: &mut dyn FnMut() -> f64,
+) -> Result<Vec<SagaEvent>, String> {
+    let mut d = Decider {
+        saga,
+        state: state.clone(),
+        out: Vec::new(),
+        now,
+        jitter,
+    };
+    d.decide(input)?;
+    Ok(d.out)
+}
+
+struct Decider<'a> {
+    saga: &'a Saga,
+    state: SagaState,
+    out: Vec<SagaEvent>,
+    now: DateTime<Utc>,
+    jitter: &'a mut dyn FnMut() -> f64,
+}
+
+impl Decider<'_> {
+    fn emit(&mut self, e: SagaEvent) {
+        self.state.apply(&e, self.now);
+        self.out.push(e);
+    }
+
+    fn name(&self, step: usize) -> String {
+        self.saga.steps[step].name.to_owned()
+    }
+
+    fn decide(&mut self, input: &SagaInput) -> Result<(), String> {
+        let status = self.state.status;
+        match input {
+            SagaInput::Start {
+                data,
+                correlation_id,
+            } => {
+                if status.is_some() {
+                    return Ok(());
+                }
+                self.emit(SagaEvent::SagaStarted {
+                    saga_type: self.saga.name.to_owned(),
+                    data: data.clone(),
+                    steps: self.saga.steps.iter().map(|s| s.name.to_owned()).collect(),
+                    correlation_id: *correlation_id,
+                });
+                if self.saga.steps.is_empty() {
+                    self.emit(SagaEvent::SagaCompleted);
+                    return Ok(());
+                }
+                self.invoke_step(0, 1)
+            }
+            SagaInput::Reply {
+                command_id,
+                outcome,
+            } => {
+                let Some(status) = status else { return Ok(()) };
+                if status.is_terminal() {
+                    return Ok(());
+                }
+                if self.state.final_commands.contains(command_id) {
+                    let failure = self
+                        .state
+                        .failure
+                        .clone()
+                        .expect("compensation has a cause");
+                    let final_outcome = Some(match outcome {
+                        ReplyOutcome::Succeeded { .. } => "succeeded".to_owned(),
+                        ReplyOutcome::Rejected { code, .. } => code.clone(),
+                    });
+                    self.emit(SagaEvent::SagaCompensated {
+                        failure,
+                        final_outcome,
+                    });
+                    return Ok(());
+                }
+                let (Some(step), Some(&index)) =
+                    (self.state.current, self.state.commands.get(command_id))
+                else {
+                    return Ok(()); // a reply to an earlier step, or a repeat
+                };
+                if !self.state.pending.contains(&index) {
+                    return Ok(());
+                }
+                self.emit(SagaEvent::ReplyReceived {
+                    step,
+                    name: self.name(step),
+                    command_id: *command_id,
+                    index,
+                    outcome: outcome.clone(),
+                });
+                if !self.state.pending.is_empty() {
+                    return Ok(());
+                }
+                let rejection = self.state.rejection.clone();
+                match (self.state.compensating, rejection) {
+                    (false, None) => self.complete_step(step),
+                    (false, Some((code, message))) => self.fail_step(step, code, message, false),
+                    (true, None) => {
+                        self.emit(SagaEvent::CompensationDone {
+                            step,
+                            name: self.name(step),
+                        });
+                        self.next_compensation()
+                    }
+                    (true, Some((code, message))) => {
+                        // A compensation must not be refused; only an operator can sort it out.
+                        self.emit(SagaEvent::SagaFailed {
+                            failure: Failure {
+                                step: self.name(step),
+                                code,
+                                message,
+                            },
+                        });
+                        Ok(())
+                    }
+                }
+            }
+            SagaInput::Deadline => {
+                if status.is_none_or(SagaStatus::is_terminal) {
+                    return Ok(());
+                }
+                let Some(deadline) = self.state.deadline else {
+                    return Ok(());
+                };
+                if deadline.at > self.now {
+                    return Ok(());
+                }
+                if !self.state.final_commands.is_empty() {
+                    return self.send_final_command(self.state.attempt + 1);
+                }
+                let Some(step) = self.state.current else {
+                    return Ok(());
+                };
+                let attempt = self.state.attempt;
+                let def = &self.saga.steps[step];
+                match (deadline.kind, self.state.compensating) {
+                    (DeadlineKind::Retry, false) => self.invoke_step(step, attempt + 1),
+                    (DeadlineKind::Retry, true) => self.invoke_compensation(step, attempt + 1),
+                    (DeadlineKind::Reply, false) => {
+                        let retry = def.retry;
+                        let retry_at = (attempt < retry.max_attempts).then(|| {
+                            self.now + chrono_duration(retry.delay(attempt, (self.jitter)()))
+                        });
+                        self.emit(SagaEvent::StepTimedOut {
+                            step,
+                            name: self.name(step),
+                            attempt,
+                            retry_at,
+                        });
+                        if retry_at.is_none() {
+                            let message = format!("no reply after {attempt} attempt(s)");
+                            // Unanswered is not undone: the commands may have been applied.
+                            self.fail_step(step, "timeout".into(), message, true)?;
+                        }
+                        Ok(())
+                    }
+                    (DeadlineKind::Reply, true) => {
+                        let retry = def.compensation_retry;
+                        let retry_at = (attempt < retry.max_attempts).then(|| {
+                            self.now + chrono_duration(retry.delay(attempt, (self.jitter)()))
+                        });
+                        self.emit(SagaEvent::CompensationTimedOut {
+                            step,
+                            name: self.name(step),
+                            attempt,
+                            retry_at,
+                        });
+                        if retry_at.is_none() {
+                            self.emit(SagaEvent::SagaFailed {
+                                failure: Failure {
+                                    step: self.name(step),
+                                    code: "compensation_timeout".into(),
+                                    message: format!(
+                                        "compensation unanswered after {attempt} attempt(s)"
+                                    ),
+                                },
+                            });
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            SagaInput::Abort { reason } => {
+                if status != Some(SagaStatus::Running) {
+                    return Ok(());
+                }
+                let current = self.state.current;
+                let failure = Failure {
+                    step: current.map(|s| self.name(s)).unwrap_or_default(),
+                    code: "aborted".into(),
+                    message: reason.clone(),
+                };
+                // Commands of the current step may still succeed: compensate it too
+                // (compensations are idempotent).
+                self.begin_compensation(failure, current)
+            }
+            SagaInput::Retry => {
+                if status != Some(SagaStatus::Failed) {
+                    return Ok(());
+                }
+                if !self.state.final_commands.is_empty() {
+                    self.emit(SagaEvent::RetryRequested);
+                    return self.send_final_command(1);
+                }
+                let Some(step) = self.state.current else {
+                    return Ok(());
+                };
+                self.emit(SagaEvent::RetryRequested);
+                if self.state.compensating {
+                    self.invoke_compensation(step, 1)
+                } else {
+                    self.invoke_step(step, 1)
+                }
+            }
+        }
+    }
+
+    /// The invocations of attempt `attempt`: all of them first, then only the unanswered.
+    fn fresh_commands(&self, invocations: Vec<Invocation>, attempt: u32) -> Vec<SentCommand> {
+        invocations
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| attempt <= 1 || self.state.pending.contains(i))
+            .map(|(index, invocation)| SentCommand {
+                message_id: Uuid::now_v7(),
+                index,
+                invocation,
+            })
+            .collect()
+    }
+
+    fn invoke_step(&mut self, step: usize, attempt: u32) -> Result<(), String> {
+        let def = &self.saga.steps[step];
+        let invocations = match (def.invoke)(&self.state.data) {
+            Ok(i) => i,
+            Err(e) => return self.definition_error(step, e),
+        };
+        let commands = self.fresh_commands(invocations, attempt);
+        let deadline_at = self.now + chrono_duration(def.timeout);
+        let empty = commands.is_empty();
+        self.emit(SagaEvent::StepInvoked {
+            step,
+            name: self.name(step),
+            attempt,
+            commands,
+            deadline_at,
+        });
+        if empty && attempt <= 1 {
+            return self.complete_step(step);
+        }
+        Ok(())
+    }
+
+    fn complete_step(&mut self, step: usize) -> Result<(), String> {
+        let data = match &self.saga.steps[step].on_success {
+            Some(f) => match f(&self.state.data, &self.state.replies) {
+                Ok(d) => d,
+                Err(e) => return self.fail_step(step, "invalid_reply".into(), e, false),
+            },
+            None => self.state.data.clone(),
+        };
+        self.emit(SagaEvent::StepSucceeded {
+            step,
+            name: self.name(step),
+            data,
+        });
+        if step + 1 < self.saga.steps.len() {
+            self.invoke_step(step + 1, 1)
+        } else {
+            self.emit(SagaEvent::SagaCompleted);
+            Ok(())
+        }
+    }
+
+    /// Fails `step` and compensates. The step itself is compensated too if it may have had
+    /// effects: some of its commands succeeded (a fan-out), or some went unanswered.
+    fn fail_step(
+        &mut self,
+        step: usize,
+        code: String,
+        message: String,
+        unanswered: bool,
+    ) -> Result<(), String> {
+        let partly_done = (self.state.any_succeeded || unanswered).then_some(step);
+        self.emit(SagaEvent::StepFailed {
+            step,
+            name: self.name(step),
+            code: code.clone(),
+            message: message.clone(),
+        });
+        let failure = Failure {
+            step: self.name(step),
+            code,
+            message,
+        };
+        self.begin_compensation(failure, partly_done)
+    }
+
+    fn begin_compensation(&mut self, failure: Failure, also: Option<usize>) -> Result<(), String> {
+        let steps: Vec<usize> = also
+            .into_iter()
+            .chain(self.state.completed.iter().rev().copied())
+            .filter(|s| self.saga.steps[*s].has_compensation())
+            .collect();
+        self.emit(SagaEvent::CompensationStarted { failure, steps });
+        self.next_compensation()
+    }
+
+    fn next_compensation(&mut self) -> Result<(), String> {
+        match self.state.queue.first().copied() {
+            Some(step) => self.invoke_compensation(step, 1),
+            None => self.send_final_command(1),
+        }
+    }
+
+    /// Sends the final command (attempt `attempt`), or ends the saga if there is none.
+    fn send_final_command(&mut self, attempt: u32) -> Result<(), String> {
+        const FINAL_ATTEMPTS: u32 = 10;
+        let failure = self
+            .state
+            .failure
+            .clone()
+            .expect("compensation has a cause");
+        let invocation = match self.saga.final_command(&self.state.data, &failure) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(saga = self.saga.name, error = %e, "final command cannot be built");
+                None
+            }
+        };
+        match invocation {
+            None => {
+                self.emit(SagaEvent::SagaCompensated {
+                    failure,
+                    final_outcome: None,
+                });
+            }
+            Some(_) if attempt > FINAL_ATTEMPTS => {
+                self.emit(SagaEvent::SagaFailed {
+                    failure: Failure {
+                        step: "on_compensated".into(),
+                        code: "final_command_timeout".into(),
+                        message: format!(
+                            "final command unanswered after {FINAL_ATTEMPTS} attempts"
+                        ),
+                    },
+                });
+            }
+            Some(invocation) => {
+                let wait = std::time::Duration::from_secs(10).saturating_mul(attempt.min(6));
+                self.emit(SagaEvent::FinalCommandInvoked {
+                    attempt,
+                    command: SentCommand {
+                        message_id: Uuid::now_v7(),
+                        index: 0,
+                        invocation,
+                    },
+                    deadline_at: self.now + chrono_duration(wait),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn invoke_compensation(&mut self, step: usize, attempt: u32) -> Result<(), String> {
+        let def = &self.saga.steps[step];
+        let compensate = def
+            .compensate
+            .as_ref()
+            .expect("queued steps have a compensation");
+        let invocations = match compensate(&self.state.data) {
+            Ok(i) => i,
+            Err(e) => {
+                self.emit(SagaEvent::SagaFailed {
+                    failure: Failure {
+                        step: self.name(step),
+                        code: "saga_definition_error".into(),
+                        message: e,
+                    },
+                });
+                return Ok(());
+            }
+        };
+        let commands = self.fresh_commands(invocations, attempt);
+        let deadline_at = self.now + chrono_duration(def.compensation_timeout);
+        let empty = commands.is_empty();
+        self.emit(SagaEvent::CompensationInvoked {
+            step,
+            name: self.name(step),
+            attempt,
+            commands,
+            deadline_at,
+        });
+        if empty && attempt <= 1 {
+            self.emit(SagaEvent::CompensationDone {
+                step,
+                name: self.name(step),
+            });
+            return self.next_compensation();
+        }
+        Ok(())
+    }
+
+    fn definition_error(&mut self, step: usize, message: String) -> Result<(), String> {
+        self.fail_step(step, "saga_definition_error".into(), message, false)
+    }
+}
+
+fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

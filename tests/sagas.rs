@@ -1,0 +1,353 @@
+//! Order fulfillment end to end over HTTP, on both transports: every path, contention on one
+//! SKU, a stopped participant, and a saga defined only here.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::engine::{
+    account, everything, everything_but, order_status, saga_state, start_engine, stock,
+    wait_terminal,
+};
+use common::transport::{kafka, postgres};
+use sagaflow::config::Component;
+use sagaflow_engine::saga::{Backoff, Invoke, Orchestrator, SagaDefinition};
+use sagaflow_engine::transport::Transport;
+use sagaflow_sagas::inventory::{Inventory, InventoryCommand};
+use sagaflow_sagas::order::OrderStatus;
+use sagaflow_sagas::payment::{Account, AccountCommand, AccountEvent};
+use sagaflow_sagas::types::{AmountCents, Quantity};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn every_path_ends_with_the_right_state(pool: PgPool, transport: Arc<dyn Transport>) {
+    let engine = start_engine(&pool, &transport, &everything()).await;
+    engine.restock("APPLE", 10).await;
+    engine.restock("PEAR", 1).await;
+    let rich = Uuid::now_v7();
+    let poor = Uuid::now_v7();
+    engine.deposit(rich, 100_00).await;
+    engine.deposit(poor, 1_00).await;
+
+    // Confirmed: stock reserved, payment captured.
+    let (happy, happy_saga) = engine
+        .order(rich, &[("APPLE", 3, 5_00), ("PEAR", 1, 2_00)])
+        .await;
+    wait_terminal(&pool, &[happy_saga], WAIT).await;
+    assert_eq!(
+        saga_state(&pool, happy_saga).await.as_deref(),
+        Some("completed")
+    );
+    assert_eq!(
+        order_status(&pool, happy).await,
+        Some(OrderStatus::Confirmed)
+    );
+    assert_eq!(stock(&pool, "APPLE").await, (10, 3));
+    assert_eq!(stock(&pool, "PEAR").await, (1, 1));
+    assert_eq!(account(&pool, rich).await, (100_00 - 17_00, 0));
+
+    // Out of stock (PEAR is gone): rejected, the APPLE reservation released, nothing charged.
+    let (no_stock, no_stock_saga) = engine
+        .order(rich, &[("APPLE", 2, 5_00), ("PEAR", 1, 2_00)])
+        .await;
+    wait_terminal(&pool, &[no_stock_saga], WAIT).await;
+    assert_eq!(
+        saga_state(&pool, no_stock_saga).await.as_deref(),
+        Some("compensated")
+    );
+    assert_eq!(
+        order_status(&pool, no_stock).await,
+        Some(OrderStatus::Rejected)
+    );
+    assert_eq!(stock(&pool, "APPLE").await, (10, 3));
+    assert_eq!(account(&pool, rich).await, (83_00, 0));
+
+    // Payment declined: stock released, order rejected.
+    let (declined, declined_saga) = engine.order(poor, &[("APPLE", 1, 5_00)]).await;
+    wait_terminal(&pool, &[declined_saga], WAIT).await;
+    assert_eq!(
+        saga_state(&pool, declined_saga).await.as_deref(),
+        Some("compensated")
+    );
+    assert_eq!(
+        order_status(&pool, declined).await,
+        Some(OrderStatus::Rejected)
+    );
+    assert_eq!(stock(&pool, "APPLE").await, (10, 3));
+    assert_eq!(account(&pool, poor).await, (1_00, 0));
+    let view: serde_json::Value = engine
+        .client
+        .get(format!("{}/sagas/{declined_saga}", engine.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["state"], "compensated");
+    assert_eq!(view["failure"]["code"], "insufficient_funds");
+    let steps: Vec<(String, String)> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("reserve_stock".to_owned(), "compensated".to_owned()),
+            ("authorize_payment".to_owned(), "failed".to_owned()),
+            ("confirm_order".to_owned(), "pending".to_owned()),
+            ("capture_payment".to_owned(), "pending".to_owned()),
+        ]
+    );
+    engine.stop().await;
+
+    // Cancelled while running: the payment participant is down, so the saga waits at
+    // authorize_payment; the cancel compensates what was done.
+    let without_payment = start_engine(
+        &pool,
+        &transport,
+        &everything_but(&[Component::ParticipantPayment]),
+    )
+    .await;
+    let (cancelled, cancelled_saga) = without_payment.order(rich, &[("APPLE", 2, 5_00)]).await;
+    common::transport::eventually(WAIT, "the saga waiting for the payment", || async {
+        stock(&pool, "APPLE").await == (10, 5)
+    })
+    .await;
+    let (s, body) = without_payment
+        .post(
+            &format!("/orders/{cancelled}/cancel"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        order_status(&pool, cancelled).await,
+        Some(OrderStatus::Cancelled)
+    );
+    // Compensation runs in reverse: first void the (unanswered) authorization, which waits
+    // for the payment participant, then release the stock.
+    common::transport::eventually(WAIT, "the saga compensating", || async {
+        saga_state(&pool, cancelled_saga).await.as_deref() == Some("compensating")
+    })
+    .await;
+    assert_eq!(stock(&pool, "APPLE").await, (10, 5));
+    // The payment participant comes back: it authorizes, then voids, in that order.
+    let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
+    wait_terminal(&pool, &[cancelled_saga], WAIT).await;
+    assert_eq!(
+        saga_state(&pool, cancelled_saga).await.as_deref(),
+        Some("compensated")
+    );
+    assert_eq!(
+        order_status(&pool, cancelled).await,
+        Some(OrderStatus::Cancelled)
+    );
+    assert_eq!(account(&pool, rich).await, (83_00, 0));
+    assert_eq!(stock(&pool, "APPLE").await, (10, 3));
+    payment.stop().await;
+    without_payment.stop().await;
+}
+
+/// 200 concurrent orders for one SKU with stock 50 and funds for all: exactly 50 confirmed.
+async fn two_hundred_orders_for_fifty_items(pool: PgPool, transport: Arc<dyn Transport>) {
+    let engine = start_engine(&pool, &transport, &everything()).await;
+    engine.restock("HOT", 50).await;
+    let customers: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    for c in &customers {
+        engine.deposit(*c, 1_000_00).await;
+    }
+    let engine = Arc::new(engine);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (engine, customer) = (engine.clone(), customers[i % customers.len()]);
+        tasks.push(tokio::spawn(async move {
+            engine.order(customer, &[("HOT", 1, 7_00)]).await
+        }));
+    }
+    let mut orders = Vec::new();
+    for t in tasks {
+        orders.push(t.await.unwrap());
+    }
+    let sagas: Vec<Uuid> = orders.iter().map(|o| o.1).collect();
+    wait_terminal(&pool, &sagas, WAIT).await;
+    let mut confirmed = 0;
+    let mut rejected = 0;
+    for (order, _) in &orders {
+        match order_status(&pool, *order).await {
+            Some(OrderStatus::Confirmed) => confirmed += 1,
+            Some(OrderStatus::Rejected) => rejected += 1,
+            other => panic!("order {order} ended {other:?}"),
+        }
+    }
+    assert_eq!((confirmed, rejected), (50, 150));
+    assert_eq!(stock(&pool, "HOT").await, (50, 50));
+    let mut charged = 0;
+    for c in &customers {
+        let (balance, held) = account(&pool, *c).await;
+        assert_eq!(held, 0);
+        charged += 1_000_00 - balance;
+    }
+    assert_eq!(charged, 50 * 7_00);
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM sagas WHERE state = 'failed'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
+    Arc::into_inner(engine).unwrap().stop().await;
+}
+
+/// The data of a saga that exists only in this test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Transfer {
+    customer: Uuid,
+    deposit_cents: i64,
+    hold_id: Uuid,
+}
+
+/// Three steps, the third always fails: step 2 then step 1 are compensated.
+async fn a_saga_defined_in_a_test_compensates_in_reverse(
+    pool: PgPool,
+    transport: Arc<dyn Transport>,
+) {
+    let saga = SagaDefinition::<Transfer>::new("test_three_steps")
+        .started_by::<Account>(|event, envelope| match event {
+            AccountEvent::FundsDeposited { amount_cents } => Some(Transfer {
+                customer: envelope.stream_id.strip_prefix("account-")?.parse().ok()?,
+                deposit_cents: *amount_cents,
+                hold_id: Uuid::now_v7(),
+            }),
+            _ => None,
+        })
+        .step("reserve_gift")
+        .invoke::<Inventory>(|t| {
+            Invoke::new(
+                "GIFT",
+                InventoryCommand::Reserve {
+                    order_id: t.hold_id,
+                    quantity: Quantity::new(1).unwrap(),
+                },
+            )
+        })
+        .compensate::<Inventory>(|t| {
+            Invoke::new(
+                "GIFT",
+                InventoryCommand::Release {
+                    order_id: t.hold_id,
+                },
+            )
+        })
+        .step("hold_funds")
+        .invoke::<Account>(|t| {
+            Invoke::new(
+                t.customer,
+                AccountCommand::Authorize {
+                    order_id: t.hold_id,
+                    amount_cents: AmountCents::new(t.deposit_cents / 2).unwrap(),
+                },
+            )
+        })
+        .on_success(|t, events| {
+            assert!(
+                matches!(events, [AccountEvent::PaymentAuthorized { .. }]),
+                "{t:?}"
+            )
+        })
+        .compensate::<Account>(|t| {
+            Invoke::new(
+                t.customer,
+                AccountCommand::Void {
+                    order_id: t.hold_id,
+                },
+            )
+        })
+        .step("reserve_impossible")
+        .invoke::<Inventory>(|_| {
+            Invoke::new(
+                "GIFT",
+                InventoryCommand::Reserve {
+                    order_id: Uuid::now_v7(),
+                    quantity: Quantity::new(1_000_000).unwrap(),
+                },
+            )
+        })
+        .timeout(Duration::from_secs(10))
+        .retry(Backoff::none())
+        .build();
+    // The engine without our orchestrator, and an orchestrator that knows only this saga.
+    let engine = start_engine(
+        &pool,
+        &transport,
+        &everything_but(&[Component::Orchestrator]),
+    )
+    .await;
+    let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let consumer = orchestrator.consumer(
+        transport.clone(),
+        engine.engine.app.bus.outbox_bell().clone(),
+    );
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { consumer.run(stop).await.unwrap() }
+    });
+    engine.restock("GIFT", 5).await;
+    let customer = Uuid::now_v7();
+    engine.deposit(customer, 40_00).await;
+    let saga_id = saga.id_for(&format!("account-{customer}"));
+    wait_terminal(&pool, &[saga_id], WAIT).await;
+    assert_eq!(
+        saga_state(&pool, saga_id).await.as_deref(),
+        Some("compensated")
+    );
+    let compensated: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'name' FROM events WHERE stream_id = $1 AND event_type = 'compensation_invoked'
+         ORDER BY stream_version",
+    )
+    .bind(format!("saga-{saga_id}"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(compensated, ["hold_funds", "reserve_gift"]);
+    assert_eq!(stock(&pool, "GIFT").await, (5, 0));
+    assert_eq!(account(&pool, customer).await, (40_00, 0));
+    stop.cancel();
+    task.await.unwrap();
+    engine.stop().await;
+}
+
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[sqlx::test(migrations = "./migrations")]
+            async fn postgres_transport(pool: PgPool) {
+                let transport = postgres(&pool);
+                super::$name(pool, transport).await;
+            }
+
+            #[sqlx::test(migrations = "./migrations")]
+            async fn kafka_transport(pool: PgPool) {
+                super::$name(pool, kafka()).await;
+            }
+        }
+    )*};
+}
+
+on_both_transports!(
+    every_path_ends_with_the_right_state,
+    two_hundred_orders_for_fifty_items,
+    a_saga_defined_in_a_test_compensates_in_reverse,
+);
