@@ -4,6 +4,9 @@
 
 pub mod bench;
 pub mod config;
+pub mod metrics;
+pub mod openapi;
+pub mod replay;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,9 +15,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use sagaflow_engine::command::{CommandBus, CommandBusConfig};
+use sagaflow_engine::consumer::dead_letters;
 use sagaflow_engine::http::admin::{self, AdminToken};
-use sagaflow_engine::http::{self as engine_http, CommandRegistry, EngineState};
+use sagaflow_engine::http::{
+    self as engine_http, CommandLimits, CommandRegistry, EngineState, Readiness,
+};
+use sagaflow_engine::metrics::{ConsumerGroup, Scraper};
 use sagaflow_engine::outbox::{Relay, RelayConfig, RelayStats};
+use sagaflow_engine::saga::http as saga_http;
 use sagaflow_engine::saga::messages::{commands_topic, REPLIES_TOPIC};
 use sagaflow_engine::saga::{Orchestrator, Participant};
 use sagaflow_engine::transport::kafka::{KafkaConfig, KafkaTransport};
@@ -38,6 +46,8 @@ use config::{Component, TransportArgs, TransportKind};
 pub struct AppOptions {
     /// Guards every `/admin/*` route; without one they answer 403.
     pub admin_token: AdminToken,
+    /// Concurrency limit and timeout of the command routes.
+    pub command_limits: CommandLimits,
 }
 
 /// One sagaflow application: its routes and the parts behind them.
@@ -47,6 +57,10 @@ pub struct App {
     pub projections: Projections,
     pub orchestrator: Arc<Orchestrator>,
     pub bus: CommandBus,
+    /// Behind `GET /readyz`; the server marks it draining when shutdown starts.
+    pub readiness: Readiness,
+    /// The binary's own series at `GET /metrics`.
+    pub metrics: metrics::AppMetrics,
 }
 
 /// Wires the engine, the domain and the read models over `pool` and `transport`.
@@ -55,27 +69,75 @@ pub fn build_app(pool: PgPool, transport: Arc<dyn Transport>, options: &AppOptio
     let domain = Domain::new(&bus);
     let mut registry = CommandRegistry::new();
     domain.register(&mut registry);
-    let projections = Projections::new(pool.clone(), transport);
+    let layout = transport.layout().clone();
+    let projections = Projections::new(pool.clone(), transport.clone());
     let orchestrator = Arc::new(Orchestrator::new(pool.clone(), sagaflow_sagas::sagas()));
     let engine = engine_http::router(EngineState {
         registry: Arc::new(registry),
         store: bus.store().clone(),
     });
-    let admin = admin::protect(projections.admin_router(), options.admin_token.clone());
+    let bell = bus.outbox_bell().clone();
+    let admin = admin::protect(
+        projections
+            .admin_router()
+            .merge(dead_letters::router(pool.clone(), layout, bell.clone()))
+            .merge(saga_http::admin_router(orchestrator.clone(), bell)),
+        options.admin_token.clone(),
+    );
+    let readiness = Readiness::new(pool.clone(), transport.clone());
+    let app_metrics = metrics::AppMetrics::new();
+    let mut scraper = Scraper::new(
+        pool.clone(),
+        transport.clone(),
+        consumer_groups(&domain, &projections, &orchestrator, &transport),
+    );
+    scraper.extra.push(app_metrics.registry());
+    let engine = engine
+        .merge(engine_http::readiness_router(readiness.clone()))
+        .merge(sagaflow_engine::metrics::router(scraper))
+        .merge(openapi::router());
     let router = engine_http::finish(
         engine
             .merge(sagaflow_sagas::router(&domain))
-            .merge(sagaflow_engine::saga::http::router(pool))
+            .merge(saga_http::router(pool))
             .merge(projections.router())
             .merge(admin),
     );
+    let router = engine_http::limit_commands(router, options.command_limits.clone());
     App {
         router,
         domain,
         projections,
         orchestrator,
         bus,
+        readiness,
+        metrics: app_metrics,
     }
+}
+
+/// Every consumer group of the application, whichever process runs it, for
+/// `sagaflow_consumer_lag`.
+fn consumer_groups(
+    domain: &Domain,
+    projections: &Projections,
+    orchestrator: &Arc<Orchestrator>,
+    transport: &Arc<dyn Transport>,
+) -> Vec<ConsumerGroup> {
+    let bell = domain.orders.bus().outbox_bell().clone();
+    let mut consumers = projections.consumers();
+    consumers.push(orchestrator.consumer(transport.clone(), bell.clone()));
+    consumers
+        .push(Participant::new(domain.inventory.clone()).consumer(transport.clone(), bell.clone()));
+    consumers
+        .push(Participant::new(domain.accounts.clone()).consumer(transport.clone(), bell.clone()));
+    consumers.push(Participant::new(domain.orders.clone()).consumer(transport.clone(), bell));
+    consumers
+        .iter()
+        .map(|c| ConsumerGroup {
+            group: c.group().to_owned(),
+            topics: c.topics().to_vec(),
+        })
+        .collect()
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, letting in-flight requests finish.
@@ -165,6 +227,7 @@ impl Engine {
         options: &AppOptions,
     ) -> Self {
         let app = build_app(pool.clone(), transport.clone(), options);
+        app.metrics.set_components(components);
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         if components.contains(&Component::Projections) {

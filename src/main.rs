@@ -1,4 +1,4 @@
-//! The `sagaflow` command line: serve, migrate, bench, projections.
+//! The `sagaflow` command line: serve, migrate, bench, projections, replay.
 
 use std::net::SocketAddr;
 
@@ -7,11 +7,15 @@ use clap::{Parser, Subcommand};
 use sagaflow::bench::BenchCommand;
 use std::collections::HashSet;
 
-use sagaflow::config::{mask_url, Component, DatabaseArgs, LogFormat, TransportArgs};
+use sagaflow::config::{
+    mask_secret, mask_url, Component, DatabaseArgs, LogFormat, OperationsArgs, TransportArgs,
+};
 use sagaflow_engine::db;
 use sagaflow_engine::http::admin::AdminToken;
 use sagaflow_engine::outbox::RelayConfig;
+use std::time::Instant;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -51,6 +55,8 @@ enum Command {
         /// Components this process runs (comma-separated); all by default.
         #[arg(long, env = "SAGAFLOW_COMPONENTS", value_enum, value_delimiter = ',')]
         components: Vec<Component>,
+        #[command(flatten)]
+        operations: OperationsArgs,
     },
     /// Create the database if missing and apply pending migrations.
     Migrate,
@@ -63,6 +69,18 @@ enum Command {
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// Print a stream's events, each with its metadata and the state right after it
+    /// (`order-<id>`, `inventory-<sku>`, `account-<id>`, `saga-<id>`).
+    Replay {
+        /// The stream id.
+        stream_id: String,
+        /// Stop at this version (the state as of version n); the whole stream by default.
+        #[arg(long)]
+        at_version: Option<i64>,
+        /// One JSON object per event and line, for tools.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -86,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             http_addr,
             components,
             admin_token,
+            operations,
         } => {
             let components: HashSet<Component> = if components.is_empty() {
                 Component::ALL.into_iter().collect()
@@ -98,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
                 http_addr,
                 components,
                 admin_token,
+                &operations,
+                cli.log_format,
             )
             .await
         }
@@ -107,6 +128,30 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench { command } => {
             sagaflow::bench::run(command, &cli.database, &cli.transport).await
+        }
+        Command::Replay {
+            stream_id,
+            at_version,
+            json,
+        } => {
+            let pool = db::connect(&cli.database.database_url, 2)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach the database at {}",
+                        mask_url(&cli.database.database_url)
+                    )
+                })?;
+            let format = if json {
+                sagaflow::replay::ReplayFormat::JsonLines
+            } else {
+                sagaflow::replay::ReplayFormat::Text
+            };
+            let mut out = std::io::stdout().lock();
+            sagaflow::replay::replay_stream(&pool, &stream_id, at_version, format, &mut out)
+                .await?;
+            pool.close().await;
+            Ok(())
         }
         Command::Projections {
             command: ProjectionsCommand::Rebuild { name },
@@ -188,17 +233,26 @@ async fn prepare_database(args: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully within
+/// `operations.shutdown_timeout`: `/readyz` answers 503 `draining` (for `drain_delay` the
+/// server goes on serving), the listener closes and in-flight requests finish, then the
+/// background components finish their batch (consumers
+/// commit their offsets with it; the relay's batch is acknowledged before it commits). Returns
+/// `Ok` (exit status 0) when all of that finished in time; past the bound the process exits
+/// with status 1, as it does at once on a second signal. Whatever was cut short is redone
+/// after a restart: uncommitted work rolls back, the outbox keeps unpublished rows.
 async fn serve(
     args: &DatabaseArgs,
     transport_args: &TransportArgs,
     http_addr: SocketAddr,
     components: HashSet<Component>,
     admin_token: Option<String>,
+    operations: &OperationsArgs,
+    log_format: LogFormat,
 ) -> anyhow::Result<()> {
-    let mut names: Vec<String> = components
-        .iter()
-        .map(|c| format!("{c:?}").to_lowercase())
-        .collect();
+    // Installed first, so that a signal during start-up is not lost.
+    let mut signals = Signals::install().context("installing the signal handlers")?;
+    let mut names: Vec<&str> = components.iter().map(|c| c.name()).collect();
     names.sort();
     tracing::info!(
         database = %mask_url(&args.database_url),
@@ -209,12 +263,29 @@ async fn serve(
         partitions = transport_args.partitions,
         %http_addr,
         components = %names.join(","),
+        admin_token = mask_secret(admin_token.as_deref()),
+        log_format = ?log_format,
+        shutdown_timeout = ?operations.shutdown_timeout,
+        drain_delay = ?operations.drain_delay,
+        max_inflight_commands = operations.max_inflight_commands,
+        command_timeout = ?operations.command_timeout,
         "starting sagaflow"
     );
-    let pool = prepare_database(args).await?;
-    let transport = sagaflow::build_transport(&pool, transport_args).await?;
+    let started = async {
+        let pool = prepare_database(args).await?;
+        let transport = sagaflow::build_transport(&pool, transport_args).await?;
+        anyhow::Ok((pool, transport))
+    };
+    let (pool, transport) = tokio::select! {
+        started = started => started?,
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutdown requested during start-up; exiting");
+            return Ok(());
+        }
+    };
     let options = sagaflow::AppOptions {
         admin_token: AdminToken::new(admin_token.as_deref()),
+        command_limits: operations.command_limits(),
     };
     if !options.admin_token.is_configured() {
         tracing::warn!("SAGAFLOW_ADMIN_TOKEN is not set: admin routes answer 403");
@@ -226,39 +297,106 @@ async fn serve(
         RelayConfig::default(),
         &options,
     );
-    if components.contains(&Component::Http) {
+    let readiness = engine.app.readiness.clone();
+    let stop_serving = CancellationToken::new();
+    let server = if components.contains(&Component::Http) {
         let listener = TcpListener::bind(http_addr)
             .await
             .with_context(|| format!("cannot listen on {http_addr}"))?;
         tracing::info!(%http_addr, "listening");
-        sagaflow::serve(listener, engine.app.router.clone(), shutdown_signal()).await?;
+        let stop = stop_serving.clone().cancelled_owned();
+        Some(tokio::spawn(sagaflow::serve(
+            listener,
+            engine.app.router.clone(),
+            stop,
+        )))
     } else {
-        shutdown_signal().await;
+        None
+    };
+    let signal = signals.recv().await;
+    let bound = operations.shutdown_timeout;
+    let since = Instant::now();
+    tracing::info!(
+        signal,
+        shutdown_timeout = ?bound,
+        "shutdown requested: draining, finishing in-flight requests"
+    );
+    readiness.start_draining();
+    tokio::spawn(async move {
+        let signal = signals.recv().await;
+        tracing::warn!(signal, "second signal during shutdown; exiting at once");
+        std::process::exit(1);
+    });
+    let drain_delay = operations.drain_delay;
+    let drained = tokio::time::timeout(bound, async {
+        if server.is_some() && !drain_delay.is_zero() {
+            tracing::info!(drain_delay = ?drain_delay, "serving on while /readyz answers 503");
+            tokio::time::sleep(drain_delay).await;
+        }
+        stop_serving.cancel();
+        if let Some(server) = server {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+            }
+            tracing::info!(
+                elapsed_ms = since.elapsed().as_millis() as u64,
+                "HTTP requests finished; stopping the background components"
+            );
+        }
+        engine.stop().await;
+        pool.close().await;
+    })
+    .await;
+    let elapsed_ms = since.elapsed().as_millis() as u64;
+    if drained.is_err() {
+        tracing::error!(
+            elapsed_ms,
+            shutdown_timeout = ?bound,
+            "graceful shutdown did not finish within SAGAFLOW_SHUTDOWN_TIMEOUT; exiting with status 1"
+        );
+        std::process::exit(1);
     }
-    engine.stop().await;
-    pool.close().await;
-    tracing::info!("stopped");
+    tracing::info!(elapsed_ms, "stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    tracing::info!("shutdown requested, finishing in-flight requests");
+
+    /// Waits for the next signal; its name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
 }

@@ -364,3 +364,170 @@ async fn a_broker_outage_loses_and_doubles_nothing(pool: PgPool) {
     verifier.await.unwrap();
     engine.stop().await;
 }
+
+/// kill -9 of the engine while 500 orders are in flight, then a restart: every saga reaches a
+/// terminal state, stock and money add up, and nothing was reserved or charged twice.
+async fn kill_9_with_orders_in_flight(pool: PgPool, transport: Arc<dyn Transport>) {
+    let engine = spawn_engine(&pool, &transport).await;
+    let client = reqwest::Client::new();
+    let customers: Vec<uuid::Uuid> = (0..10).map(|_| uuid::Uuid::now_v7()).collect();
+    for sku in ["K1", "K2"] {
+        let r = client
+            .post(format!("{}/inventory/{sku}/restock", engine.base))
+            .json(&json!({"quantity": 600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    for c in &customers {
+        let r = client
+            .post(format!("{}/accounts/{c}/deposits", engine.base))
+            .json(&json!({"amount_cents": 100_000_00}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    // Clients send 500 orders, 20 at a time, each with an Idempotency-Key, retrying until
+    // accepted (as a real client would); the engine is killed after 250 acceptances.
+    let base = Arc::new(std::sync::RwLock::new(engine.base.clone()));
+    let accepted_count = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(20));
+    let mut tasks = Vec::new();
+    for i in 0..500usize {
+        let (client, base, customer) =
+            (client.clone(), base.clone(), customers[i % customers.len()]);
+        let (gate, accepted_count) = (gate.clone(), accepted_count.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let sku = if i % 2 == 0 { "K1" } else { "K2" };
+            let body = json!({"customer_id": customer, "lines": [{"sku": sku, "quantity": 1 + i % 2, "unit_price_cents": 3_00}]});
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline {
+                let url = format!("{}/orders", base.read().unwrap());
+                let sent = client.post(url).header("Idempotency-Key", format!("kill9-{i}")).json(&body).send().await;
+                if let Ok(r) = sent {
+                    if r.status() == StatusCode::ACCEPTED {
+                        if let Ok(v) = r.json::<serde_json::Value>().await {
+                            accepted_count.fetch_add(1, Ordering::SeqCst);
+                            return v["saga_id"].as_str().and_then(|s| s.parse::<uuid::Uuid>().ok());
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None
+        }));
+    }
+    eventually(Duration::from_secs(60), "250 orders accepted", || async {
+        accepted_count.load(Ordering::SeqCst) >= 250
+    })
+    .await;
+    drop(engine); // kill -9 with orders in flight
+    let restarted = spawn_engine(&pool, &transport).await;
+    *base.write().unwrap() = restarted.base.clone();
+    let mut accepted = Vec::new();
+    for t in tasks {
+        accepted.push(
+            t.await
+                .unwrap()
+                .expect("every order is accepted in the end"),
+        );
+    }
+    accepted.sort();
+    accepted.dedup();
+    assert_eq!(accepted.len(), 500);
+    // The Idempotency-Key made every retried order count once.
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM events WHERE event_type = 'order_placed'"
+        )
+        .await,
+        500
+    );
+    // Every order in the store, answered or not, must finish.
+    eventually(
+        Duration::from_secs(180),
+        "every saga terminal after the restart",
+        || async {
+            let placed = scalar(
+                &pool,
+                "SELECT count(*) FROM events WHERE event_type = 'order_placed'",
+            )
+            .await;
+            let done = scalar(
+                &pool,
+                "SELECT count(*) FROM sagas WHERE state IN ('completed', 'compensated', 'failed')",
+            )
+            .await;
+            placed > 0 && done == placed
+        },
+    )
+    .await;
+    let accepted_done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sagas WHERE saga_id = ANY($1) AND state = 'completed'",
+    )
+    .bind(&accepted)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        accepted_done,
+        accepted.len() as i64,
+        "stock and money suffice: every accepted order completes"
+    );
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM sagas WHERE state <> 'completed'"
+        )
+        .await,
+        0
+    );
+    // Nothing twice: one reservation per order line, one capture per order.
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM (SELECT payload->>'order_id', stream_id FROM events WHERE event_type = 'stock_reserved' GROUP BY 1, 2 HAVING count(*) > 1) d").await,
+        0
+    );
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM (SELECT payload->>'order_id' FROM events WHERE event_type = 'payment_captured' GROUP BY 1 HAVING count(*) > 1) d").await,
+        0
+    );
+    let orders = scalar(
+        &pool,
+        "SELECT count(*) FROM events WHERE event_type = 'order_placed'",
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM events WHERE event_type = 'payment_captured'"
+        )
+        .await,
+        orders
+    );
+    // Stock and money add up with the confirmed orders.
+    let reserved_units = scalar(&pool, "SELECT COALESCE(sum((payload->>'quantity')::bigint), 0)::bigint FROM events WHERE event_type = 'stock_reserved'").await;
+    let ordered_units = scalar(&pool, "SELECT COALESCE(sum((l->>'quantity')::bigint), 0)::bigint FROM events, jsonb_array_elements(payload->'lines') l WHERE event_type = 'order_placed'").await;
+    assert_eq!(reserved_units, ordered_units);
+    let captured = scalar(&pool, "SELECT COALESCE(sum((payload->>'amount_cents')::bigint), 0)::bigint FROM events WHERE event_type = 'payment_captured'").await;
+    let totals = scalar(&pool, "SELECT COALESCE(sum((payload->>'total_cents')::bigint), 0)::bigint FROM events WHERE event_type = 'order_placed'").await;
+    assert_eq!(captured, totals);
+}
+
+mod kill_9_with_orders_in_flight {
+    use super::*;
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn postgres_transport(pool: PgPool) {
+        let transport = postgres(&pool);
+        super::kill_9_with_orders_in_flight(pool, transport).await;
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn kafka_transport(pool: PgPool) {
+        super::kill_9_with_orders_in_flight(pool, common::transport::kafka()).await;
+    }
+}

@@ -351,3 +351,51 @@ on_both_transports!(
     two_hundred_orders_for_fifty_items,
     a_saga_defined_in_a_test_compensates_in_reverse,
 );
+
+/// The payment participant is down for 60 s while orders arrive: they are accepted, and
+/// afterwards every saga finishes (confirmed, or compensated after its timeout); none is stuck.
+async fn a_participant_stopped_for_a_minute(pool: PgPool, transport: Arc<dyn Transport>) {
+    let engine = start_engine(
+        &pool,
+        &transport,
+        &everything_but(&[Component::ParticipantPayment]),
+    )
+    .await;
+    engine.restock("BOOK", 100).await;
+    let customer = Uuid::now_v7();
+    engine.deposit(customer, 1_000_00).await;
+    let stopped_at = std::time::Instant::now();
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        orders.push(engine.order(customer, &[("BOOK", 1 + i % 3, 10_00)]).await);
+    }
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(stopped_at.elapsed())).await;
+    let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
+    let sagas: Vec<Uuid> = orders.iter().map(|o| o.1).collect();
+    wait_terminal(&pool, &sagas, Duration::from_secs(180)).await;
+    let mut confirmed_qty = 0;
+    let mut confirmed_cents = 0;
+    for (i, (order, saga)) in orders.iter().enumerate() {
+        let qty = 1 + i as i64 % 3;
+        match (
+            saga_state(&pool, *saga).await.as_deref(),
+            order_status(&pool, *order).await,
+        ) {
+            (Some("completed"), Some(OrderStatus::Confirmed)) => {
+                confirmed_qty += qty;
+                confirmed_cents += qty * 10_00;
+            }
+            (Some("compensated"), Some(OrderStatus::Rejected)) => {}
+            other => panic!("order {order} ended as {other:?}"),
+        }
+    }
+    assert_eq!(stock(&pool, "BOOK").await, (100, confirmed_qty));
+    assert_eq!(
+        account(&pool, customer).await,
+        (1_000_00 - confirmed_cents, 0)
+    );
+    payment.stop().await;
+    engine.stop().await;
+}
+
+on_both_transports!(a_participant_stopped_for_a_minute);

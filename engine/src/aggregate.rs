@@ -16,9 +16,19 @@ use serde_json::Value;
 /// history stays readable.
 pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// The schema version written with new events of `event_type`. Older stored versions are
-    /// turned into the current shape by upcasters before they are deserialized.
+    /// turned into the current shape by [`DomainEvent::upcast`] before they are deserialized.
     fn schema_version(_event_type: &str) -> i32 {
         1
+    }
+
+    /// Turns a stored payload of `event_type` at schema version `from` into the shape of
+    /// version `from + 1`. Every reader that decodes through [`decode_event_at`] (the command
+    /// bus, the participants, time travel, replay, the orchestrator) chains it from the stored
+    /// version up to [`DomainEvent::schema_version`], so `apply` only ever sees the current
+    /// shape and stored history is never rewritten. The default is the identity: an event
+    /// type whose shape never changed needs nothing.
+    fn upcast(_event_type: &str, _from: i32, payload: Value) -> Value {
+        payload
     }
 }
 
@@ -47,7 +57,9 @@ pub trait DomainError: std::error::Error + Send + Sync + 'static {
 /// `handle` must be a pure function of the current state and the command, and `apply` must be
 /// infallible: an event that was recorded is a fact, and replaying the same events always
 /// yields the same state.
-pub trait Aggregate: Default + Clone + Send + Sync + 'static {
+/// `Serialize` exposes the state to the debugging tools (time travel, replay); it is never
+/// stored, so its shape may change freely between releases.
+pub trait Aggregate: Default + Clone + Serialize + Send + Sync + 'static {
     /// The aggregate type name; it prefixes stream ids (`<TYPE>-<id>`) and names routes.
     const TYPE: &'static str;
     /// The bounded context whose topic carries this aggregate's events (`<context>.events`).
@@ -97,7 +109,8 @@ pub fn encode_event<E: DomainEvent>(event: &E) -> (String, Value) {
     }
 }
 
-/// Rebuilds an event enum value from a stored `(event_type, payload)` pair.
+/// Rebuilds an event enum value from a `(event_type, payload)` pair whose payload is in the
+/// current schema (a freshly recorded event). For stored events use [`decode_event_at`].
 pub fn decode_event<E: DomainEvent>(
     event_type: &str,
     payload: &Value,
@@ -108,4 +121,92 @@ pub fn decode_event<E: DomainEvent>(
         map.insert("payload".into(), payload.clone());
     }
     serde_json::from_value(Value::Object(map))
+}
+
+/// Rebuilds an event enum value from a stored `(event_type, schema_version, payload)`: a
+/// payload older than `E::schema_version(event_type)` is upcast step by step
+/// ([`DomainEvent::upcast`]) first. A payload at the current version, or at a newer one
+/// written by a later release, is decoded as it is.
+pub fn decode_event_at<E: DomainEvent>(
+    event_type: &str,
+    schema_version: i32,
+    payload: &Value,
+) -> Result<E, serde_json::Error> {
+    let current = E::schema_version(event_type);
+    if schema_version >= current {
+        return decode_event(event_type, payload);
+    }
+    decode_event(
+        event_type,
+        &upcast_payload::<E>(event_type, schema_version, payload.clone()),
+    )
+}
+
+/// The payload of a stored `event_type` at `schema_version`, upcast to the current schema.
+pub fn upcast_payload<E: DomainEvent>(
+    event_type: &str,
+    schema_version: i32,
+    payload: Value,
+) -> Value {
+    let current = E::schema_version(event_type);
+    (schema_version.max(0)..current).fold(payload, |p, from| E::upcast(event_type, from, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    /// `renamed` went v1 `{"n"}` -> v2 `{"count"}` -> v3 `{"count", "unit"}`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+    enum Evolving {
+        Renamed { count: i64, unit: String },
+        Stable { n: i64 },
+    }
+
+    impl DomainEvent for Evolving {
+        fn schema_version(event_type: &str) -> i32 {
+            if event_type == "renamed" {
+                3
+            } else {
+                1
+            }
+        }
+
+        fn upcast(event_type: &str, from: i32, payload: Value) -> Value {
+            match (event_type, from) {
+                ("renamed", 1) => json!({"count": payload["n"]}),
+                ("renamed", 2) => json!({"count": payload["count"], "unit": "piece"}),
+                _ => payload,
+            }
+        }
+    }
+
+    #[test]
+    fn upcasters_are_chained_from_the_stored_version_to_the_current_one() {
+        let expected = Evolving::Renamed {
+            count: 7,
+            unit: "piece".into(),
+        };
+        for (version, payload) in [
+            (1, json!({"n": 7})),
+            (2, json!({"count": 7})),
+            (3, json!({"count": 7, "unit": "piece"})),
+        ] {
+            assert_eq!(
+                decode_event_at::<Evolving>("renamed", version, &payload).unwrap(),
+                expected,
+                "from v{version}"
+            );
+        }
+        // Other types and current payloads pass through untouched.
+        assert_eq!(
+            decode_event_at::<Evolving>("stable", 1, &json!({"n": 1})).unwrap(),
+            Evolving::Stable { n: 1 }
+        );
+        assert!(decode_event::<Evolving>("renamed", &json!({"n": 7})).is_err());
+    }
 }

@@ -35,11 +35,13 @@ impl Metadata {
     }
 
     /// Metadata for a message caused by `cause`: same correlation and trace, new causation.
+    /// Inside a consumer's handler the trace context names the span applying `cause` as the
+    /// parent (see [`crate::telemetry::caused_traceparent`]).
     pub fn caused_by(cause: &Envelope) -> Self {
         Metadata {
             correlation_id: cause.metadata.correlation_id,
             causation_id: Some(cause.message_id),
-            traceparent: cause.metadata.traceparent.clone(),
+            traceparent: crate::telemetry::caused_traceparent(cause),
             saga_id: cause.metadata.saga_id.clone(),
             saga_step: cause.metadata.saga_step.clone(),
             attempt: cause.metadata.attempt,

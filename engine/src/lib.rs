@@ -8,9 +8,12 @@ pub mod db;
 pub mod doorbell;
 pub mod envelope;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
+pub mod replay;
 pub mod saga;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod transport;
 

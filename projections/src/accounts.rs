@@ -23,8 +23,8 @@ use crate::query::{self, QueryState};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AccountsProjection;
 
-const NAME: &str = "accounts";
-const PREFIX: &str = "account-";
+const NAME: &str = AccountsProjection::NAME;
+const PREFIX: &str = AccountsProjection::STREAM_PREFIX;
 
 /// The money of one customer; the same counters as the `Account` aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,21 +52,10 @@ fn customer_of(stream_id: &str) -> Result<Uuid, ProjectionError> {
 impl Projector for AccountsProjection {
     type Row = AccountRow;
 
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn topic(&self) -> &'static str {
-        "payment.events"
-    }
-
-    fn stream_prefix(&self) -> &'static str {
-        PREFIX
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["read_accounts"]
-    }
+    const NAME: &'static str = "accounts";
+    const TOPIC: &'static str = "payment.events";
+    const STREAM_PREFIX: &'static str = "account-";
+    const TABLES: &'static [&'static str] = &["read_accounts"];
 
     // Mirrors `Account::apply`, saturating arithmetic included. Captured and voided amounts
     // come from the event, as in the aggregate, so no per-order state is needed.

@@ -23,8 +23,8 @@ use crate::query::{self, QueryState};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InventoryProjection;
 
-const NAME: &str = "inventory";
-const PREFIX: &str = "inventory-";
+const NAME: &str = InventoryProjection::NAME;
+const PREFIX: &str = InventoryProjection::STREAM_PREFIX;
 
 /// The stock of one SKU; the same counters as the `Inventory` aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,21 +45,10 @@ fn sku_of(stream_id: &str) -> &str {
 impl Projector for InventoryProjection {
     type Row = StockRow;
 
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn topic(&self) -> &'static str {
-        "inventory.events"
-    }
-
-    fn stream_prefix(&self) -> &'static str {
-        PREFIX
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["read_inventory"]
-    }
+    const NAME: &'static str = "inventory";
+    const TOPIC: &'static str = "inventory.events";
+    const STREAM_PREFIX: &'static str = "inventory-";
+    const TABLES: &'static [&'static str] = &["read_inventory"];
 
     // Mirrors `Inventory::apply`, saturating arithmetic included. Released and committed
     // quantities come from the event, as in the aggregate, so no per-order state is needed.

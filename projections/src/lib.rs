@@ -91,19 +91,19 @@ struct Registered<P>(Arc<P>);
 #[async_trait]
 impl<P: Projector> Projection for Registered<P> {
     fn name(&self) -> &'static str {
-        self.0.name()
+        P::NAME
     }
 
     fn topic(&self) -> &'static str {
-        self.0.topic()
+        P::TOPIC
     }
 
     fn stream_prefix(&self) -> &'static str {
-        self.0.stream_prefix()
+        P::STREAM_PREFIX
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        self.0.tables()
+        P::TABLES
     }
 
     fn handler(&self) -> Arc<dyn Handler> {

@@ -32,8 +32,8 @@ use crate::query::{self, QueryState};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OrdersProjection;
 
-const NAME: &str = "orders";
-const PREFIX: &str = "order-";
+const NAME: &str = OrdersProjection::NAME;
+const PREFIX: &str = OrdersProjection::STREAM_PREFIX;
 
 /// One order as the read model holds it; the same facts as the `Order` aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,21 +84,10 @@ fn order_id_of(stream_id: &str) -> Result<Uuid, ProjectionError> {
 impl Projector for OrdersProjection {
     type Row = OrderRow;
 
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn topic(&self) -> &'static str {
-        "order.events"
-    }
-
-    fn stream_prefix(&self) -> &'static str {
-        PREFIX
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["read_orders"]
-    }
+    const NAME: &'static str = "orders";
+    const TOPIC: &'static str = "order.events";
+    const STREAM_PREFIX: &'static str = "order-";
+    const TABLES: &'static [&'static str] = &["read_orders"];
 
     // Mirrors `Order::apply`: placing sets the customer, lines and total (the reason survives,
     // as in the aggregate); a rejection sets the reason; a cancellation replaces it.

@@ -134,18 +134,18 @@ pub trait Projector: Send + Sync + 'static {
 
     /// The projection's name (`orders`): the CLI argument, the admin route segment, and the
     /// consumer group `projection:<name>`.
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
 
     /// The logical topic that carries its events (`order.events`).
-    fn topic(&self) -> &'static str;
+    const TOPIC: &'static str;
 
     /// The prefix of the streams it folds, one row each (`order-`). Other streams on the topic
     /// are ignored.
-    fn stream_prefix(&self) -> &'static str;
+    const STREAM_PREFIX: &'static str;
 
     /// The tables a rebuild empties before replaying the store; the first holds one row per
     /// stream, with its `version`.
-    fn tables(&self) -> &'static [&'static str];
+    const TABLES: &'static [&'static str];
 
     /// Evolves a stream's row by the stream's next event (`row` is `None` before its first
     /// event) and leaves a row. Must be deterministic, a function of the row and the event
@@ -264,7 +264,7 @@ impl<P: Projector> ProjectorHandler<P> {
         conn: &mut PgConnection,
         deliveries: &[Delivery],
     ) -> Result<usize, ProjectionError> {
-        let prefix = self.projector.stream_prefix();
+        let prefix = P::STREAM_PREFIX;
         let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
         for d in deliveries {
             let e = &d.envelope;

@@ -6,7 +6,8 @@
 //! 2. marks `P` `rebuilding` in `projection_status` and empties its tables, in one transaction;
 //! 3. reads `P`'s events from `events` in `global_position` order, in pages, all in one
 //!    `REPEATABLE READ` snapshot taken after the tables were emptied; folds them in memory and
-//!    flushes the changed rows with version-guarded upserts (at least every second);
+//!    writes the changed rows with version-guarded upserts, in short transactions, when many
+//!    are pending and at the end; records its progress in `projection_status` every second;
 //! 4. marks `P` `idle` (or `failed`, with the error) and releases the lock.
 //!
 //! Why nothing is missed or doubled while the live consumer keeps running: every writer keeps
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use sagaflow_engine::outbox::fnv1a;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
@@ -40,11 +42,15 @@ use crate::projector::{
 pub struct RebuildOptions {
     /// Events read per page.
     pub page_size: i64,
-    /// A flush is due once this many rows changed...
+    /// Changed rows are written once this many are pending, and at the end. Writing late
+    /// writes a row once however many of its events the rebuild folds.
     pub flush_rows: usize,
-    /// ...or this long after the previous flush, so progress shows in `projection_status`.
-    pub flush_every: Duration,
-    /// Streams whose state is kept in memory. Beyond it, the states are dropped after a flush
+    /// Rows per write transaction: short transactions hold the rows' locks briefly, so the
+    /// live consumer is never held up for long.
+    pub write_chunk: usize,
+    /// Write transactions run concurrently (on disjoint rows, each in stream-id order).
+    pub writers: usize,
+    /// Streams whose state is kept in memory. Beyond it, the states are written and dropped,
     /// and read back from the table when their stream shows up again, so memory stays bounded
     /// however many streams the store holds.
     pub max_states: usize,
@@ -54,12 +60,16 @@ impl Default for RebuildOptions {
     fn default() -> Self {
         RebuildOptions {
             page_size: 10_000,
-            flush_rows: 50_000,
-            flush_every: Duration::from_secs(1),
+            flush_rows: 500_000,
+            write_chunk: 10_000,
+            writers: 2,
             max_states: 2_000_000,
         }
     }
 }
+
+/// How often a running rebuild records its progress in `projection_status`.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// First key of the rebuild locks (the second is the projection's name hashed).
 const REBUILD_LOCK_CLASS: i32 = 0x5346_5202;
@@ -226,7 +236,7 @@ pub async fn begin<P: Projector>(
     options: RebuildOptions,
     on_progress: ProgressFn,
 ) -> Result<RebuildJob, RebuildError> {
-    let name = projector.name();
+    let name = P::NAME;
     let mut lock = PgConnection::connect_with(&pool.connect_options()).await?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
         .bind(REBUILD_LOCK_CLASS)
@@ -239,6 +249,10 @@ pub async fn begin<P: Projector>(
     }
     let started = async {
         let mut tx = pool.begin().await?;
+        // Emptying the tables waits for the transactions using them; never indefinitely.
+        sqlx::query("SET LOCAL lock_timeout = '30s'")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO projection_status (name, state, started_at, finished_at, events_processed, events_total, error, updated_at)
              VALUES ($1, 'rebuilding', now(), NULL, 0, NULL, NULL, now())
@@ -248,7 +262,7 @@ pub async fn begin<P: Projector>(
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(&format!("TRUNCATE {}", projector.tables().join(", ")))
+        sqlx::query(&format!("TRUNCATE {}", P::TABLES.join(", ")))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -259,7 +273,7 @@ pub async fn begin<P: Projector>(
             .await?;
         let total: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE $1")
-                .bind(like_prefix(projector.stream_prefix()))
+                .bind(like_prefix(P::STREAM_PREFIX))
                 .fetch_one(&mut *snapshot)
                 .await?;
         sqlx::query(
@@ -394,39 +408,65 @@ async fn read_pages(
     }
 }
 
-/// Rows to write, and the progress they complete.
+/// Rows to write.
 struct Flush<R> {
     rows: Vec<Versioned<R>>,
-    events_processed: u64,
     /// Answered once this flush (and every one before it) committed.
     done: Option<oneshot::Sender<()>>,
 }
 
-/// Writes flushes one after the other, each in a transaction with the progress.
+/// Writes flushes one after the other; each in chunks of `write_chunk` rows, one transaction
+/// per chunk, `writers` chunks at a time. Returns the rows written.
 async fn write_rows<P: Projector>(
     projector: Arc<P>,
     pool: PgPool,
+    options: RebuildOptions,
     mut flushes: mpsc::Receiver<Flush<P::Row>>,
 ) -> Result<u64, ProjectionError> {
     let mut written = 0u64;
     while let Some(flush) = flushes.recv().await {
-        let mut tx = pool.begin().await?;
-        let rows: Vec<&Versioned<P::Row>> = flush.rows.iter().collect();
-        projector.store(&mut tx, &rows).await?;
-        sqlx::query(
-            "UPDATE projection_status SET events_processed = $2, updated_at = now() WHERE name = $1",
-        )
-        .bind(projector.name())
-        .bind(flush.events_processed as i64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        written += rows.len() as u64;
+        let mut rows = flush.rows.into_iter().peekable();
+        let mut chunks = Vec::new();
+        while rows.peek().is_some() {
+            let chunk: Vec<Versioned<P::Row>> =
+                rows.by_ref().take(options.write_chunk.max(1)).collect();
+            chunks.push(write_chunk(projector.clone(), pool.clone(), chunk));
+        }
+        let mut chunks = futures::stream::iter(chunks).buffer_unordered(options.writers.max(1));
+        while let Some(n) = chunks.next().await {
+            written += n?;
+        }
         if let Some(done) = flush.done {
             let _ = done.send(());
         }
     }
     Ok(written)
+}
+
+/// Writes `rows` (in stream-id order) in one transaction.
+async fn write_chunk<P: Projector>(
+    projector: Arc<P>,
+    pool: PgPool,
+    rows: Vec<Versioned<P::Row>>,
+) -> Result<u64, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    let refs: Vec<&Versioned<P::Row>> = rows.iter().collect();
+    projector.store(&mut tx, &refs).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+async fn record_progress(pool: &PgPool, name: &str, processed: u64) {
+    let r = sqlx::query(
+        "UPDATE projection_status SET events_processed = $2, updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(processed as i64)
+    .execute(pool)
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(projection = name, error = %e, "cannot record rebuild progress");
+    }
 }
 
 /// A stream's state during a rebuild, and whether it changed since the last flush.
@@ -469,16 +509,21 @@ async fn fold_store<P: Projector>(
     on_progress: ProgressFn,
     started: Instant,
 ) -> Result<RebuildReport, RebuildError> {
-    let name = projector.name();
+    let name = P::NAME;
     let (page_tx, mut pages) = mpsc::channel::<Page>(2);
     let reader = tokio::spawn(read_pages(
         snapshot,
-        like_prefix(projector.stream_prefix()),
+        like_prefix(P::STREAM_PREFIX),
         options.page_size.max(1),
         page_tx,
     ));
     let (flush_tx, flush_rx) = mpsc::channel::<Flush<P::Row>>(1);
-    let writer = tokio::spawn(write_rows(projector.clone(), pool.clone(), flush_rx));
+    let writer = tokio::spawn(write_rows(
+        projector.clone(),
+        pool.clone(),
+        options.clone(),
+        flush_rx,
+    ));
     let folded = async {
         let mut states = States::<P::Row> {
             slots: HashMap::new(),
@@ -486,7 +531,7 @@ async fn fold_store<P: Projector>(
             evicted: false,
         };
         let mut processed = 0u64;
-        let mut last_flush = Instant::now();
+        let mut last_progress = Instant::now();
         while let Some(page) = pages.recv().await {
             let page = page?;
             if states.evicted {
@@ -522,20 +567,20 @@ async fn fold_store<P: Projector>(
                 events_total: total,
                 elapsed: started.elapsed(),
             });
-            if states.dirty.len() >= options.flush_rows
-                || last_flush.elapsed() >= options.flush_every
-            {
-                let evict = states.slots.len() > options.max_states;
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                record_progress(&pool, name, processed).await;
+                last_progress = Instant::now();
+            }
+            let evict = states.slots.len() > options.max_states;
+            if evict || states.dirty.len() >= options.flush_rows {
                 let (done, committed) = oneshot::channel();
                 let flush = Flush {
                     rows: states.take_dirty(),
-                    events_processed: processed,
                     done: evict.then_some(done),
                 };
                 if flush_tx.send(flush).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
-                last_flush = Instant::now();
                 if evict {
                     // Every state is in the table once this flush committed.
                     if committed.await.is_err() {
@@ -548,13 +593,7 @@ async fn fold_store<P: Projector>(
         }
         let rows = states.take_dirty();
         if !rows.is_empty() {
-            let _ = flush_tx
-                .send(Flush {
-                    rows,
-                    events_processed: processed,
-                    done: None,
-                })
-                .await;
+            let _ = flush_tx.send(Flush { rows, done: None }).await;
         }
         Ok::<u64, RebuildError>(processed)
     }

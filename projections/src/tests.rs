@@ -42,18 +42,6 @@ impl Lcg {
     }
 }
 
-fn stored(e: &RecordedEvent) -> StoredEvent {
-    StoredEvent {
-        global_position: e.global_position,
-        stream_id: e.envelope.stream_id.clone(),
-        stream_version: e.envelope.stream_version,
-        event_type: e.envelope.event_type.clone(),
-        schema_version: e.envelope.schema_version,
-        payload: e.envelope.payload.clone(),
-        recorded_at: e.recorded_at,
-    }
-}
-
 fn delivery(e: &RecordedEvent, offset: i64) -> Delivery {
     Delivery {
         topic: "test.events".into(),
@@ -295,65 +283,59 @@ async fn rows<P: Projector>(pool: &PgPool, p: &P, streams: &[&str]) -> Vec<Versi
     rows
 }
 
+fn versioned<R>(stream_id: &str, version: &i64, row: R) -> Versioned<R> {
+    Versioned {
+        stream_id: stream_id.to_owned(),
+        version: *version,
+        row,
+    }
+}
+
+/// Asserts that `p`'s table holds exactly `expected` (in stream-id order).
+async fn assert_rows<P: Projector>(pool: &PgPool, p: &P, expected: Vec<Versioned<P::Row>>)
+where
+    P::Row: PartialEq + std::fmt::Debug,
+{
+    let streams: Vec<&str> = expected.iter().map(|v| v.stream_id.as_str()).collect();
+    assert_eq!(rows(pool, p, &streams).await, expected);
+    assert_eq!(count(pool, P::TABLES[0]).await, expected.len() as i64);
+}
+
 /// Asserts that the three read models equal the fold of the store, row for row.
 async fn assert_read_models_equal_the_fold(pool: &PgPool) {
     let f = fold_store(pool).await;
     assert!(!f.orders.is_empty() && !f.stock.is_empty() && !f.accounts.is_empty());
-
-    let streams: Vec<&str> = f.orders.keys().map(String::as_str).collect();
-    let expected: Vec<Versioned<OrderRow>> = f
-        .orders
-        .iter()
-        .map(|(s, (o, v, placed, updated))| Versioned {
-            stream_id: s.clone(),
-            version: *v,
-            row: OrderRow {
-                customer_id: o.customer_id().unwrap(),
-                status: o.status().unwrap(),
-                reason: o.reason().map(str::to_owned),
-                lines: o.lines().to_vec(),
-                total_cents: o.total_cents(),
-                placed_at: *placed,
-                updated_at: *updated,
-            },
-        })
-        .collect();
-    assert_eq!(rows(pool, &OrdersProjection, &streams).await, expected);
-    assert_eq!(count(pool, "read_orders").await, expected.len() as i64);
-
-    let streams: Vec<&str> = f.stock.keys().map(String::as_str).collect();
-    let expected: Vec<Versioned<StockRow>> = f
-        .stock
-        .iter()
-        .map(|(s, (i, v, at))| Versioned {
-            stream_id: s.clone(),
-            version: *v,
-            row: StockRow {
-                on_hand: i.on_hand(),
-                reserved: i.reserved(),
-                updated_at: *at,
-            },
-        })
-        .collect();
-    assert_eq!(rows(pool, &InventoryProjection, &streams).await, expected);
-    assert_eq!(count(pool, "read_inventory").await, expected.len() as i64);
-
-    let streams: Vec<&str> = f.accounts.keys().map(String::as_str).collect();
-    let expected: Vec<Versioned<AccountRow>> = f
-        .accounts
-        .iter()
-        .map(|(s, (a, v, at))| Versioned {
-            stream_id: s.clone(),
-            version: *v,
-            row: AccountRow {
-                balance_cents: a.balance_cents(),
-                held_cents: a.held_cents(),
-                updated_at: *at,
-            },
-        })
-        .collect();
-    assert_eq!(rows(pool, &AccountsProjection, &streams).await, expected);
-    assert_eq!(count(pool, "read_accounts").await, expected.len() as i64);
+    let orders = f.orders.iter().map(|(s, (o, v, placed, updated))| {
+        let row = OrderRow {
+            customer_id: o.customer_id().unwrap(),
+            status: o.status().unwrap(),
+            reason: o.reason().map(str::to_owned),
+            lines: o.lines().to_vec(),
+            total_cents: o.total_cents(),
+            placed_at: *placed,
+            updated_at: *updated,
+        };
+        versioned(s, v, row)
+    });
+    assert_rows(pool, &OrdersProjection, orders.collect()).await;
+    let stock = f.stock.iter().map(|(s, (i, v, at))| {
+        let row = StockRow {
+            on_hand: i.on_hand(),
+            reserved: i.reserved(),
+            updated_at: *at,
+        };
+        versioned(s, v, row)
+    });
+    assert_rows(pool, &InventoryProjection, stock.collect()).await;
+    let accounts = f.accounts.iter().map(|(s, (a, v, at))| {
+        let row = AccountRow {
+            balance_cents: a.balance_cents(),
+            held_cents: a.held_cents(),
+            updated_at: *at,
+        };
+        versioned(s, v, row)
+    });
+    assert_rows(pool, &AccountsProjection, accounts.collect()).await;
 }
 
 async fn count(pool: &PgPool, table: &str) -> i64 {
@@ -704,7 +686,8 @@ async fn a_rebuild_replaces_wrong_rows_with_the_fold(pool: PgPool) {
     let options = RebuildOptions {
         page_size: 7,
         flush_rows: 3,
-        flush_every: Duration::from_secs(60),
+        write_chunk: 2,
+        writers: 2,
         max_states: 4,
     };
     for name in crate::names() {
@@ -838,7 +821,8 @@ async fn live_batches_interleaved_with_rebuilds_equal_the_fold(pool: PgPool) {
         let options = RebuildOptions {
             page_size: 5,
             flush_rows: 4,
-            flush_every: Duration::from_secs(60),
+            write_chunk: 3,
+            writers: 2,
             max_states: 1_000,
         };
         let name = crate::names()[round as usize % 3];

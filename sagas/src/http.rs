@@ -9,16 +9,20 @@
 //! | `POST /orders` | `{"customer_id", "lines": [{"sku", "quantity", "unit_price_cents"}]}` | `{"order_id", "stream_id", "version"}` |
 //! | `POST /orders/{order_id}/cancel` | `{"reason"}`, `{}` or none | [`accepted_body`] |
 //!
+//! And one query for debugging: `GET /orders/{order_id}/saga` names the order's fulfillment
+//! saga, `{"order_id", "saga_id", "state", "links": {"saga", "timeline", "order_state"}}`
+//! (`state` is `null` until the saga started); 404 `order_not_found` for an order never placed.
+//!
 //! Bodies refuse unknown fields and invalid values with `422 invalid_body`; a malformed path
 //! parameter is a `400`; a domain rejection is a `422` with its code (`404 order_not_found`
 //! for an order that was never placed).
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use sagaflow_engine::command::CommandOutcome;
@@ -67,6 +71,7 @@ pub(crate) fn routes(domain: Domain) -> Router {
         .route("/accounts/{customer_id}/deposits", post(deposit))
         .route("/orders", post(place_order))
         .route("/orders/{order_id}/cancel", post(cancel_order))
+        .route("/orders/{order_id}/saga", get(order_saga))
         .with_state(domain)
 }
 
@@ -139,3 +144,32 @@ async fn cancel_order(
 
 #[cfg(test)]
 mod tests;
+
+/// The order's fulfillment saga: its id (derived from the order id, so it is known before the
+/// saga starts), its state in the saga read model, and where to look next.
+async fn order_saga(
+    State(domain): State<Domain>,
+    PathParams(order_id): PathParams<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let bus = domain.orders.bus();
+    let stream =
+        sagaflow_engine::aggregate::stream_id::<crate::order::Order>(&order_id.to_string());
+    if bus.store().stream_version(&stream).await? == 0 {
+        return Err(ApiError::not_found(
+            "order_not_found",
+            format!("no order {order_id}"),
+        ));
+    }
+    let saga_id = crate::order_fulfillment::saga_id_of(order_id);
+    let saga = sagaflow_engine::saga::http::find_saga(bus.pool(), saga_id).await?;
+    Ok(Json(json!({
+        "order_id": order_id,
+        "saga_id": saga_id,
+        "state": saga.map(|s| s.state),
+        "links": {
+            "saga": format!("/sagas/{saga_id}"),
+            "timeline": format!("/sagas/{saga_id}/timeline"),
+            "order_state": format!("/streams/{stream}/state"),
+        },
+    })))
+}

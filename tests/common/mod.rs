@@ -102,3 +102,15 @@ pub fn error_code(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("no error code in {body}"))
 }
+
+/// The URL of the test database behind `pool`, for a `sagaflow` process started by a test.
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().expect("test database")
+    )
+}

@@ -23,7 +23,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::aggregate::{decode_event, encode_event, stream_id, Aggregate, DomainEvent};
+use crate::aggregate::{decode_event_at, encode_event, stream_id, Aggregate, DomainEvent};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
 use crate::outbox::{self, OutboxMessage, OUTBOX_CHANNEL};
@@ -302,6 +302,7 @@ impl<A: Aggregate> Repository<A> {
             return Ok(CommitResult::Committed { outcome, response });
         }
         let new_events = new_events::<A>(&decided, &ctx.metadata);
+        let started = std::time::Instant::now();
         let mut tx = self.bus.pool().begin().await?;
         if let Some(idem) = &ctx.idempotency {
             if !idem.claim(&mut tx).await? {
@@ -341,6 +342,10 @@ impl<A: Aggregate> Repository<A> {
             idem.store_response(&mut tx, &response).await?;
         }
         tx.commit().await?;
+        crate::metrics::metrics()
+            .append_seconds
+            .with_label_values(&[A::TYPE])
+            .observe(started.elapsed().as_secs_f64());
         if !outcome.events.is_empty() {
             self.bus.outbox_bell.ring();
         }
@@ -562,11 +567,14 @@ pub fn decode<A: Aggregate>(e: &RecordedEvent) -> Result<A::Event, StoreError> {
     decode_envelope::<A::Event>(&e.envelope)
 }
 
-/// Decodes an envelope into an event enum.
+/// Decodes an envelope into an event enum, upcasting a payload of an older schema version
+/// first (see [`DomainEvent::upcast`]).
 pub fn decode_envelope<E: DomainEvent>(e: &Envelope) -> Result<E, StoreError> {
-    decode_event(&e.event_type, &e.payload).map_err(|source| StoreError::Decode {
-        message_id: e.message_id,
-        event_type: e.event_type.clone(),
-        source,
+    decode_event_at(&e.event_type, e.schema_version, &e.payload).map_err(|source| {
+        StoreError::Decode {
+            message_id: e.message_id,
+            event_type: e.event_type.clone(),
+            source,
+        }
     })
 }

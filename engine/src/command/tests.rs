@@ -5,12 +5,12 @@ use super::*;
 use crate::aggregate::{DomainCommand, DomainError};
 
 /// A counter with a ceiling: enough domain to exercise the bus.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize)]
 struct Counter {
     value: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", content = "payload", rename_all = "snake_case")]
 enum CounterCommand {
     Add { n: i64 },

@@ -13,6 +13,7 @@
 //! - **Groups are coordinated by PostgreSQL** (see [`leases`]), for both transports: members
 //!   share the partitions, and a dead member's partitions are taken over within seconds.
 
+pub mod dead_letters;
 mod leases;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::doorbell::Doorbell;
+use crate::metrics::metrics;
+use crate::telemetry;
 use crate::transport::{Delivery, Position, Transport};
 use leases::Leases;
 
@@ -113,6 +116,8 @@ pub struct Consumer {
     config: ConsumerConfig,
     stats: Arc<ConsumerStats>,
     outbox_bell: Option<Doorbell>,
+    /// `config.group`, shared with the handler's task for tracing.
+    group_name: Arc<str>,
 }
 
 struct Failure {
@@ -135,10 +140,21 @@ impl Consumer {
             pool,
             transport,
             handler,
+            group_name: config.group.as_str().into(),
             config,
             stats: Arc::new(ConsumerStats::default()),
             outbox_bell: None,
         }
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    /// The logical topics it reads.
+    pub fn topics(&self) -> &[String] {
+        &self.config.topics
     }
 
     /// Rings `bell` after each committed batch: for handlers that write outbox rows.
@@ -243,6 +259,7 @@ impl Consumer {
                     }
                     Err(e) => {
                         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        self.count_failure();
                         tracing::warn!(group = %self.config.group, topic = %key.0, partition = key.1, error = %e, "batch failed; re-reading from the committed offset");
                         match self.committed_offset(&key).await {
                             Ok(o) => {
@@ -365,6 +382,7 @@ impl Consumer {
         failures: &mut HashMap<Uuid, Failure>,
     ) -> Result<Applied, ConsumeError> {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.count_failure();
         let f = failures.entry(m.message_id()).or_insert_with(|| Failure {
             attempts: 0,
             first_failed_at: Utc::now(),
@@ -402,6 +420,7 @@ impl Consumer {
         expected: i64,
         messages: &[Delivery],
     ) -> Result<i64, ConsumeError> {
+        let started = Instant::now();
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = messages.iter().map(Delivery::message_id).collect();
         let mut fresh: HashSet<Uuid> = sqlx::query_scalar(
@@ -420,15 +439,24 @@ impl Consumer {
             .filter(|m| fresh.remove(&m.message_id()))
             .cloned()
             .collect();
+        // One span per message, open until its transaction ends; what the handler writes is
+        // traced as caused by this group's handling of the message.
+        let _spans: Vec<tracing::Span> = todo
+            .iter()
+            .map(|m| telemetry::consume_span(&self.config.group, m))
+            .collect();
         if !todo.is_empty() {
-            self.handler
-                .handle_batch(&mut tx, &todo)
-                .await
-                .map_err(ConsumeError::Handler)?;
+            telemetry::in_consumer(
+                self.group_name.clone(),
+                self.handler.handle_batch(&mut tx, &todo),
+            )
+            .await
+            .map_err(ConsumeError::Handler)?;
         }
         let next = messages.last().expect("non-empty batch").offset + 1;
         self.commit_offset(&mut tx, key, expected, next).await?;
         tx.commit().await?;
+        self.record_applied(&todo, messages.len() - todo.len(), started);
         if !todo.is_empty() {
             self.handler.after_commit().await;
         }
@@ -442,6 +470,31 @@ impl Consumer {
             .duplicates
             .fetch_add((messages.len() - todo.len()) as u64, Ordering::Relaxed);
         Ok(next)
+    }
+
+    fn count_failure(&self) {
+        metrics()
+            .consumer_failures
+            .with_label_values(&[&self.config.group])
+            .inc();
+    }
+
+    /// Records a committed batch in the metrics.
+    fn record_applied(&self, applied: &[Delivery], duplicates: usize, started: Instant) {
+        let m = metrics();
+        let group = self.config.group.as_str();
+        m.consumer_batch_seconds
+            .with_label_values(&[group])
+            .observe(started.elapsed().as_secs_f64());
+        m.consumer_messages
+            .with_label_values(&[group, "applied"])
+            .inc_by(applied.len() as u64);
+        if duplicates > 0 {
+            m.consumer_messages
+                .with_label_values(&[group, "duplicate"])
+                .inc_by(duplicates as u64);
+        }
+        crate::metrics::observe_applied(group, applied);
     }
 
     /// Moves the offset from `expected` to `next`, or fails if another member moved it.
@@ -513,6 +566,10 @@ impl Consumer {
             .await?;
         tx.commit().await?;
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics()
+            .consumer_dead_lettered
+            .with_label_values(&[&self.config.group])
+            .inc();
         tracing::error!(group = %self.config.group, topic = %m.topic, partition = m.partition, offset = m.offset,
             message_id = %m.message_id(), attempts, error, "message parked in dead_letters");
         Ok(())

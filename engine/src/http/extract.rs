@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use crate::command::IdempotencyRequest;
 use crate::envelope::Metadata;
+use crate::telemetry::TraceContext;
 
 /// Bodies larger than this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -112,7 +113,9 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Reads `X-Correlation-Id` (a UUID; minted when absent) and W3C `traceparent`.
+/// Reads `X-Correlation-Id` (a UUID; minted when absent) and W3C `traceparent` (400
+/// `invalid_traceparent` if it is not a valid trace context; [`super::run_command`] starts a
+/// new trace when there is none).
 pub fn metadata_from_headers(headers: &HeaderMap) -> Result<Metadata, ApiError> {
     let mut metadata = Metadata::new_root();
     if let Some(v) = headers.get("x-correlation-id") {
@@ -126,7 +129,7 @@ pub fn metadata_from_headers(headers: &HeaderMap) -> Result<Metadata, ApiError> 
     }
     if let Some(v) = headers.get("traceparent") {
         let tp = v.to_str().unwrap_or_default();
-        if !is_traceparent(tp) {
+        if TraceContext::parse(tp).is_none() {
             return Err(ApiError::bad_request(
                 "invalid_traceparent",
                 "traceparent must be a W3C trace context",
@@ -135,16 +138,6 @@ pub fn metadata_from_headers(headers: &HeaderMap) -> Result<Metadata, ApiError> 
         metadata.traceparent = Some(tp.to_owned());
     }
     Ok(metadata)
-}
-
-fn is_traceparent(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

@@ -5,12 +5,14 @@
 pub mod admin;
 mod error;
 mod extract;
+mod ops;
 mod registry;
 
 pub use error::ApiError;
 pub use extract::{
     metadata_from_headers, parse_json, CommandRequest, PathParams, QueryParams, MAX_BODY_BYTES,
 };
+pub use ops::{limit_commands, readiness_router, CommandLimits, Readiness};
 pub use registry::{CommandRegistry, DynRepository};
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,7 +30,10 @@ use crate::command::{
     CommandContext, CommandError, CommandOutcome, Executed, Previous, Repository, StoredResponse,
 };
 use crate::envelope::RecordedEvent;
+use crate::metrics::metrics;
+use crate::replay::{self, ReplayError, StateAt};
 use crate::store::EventStore;
+use crate::telemetry::{self, SpanIdHex, TraceContext};
 
 /// State of the engine's routes.
 #[derive(Clone)]
@@ -38,7 +43,7 @@ pub struct EngineState {
 }
 
 /// The generic routes: `POST /commands/{aggregate_type}/{aggregate_id}`,
-/// `GET /streams/{stream_id}/events`, `GET /healthz`.
+/// `GET /streams/{stream_id}/events`, `GET /streams/{stream_id}/state`, `GET /healthz`.
 pub fn router(state: EngineState) -> Router {
     Router::new()
         .route(
@@ -46,6 +51,7 @@ pub fn router(state: EngineState) -> Router {
             post(generic_command),
         )
         .route("/streams/{stream_id}/events", get(stream_events))
+        .route("/streams/{stream_id}/state", get(stream_state))
         .route("/healthz", get(healthz))
         .with_state(state)
 }
@@ -189,16 +195,30 @@ pub async fn run_command<A: Aggregate>(
 ) -> Response {
     let CommandRequest {
         body: command,
-        metadata,
+        mut metadata,
         idempotency,
     } = request;
+    // The command is a span of the request's trace (of a new one without `traceparent`), and
+    // the parent of everything it causes: its events carry this span's context.
+    let incoming = metadata
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse);
+    let trace = incoming
+        .unwrap_or_else(TraceContext::new_root)
+        .with_span(telemetry::random_span_id());
+    metadata.traceparent = Some(trace.header());
     let span = tracing::info_span!(
         "command",
         aggregate_type = A::TYPE,
         aggregate_id = %id,
         command = command.name(),
         correlation_id = %metadata.correlation_id,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %SpanIdHex(trace.span_id),
+        parent_span_id = incoming.map(|c| tracing::field::display(SpanIdHex(c.span_id))),
     );
+    let started = std::time::Instant::now();
     let ctx = CommandContext {
         metadata,
         idempotency,
@@ -211,7 +231,8 @@ pub async fn run_command<A: Aggregate>(
         })
         .instrument(span)
         .await;
-    match result {
+    record_command::<A>(command.name(), &result, started);
+    let mut response = match result {
         Ok(Executed::Applied { response, .. }) => stored(response, false),
         Ok(Executed::Replayed(response)) => stored(response, true),
         Err(CommandError::Rejected(r)) if ctx.idempotency.is_some() => {
@@ -234,7 +255,36 @@ pub async fn run_command<A: Aggregate>(
             }
         }
         Err(e) => ApiError::from(e).into_response(),
+    };
+    // W3C Trace Context Level 2: the trace the command joined (or started).
+    if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("traceresponse"), v);
     }
+    response
+}
+
+/// Counts a command by its outcome and records its latency.
+fn record_command<A: Aggregate>(
+    command: &str,
+    result: &Result<Executed, CommandError<A::Error>>,
+    started: std::time::Instant,
+) {
+    let outcome = match result {
+        Ok(Executed::Applied { .. }) => "accepted",
+        Ok(Executed::Replayed(_)) => "replayed",
+        Err(CommandError::Rejected(_) | CommandError::IdempotencyMismatch { .. }) => "rejected",
+        Err(CommandError::Conflict { .. }) => "conflict",
+        Err(CommandError::Store(_)) => "error",
+    };
+    let m = metrics();
+    m.commands
+        .with_label_values(&[A::TYPE, command, outcome])
+        .inc();
+    m.command_seconds
+        .with_label_values(&[A::TYPE])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 fn stored(response: StoredResponse, replayed: bool) -> Response {
@@ -300,6 +350,49 @@ async fn stream_events(
         events,
         next_from_version,
     }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    at_version: Option<i64>,
+}
+
+/// `GET /streams/{stream_id}/state?at_version=n`: the fold of the stream's events `1..=n`
+/// (all of them without `at_version`), read from the store, with old payloads upcast.
+/// `{stream_id, aggregate_type, version, head_version, recorded_at, state}`; 404
+/// `unknown_aggregate_type`, `stream_not_found` or `version_not_found`, 400 for
+/// `at_version < 1`.
+async fn stream_state(
+    State(state): State<EngineState>,
+    PathParams(stream_id): PathParams<String>,
+    QueryParams(q): QueryParams<StateQuery>,
+) -> Result<Json<StateAt>, ApiError> {
+    replay::replay(
+        &state.store,
+        &state.registry,
+        &stream_id,
+        q.at_version,
+        |_, _| {},
+    )
+    .await
+    .map(Json)
+    .map_err(ApiError::from)
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> Self {
+        let message = e.to_string();
+        match e {
+            ReplayError::UnknownType { .. } => {
+                ApiError::not_found("unknown_aggregate_type", message)
+            }
+            ReplayError::EmptyStream { .. } => ApiError::not_found("stream_not_found", message),
+            ReplayError::BeyondHead { .. } => ApiError::not_found("version_not_found", message),
+            ReplayError::InvalidVersion => ApiError::bad_request("invalid_query", message),
+            ReplayError::Store(e) => e.into(),
+        }
+    }
 }
 
 async fn healthz() -> Json<Value> {

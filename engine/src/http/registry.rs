@@ -10,12 +10,16 @@ use axum::response::Response;
 use super::{run_generic, CommandRequest, GenericCommand};
 use crate::aggregate::Aggregate;
 use crate::command::Repository;
+use crate::replay::{AggregateFold, StreamFold};
 
 /// A repository with its aggregate type erased, for routing by type name.
 #[async_trait]
 pub trait DynRepository: Send + Sync + 'static {
     fn aggregate_type(&self) -> &'static str;
     async fn execute_generic(&self, id: &str, request: CommandRequest<GenericCommand>) -> Response;
+    /// A fresh fold of this aggregate type's events, for time travel and replay
+    /// ([`crate::replay`]); it starts from the default state and shares nothing with the cache.
+    fn fold(&self) -> Box<dyn StreamFold>;
 }
 
 #[async_trait]
@@ -26,6 +30,10 @@ impl<A: Aggregate> DynRepository for Repository<A> {
 
     async fn execute_generic(&self, id: &str, request: CommandRequest<GenericCommand>) -> Response {
         run_generic(self, id, request).await
+    }
+
+    fn fold(&self) -> Box<dyn StreamFold> {
+        Box::new(AggregateFold::<A>::default())
     }
 }
 

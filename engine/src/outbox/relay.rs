@@ -29,6 +29,8 @@ use tracing::Instrument;
 use super::OUTBOX_SHARDS;
 use crate::doorbell::Doorbell;
 use crate::envelope::Envelope;
+use crate::metrics::{age_of, metrics};
+use crate::telemetry;
 use crate::transport::{OutgoingMessage, Transport};
 
 /// The notification channel rung after a transaction wrote outbox rows.
@@ -182,6 +184,7 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    metrics().relay_failures.inc();
                     tracing::warn!(shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; rows kept");
                     sleep_or_cancel(backoff, &shutdown).await;
                     backoff = (backoff * 2).min(self.config.max_backoff);
@@ -267,13 +270,27 @@ impl Relay {
         // DELETE … RETURNING does not keep the order of `ids`.
         batch.sort_by_key(|m| m.outbox_id);
         let span = tracing::info_span!("relay_batch", shard, size = batch.len());
+        // One span per message, open until the batch is acknowledged and committed.
+        let spans: Vec<tracing::Span> = batch.iter().map(telemetry::publish_span).collect();
         self.transport
             .publish(&mut tx, &batch)
             .instrument(span)
             .await?;
         tx.commit().await?;
+        drop(spans);
         self.transport.published();
         let n = batch.len();
+        let m = metrics();
+        m.relay_published.inc_by(n as u64);
+        m.relay_batches.inc();
+        m.relay_batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        for message in &batch {
+            // Message ids are UUIDv7s minted just before their outbox row was written.
+            if let Some(age) = age_of(message.envelope.message_id) {
+                m.relay_latency_seconds.observe(age);
+            }
+        }
         self.stats.published.fetch_add(n as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats

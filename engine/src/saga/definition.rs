@@ -191,7 +191,7 @@ impl Saga {
 }
 
 /// The namespace of saga ids (UUIDv5 over `<saga name>:<stream id>`).
-const SAGA_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_5a6af10e0001);
+const SAGA_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_f10e_0000_4000_8000_5a6a_f10e_0001);
 
 /// The id of the saga `name` started by an event of `stream_id`.
 pub fn saga_id(name: &str, stream_id: &str) -> Uuid {

@@ -13,6 +13,9 @@ pub mod testing;
 pub use definition::{
     saga_id, saga_stream, Backoff, Failure, Invoke, Saga, SagaData, SagaDefinition,
 };
-pub use orchestrator::{load_saga, Orchestrator, ORCHESTRATOR_GROUP};
+pub use orchestrator::{load_saga, Commanded, Orchestrator, ORCHESTRATOR_GROUP};
 pub use participant::Participant;
-pub use state::{decide, SagaEvent, SagaInput, SagaState, SagaStatus, StepStatus, StepView};
+pub use state::{
+    decide, SagaEvent, SagaInput, SagaState, SagaStatus, StepStatus, StepView, ABORTED,
+    ABORTED_BY_OPERATOR,
+};

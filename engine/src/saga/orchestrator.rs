@@ -55,6 +55,28 @@ pub struct Orchestrator {
     cache_capacity: usize,
 }
 
+/// What [`Orchestrator::process`] decided, for the caller to publish after its commit.
+struct Processed {
+    states: BTreeMap<Uuid, Loaded>,
+    decided: HashMap<Uuid, Vec<SagaEvent>>,
+}
+
+/// The result of an operator's [`Orchestrator::command`].
+#[derive(Debug, Clone)]
+pub enum Commanded {
+    /// No saga with this id has started; nothing was written.
+    Unknown,
+    /// The input does not apply to the saga as it is (aborting a finished saga, retrying a
+    /// step that is still waiting for replies); nothing was written. The saga's state.
+    Unchanged(SagaState),
+    /// These events were appended (and their commands put in the outbox) in one transaction;
+    /// the saga's state after them.
+    Applied {
+        events: Vec<SagaEvent>,
+        state: SagaState,
+    },
+}
+
 /// One thing that happens to one saga.
 struct Work {
     saga_id: Uuid,
@@ -154,7 +176,10 @@ impl Orchestrator {
                 work.push(Work {
                     saga_id: saga.id_for(&envelope.stream_id),
                     saga: Some(saga.clone()),
-                    input: SagaInput::Abort { reason },
+                    input: SagaInput::Abort {
+                        reason,
+                        by_operator: false,
+                    },
                     cause: Some(envelope.clone()),
                 });
             }
@@ -162,9 +187,15 @@ impl Orchestrator {
         work
     }
 
-    /// Applies `work` in `tx`; the sagas' new states wait in `self.batch` for the commit.
-    async fn process(&self, tx: &mut PgConnection, work: Vec<Work>) -> Result<(), HandlerError> {
+    /// Applies `work` in `tx` and returns the sagas' new states (to publish once `tx`
+    /// commits) and the events decided for each.
+    async fn process(
+        &self,
+        tx: &mut PgConnection,
+        work: Vec<Work>,
+    ) -> Result<Processed, HandlerError> {
         let mut states: BTreeMap<Uuid, Loaded> = BTreeMap::new();
+        let mut decided: HashMap<Uuid, Vec<SagaEvent>> = HashMap::new();
         let mut touched: Vec<Uuid> = Vec::new();
         let mut outgoing: Vec<OutboxMessage> = Vec::new();
         let now = Utc::now();
@@ -269,6 +300,7 @@ impl Orchestrator {
             }
             touched.push(w.saga_id);
             states.insert(w.saga_id, next);
+            decided.entry(w.saga_id).or_default().extend(events);
         }
         outbox::enqueue(&mut *tx, &outgoing).await?;
         touched.sort();
@@ -276,9 +308,7 @@ impl Orchestrator {
         let touched: Vec<(Uuid, &Loaded)> = touched.iter().map(|id| (*id, &states[id])).collect();
         write_deadlines(&mut *tx, &touched).await?;
         write_summaries(&mut *tx, &touched).await?;
-        let mut batch = self.batch.lock().await;
-        batch.extend(states);
-        Ok(())
+        Ok(Processed { states, decided })
     }
 
     /// A saga's state: from the batch in flight, the cache, or its stream (read in `tx`).
@@ -379,44 +409,58 @@ impl Orchestrator {
         }
         let n = work.len();
         self.batch.lock().await.clear();
-        self.process(&mut tx, work).await?;
+        let processed = self.process(&mut tx, work).await?;
+        self.batch.lock().await.extend(processed.states);
         tx.commit().await?;
         Ok(n)
     }
 
-    /// Runs an operator's input (abort, retry) on one saga in its own transaction.
+    /// Runs an operator's input (abort, retry) on one saga in its own transaction, under the
+    /// saga's lock, so it is decided on the saga's committed state and serialized with every
+    /// reply and deadline of that saga. The commands it sends are in the outbox when this
+    /// returns (ring the outbox bell to publish them at once).
     pub async fn command(
         &self,
         saga_id: Uuid,
         input: SagaInput,
-    ) -> Result<SagaState, HandlerError> {
+    ) -> Result<Commanded, HandlerError> {
         let mut tx = self.pool.begin().await?;
         Self::lock_all(&mut tx, &mut [saga_id]).await?;
-        self.batch.lock().await.clear();
-        self.process(
-            &mut tx,
-            vec![Work {
-                saga_id,
-                saga: None,
-                input,
-                cause: None,
-            }],
-        )
-        .await?;
+        let mut processed = self
+            .process(
+                &mut tx,
+                vec![Work {
+                    saga_id,
+                    saga: None,
+                    input,
+                    cause: None,
+                }],
+            )
+            .await?;
         tx.commit().await?;
-        let state = self
-            .batch
-            .lock()
-            .await
+        let state = processed
+            .states
             .get(&saga_id)
             .map(|l| l.state.clone())
             .unwrap_or_default();
-        self.publish_batch().await;
-        Ok(state)
+        let events = processed.decided.remove(&saga_id).unwrap_or_default();
+        self.publish(processed.states).await;
+        Ok(if !state.is_started() {
+            Commanded::Unknown
+        } else if events.is_empty() {
+            Commanded::Unchanged(state)
+        } else {
+            Commanded::Applied { events, state }
+        })
     }
 
     async fn publish_batch(&self) {
         let decided: Vec<(Uuid, Loaded)> = self.batch.lock().await.drain().collect();
+        self.publish(decided).await;
+    }
+
+    /// Puts committed states into the cache (terminal sagas leave it).
+    async fn publish(&self, decided: impl IntoIterator<Item = (Uuid, Loaded)>) {
         let mut cache = self.cache.lock().await;
         for (id, loaded) in decided {
             if loaded.state.status.is_some_and(|s| s.is_terminal()) {
@@ -453,7 +497,9 @@ impl Handler for Orchestrator {
         let mut ids: Vec<Uuid> = work.iter().map(|w| w.saga_id).collect();
         ids.dedup();
         Self::lock_all(tx, &mut ids).await?;
-        self.process(tx, work).await
+        let processed = self.process(tx, work).await?;
+        self.batch.lock().await.extend(processed.states);
+        Ok(())
     }
 
     async fn after_commit(&self) {

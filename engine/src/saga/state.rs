@@ -106,7 +106,10 @@ pub enum SagaEvent {
     SagaFailed {
         failure: Failure,
     },
-    /// An operator asked to re-drive a failed saga from where it failed.
+    /// An operator asked to re-drive the saga: a failed saga from where it failed
+    /// ([`SagaInput::Retry`]), or a step (or compensation) that timed out and waits for its
+    /// next attempt, now ([`SagaInput::RetryStep`]). The invocation that follows says what
+    /// was sent.
     RetryRequested,
 }
 
@@ -439,11 +442,23 @@ pub enum SagaInput {
     },
     /// The saga's deadline passed.
     Deadline,
-    /// Compensate and end (a cancelled order, an operator's abort).
-    Abort { reason: String },
+    /// Compensate and end (a cancelled order, an operator's abort). Applies to a running
+    /// saga only. The saga's failure code is [`ABORTED`], or [`ABORTED_BY_OPERATOR`] when
+    /// `by_operator`, so a definition's final command can tell them apart.
+    Abort { reason: String, by_operator: bool },
     /// Re-drive a failed saga: the compensation (or step) that failed is sent again.
     Retry,
+    /// An operator re-drives whatever is stuck: a failed saga as [`SagaInput::Retry`] does;
+    /// a running or compensating saga whose step (or compensation) timed out and waits for its
+    /// next attempt gets that attempt now instead of after its backoff. Anything else (a step
+    /// still waiting for replies, a finished saga) yields no events.
+    RetryStep,
 }
+
+/// The failure code of a saga aborted by a domain event (a cancelled order).
+pub const ABORTED: &str = "aborted";
+/// The failure code of a saga aborted by an operator.
+pub const ABORTED_BY_OPERATOR: &str = "aborted_by_operator";
 
 /// Decides the events that follow `input` for a saga in `state`. Pure but for the clock and
 /// the jitter source; an input that does not apply (a duplicate reply, a stale deadline, a
@@ -637,14 +652,22 @@ impl Decider<'_> {
                     }
                 }
             }
-            SagaInput::Abort { reason } => {
+            SagaInput::Abort {
+                reason,
+                by_operator,
+            } => {
                 if status != Some(SagaStatus::Running) {
                     return Ok(());
                 }
                 let current = self.state.current;
+                let code = if *by_operator {
+                    ABORTED_BY_OPERATOR
+                } else {
+                    ABORTED
+                };
                 let failure = Failure {
                     step: current.map(|s| self.name(s)).unwrap_or_default(),
-                    code: "aborted".into(),
+                    code: code.into(),
                     message: reason.clone(),
                 };
                 // Commands of the current step may still succeed: compensate it too
@@ -669,6 +692,28 @@ impl Decider<'_> {
                     self.invoke_step(step, 1)
                 }
             }
+            SagaInput::RetryStep => match status {
+                Some(SagaStatus::Failed) => self.decide(&SagaInput::Retry),
+                Some(SagaStatus::Running | SagaStatus::Compensating) => {
+                    let (Some(step), Some(deadline)) = (self.state.current, self.state.deadline)
+                    else {
+                        return Ok(());
+                    };
+                    if deadline.kind != DeadlineKind::Retry {
+                        return Ok(()); // still waiting for replies: nothing timed out
+                    }
+                    // The attempt the deadline would have sent, sent now. It counts against
+                    // the retry policy like any other attempt.
+                    let attempt = self.state.attempt + 1;
+                    self.emit(SagaEvent::RetryRequested);
+                    if self.state.compensating {
+                        self.invoke_compensation(step, attempt)
+                    } else {
+                        self.invoke_step(step, attempt)
+                    }
+                }
+                _ => Ok(()),
+            },
         }
     }
 

@@ -167,12 +167,28 @@ impl SagaTest {
     pub fn abort(mut self, reason: &str) -> Self {
         self.input(SagaInput::Abort {
             reason: reason.into(),
+            by_operator: false,
+        });
+        self
+    }
+
+    /// An operator aborts the saga (`POST /admin/sagas/{id}/abort`).
+    pub fn operator_abort(mut self, reason: &str) -> Self {
+        self.input(SagaInput::Abort {
+            reason: reason.into(),
+            by_operator: true,
         });
         self
     }
 
     pub fn retry(mut self) -> Self {
         self.input(SagaInput::Retry);
+        self
+    }
+
+    /// An operator re-drives the saga (`POST /admin/sagas/{id}/retry-step`).
+    pub fn retry_step(mut self) -> Self {
+        self.input(SagaInput::RetryStep);
         self
     }
 

@@ -213,7 +213,12 @@ async fn placing_an_order_mints_its_id_and_a_repeat_names_the_same_order(pool: P
     let order_id: Uuid = serde_json::from_value(first.body["order_id"].clone()).unwrap();
     assert_eq!(
         first.body,
-        json!({"order_id": order_id, "stream_id": format!("order-{order_id}"), "version": 1})
+        json!({
+            "order_id": order_id,
+            "saga_id": crate::order_fulfillment::saga_id_of(order_id),
+            "stream_id": format!("order-{order_id}"),
+            "version": 1
+        })
     );
     assert!(!first.replayed);
 

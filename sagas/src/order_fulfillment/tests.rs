@@ -2,7 +2,7 @@
 //! arrives, expect the next command or the compensation.
 
 use sagaflow_engine::saga::testing::SagaTest;
-use sagaflow_engine::saga::SagaStatus;
+use sagaflow_engine::saga::{SagaEvent, SagaStatus};
 use uuid::Uuid;
 
 use super::*;
@@ -262,6 +262,116 @@ fn a_compensation_that_keeps_failing_fails_the_saga_visibly_and_can_be_retried()
                 reason: "insufficient_funds".into(),
             },
         );
+}
+
+#[test]
+fn retry_step_sends_a_timed_out_step_again_at_once() {
+    let s = order();
+    let t = SagaTest::at_step(order_fulfillment(), &s, "authorize_payment")
+        .deadline_passes() // attempt 1 timed out: attempt 2 waits for its backoff
+        .expect_nothing_sent();
+    let waiting_until = t.state().deadline.unwrap().at;
+    let t = t
+        .retry_step()
+        .expect_command::<Account>(s.customer_id, authorize(&s))
+        .expect_status(SagaStatus::Running);
+    assert!(matches!(
+        t.last_events.as_slice(),
+        [
+            SagaEvent::RetryRequested,
+            SagaEvent::StepInvoked { attempt: 2, .. }
+        ]
+    ));
+    assert_eq!(t.state().steps[1].attempts, 2);
+    assert!(t.state().deadline.unwrap().at > waiting_until - chrono::Duration::seconds(1));
+    // The step then goes on as if the backoff had passed.
+    t.all_ok()
+        .expect_command::<Order>(s.order_id, OrderCommand::Confirm)
+        .all_ok()
+        .all_ok()
+        .expect_status(SagaStatus::Completed);
+}
+
+#[test]
+fn retry_step_changes_nothing_while_a_step_waits_for_replies_or_after_the_end() {
+    let s = order();
+    let waiting = SagaTest::at_step(order_fulfillment(), &s, "authorize_payment").retry_step();
+    assert!(waiting.last_events.is_empty(), "{:?}", waiting.last_events);
+    let done = SagaTest::start(order_fulfillment(), &s)
+        .all_ok()
+        .all_ok()
+        .all_ok()
+        .all_ok()
+        .expect_status(SagaStatus::Completed)
+        .retry_step();
+    assert!(done.last_events.is_empty(), "{:?}", done.last_events);
+}
+
+#[test]
+fn retry_step_sends_a_timed_out_compensation_again_at_once() {
+    let s = order();
+    SagaTest::at_step(order_fulfillment(), &s, "authorize_payment")
+        .reply_rejected(0, "insufficient_funds")
+        .expect_compensation::<Inventory>(release(&s))
+        .deadline_passes() // the release timed out: the next attempt waits for its backoff
+        .expect_nothing_sent()
+        .retry_step()
+        .expect_compensation::<Inventory>(release(&s))
+        .all_ok()
+        .expect_compensated_with::<Order>(
+            s.order_id,
+            OrderCommand::Reject {
+                reason: "insufficient_funds".into(),
+            },
+        );
+}
+
+#[test]
+fn retry_step_re_drives_a_failed_saga_to_its_end() {
+    let s = order();
+    let mut t = SagaTest::at_step(order_fulfillment(), &s, "authorize_payment")
+        .reply_rejected(0, "insufficient_funds");
+    while t.state().status != Some(SagaStatus::Failed) {
+        t = t.deadline_passes();
+    }
+    t.retry_step()
+        .expect_compensation::<Inventory>(release(&s))
+        .all_ok()
+        .expect_compensated_with::<Order>(
+            s.order_id,
+            OrderCommand::Reject {
+                reason: "insufficient_funds".into(),
+            },
+        );
+}
+
+#[test]
+fn an_operator_abort_compensates_and_rejects_the_order() {
+    let s = order();
+    let t = SagaTest::at_step(order_fulfillment(), &s, "authorize_payment")
+        .operator_abort("stuck at the payment provider")
+        .expect_compensation::<Account>(vec![(
+            s.customer_id,
+            AccountCommand::Void {
+                order_id: s.order_id,
+            },
+        )])
+        .all_ok()
+        .expect_compensation::<Inventory>(release(&s))
+        .all_ok()
+        .expect_compensated_with::<Order>(
+            s.order_id,
+            OrderCommand::Reject {
+                reason: "aborted_by_operator".into(),
+            },
+        );
+    assert_eq!(
+        t.state().failure.clone().unwrap().message,
+        "stuck at the payment provider"
+    );
+    // A finished saga cannot be aborted.
+    let again = t.operator_abort("again");
+    assert!(again.last_events.is_empty(), "{:?}", again.last_events);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! stored forever: renaming a variant must keep its serde name.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use sagaflow_engine::DomainEvent;
@@ -30,4 +31,31 @@ pub enum AccountEvent {
     },
 }
 
-impl DomainEvent for AccountEvent {}
+/// Schema history:
+/// - `funds_deposited` v1 was `{"amount": n}`; v2 (current) is `{"amount_cents": n}`, like
+///   every other amount of the domain. Stored v1 events are read through [`DomainEvent::upcast`].
+/// - every other event type is at v1.
+impl DomainEvent for AccountEvent {
+    fn schema_version(event_type: &str) -> i32 {
+        match event_type {
+            "funds_deposited" => 2,
+            _ => 1,
+        }
+    }
+
+    fn upcast(event_type: &str, from: i32, payload: Value) -> Value {
+        match (event_type, from, payload) {
+            // v1 -> v2: `amount` became `amount_cents`. A v1 payload that already says
+            // `amount_cents` (written before the version was bumped) is left as it is.
+            ("funds_deposited", 1, Value::Object(mut fields)) => {
+                if !fields.contains_key("amount_cents") {
+                    if let Some(amount) = fields.remove("amount") {
+                        fields.insert("amount_cents".into(), amount);
+                    }
+                }
+                Value::Object(fields)
+            }
+            (_, _, payload) => payload,
+        }
+    }
+}

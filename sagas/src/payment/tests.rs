@@ -1,8 +1,9 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use sagaflow_engine::aggregate::{decode_event, encode_event};
+use sagaflow_engine::aggregate::{decode_event, decode_event_at, encode_event};
 use sagaflow_engine::testing::given;
+use sagaflow_engine::DomainEvent;
 
 use super::*;
 
@@ -329,6 +330,51 @@ fn every_event_round_trips_through_the_store_encoding() {
         let decoded: AccountEvent = decode_event(&event_type, &payload).unwrap();
         assert_eq!(decoded, event);
     }
+}
+
+#[test]
+fn deposits_are_written_at_schema_version_2_and_the_rest_at_1() {
+    let versions: Vec<(String, i32)> = all_events()
+        .iter()
+        .map(|e| {
+            let t = encode_event(e).0;
+            let v = AccountEvent::schema_version(&t);
+            (t, v)
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("funds_deposited".to_owned(), 2),
+            ("payment_authorized".to_owned(), 1),
+            ("payment_captured".to_owned(), 1),
+            ("payment_voided".to_owned(), 1),
+        ]
+    );
+}
+
+#[test]
+fn a_v1_deposit_is_upcast_from_amount_to_amount_cents() {
+    let v1 = json!({"amount": 1_500});
+    let decoded: AccountEvent = decode_event_at("funds_deposited", 1, &v1).unwrap();
+    assert_eq!(decoded, deposited(1_500));
+    // Read as if it were current, the old shape does not decode: the version matters.
+    assert!(decode_event::<AccountEvent>("funds_deposited", &v1).is_err());
+    // A v1 row that already used the new field name stays readable.
+    let early = json!({"amount_cents": 700});
+    assert_eq!(
+        decode_event_at::<AccountEvent>("funds_deposited", 1, &early).unwrap(),
+        deposited(700)
+    );
+    // A current payload is decoded as it is.
+    let (t, v2) = encode_event(&deposited(42));
+    assert_eq!(
+        decode_event_at::<AccountEvent>(&t, 2, &v2).unwrap(),
+        deposited(42)
+    );
+    // An account folded from a v1 deposit has the right balance.
+    let account = given::<Account>([decoded, authorized(order(1), 1_000)]);
+    assert_eq!(account.state().available_cents(), 500);
 }
 
 #[test]
