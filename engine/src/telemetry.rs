@@ -331,3 +331,50 @@ mod tests {
         assert_eq!(Metadata::caused_by(&envelope(None)).traceparent, None);
     }
 }
+
+#[cfg(test)]
+mod overhead_probe {
+    use super::*;
+    use crate::envelope::Metadata;
+
+    #[test]
+    #[ignore]
+    fn probe() {
+        let sub = tracing_subscriber_probe();
+        tracing::subscriber::with_default(sub, || {
+            let deliveries: Vec<Delivery> = (0..100_000)
+                .map(|i| Delivery {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: i,
+                    key: "k".into(),
+                    envelope: Envelope {
+                        message_id: Uuid::now_v7(),
+                        stream_id: "s".into(),
+                        stream_version: 1,
+                        event_type: "saga_command".into(),
+                        schema_version: 1,
+                        payload: serde_json::json!({}),
+                        metadata: Metadata {
+                            traceparent: Some(TraceContext::new_root().header()),
+                            causation_id: Some(Uuid::now_v7()),
+                            saga_id: Some(Uuid::now_v7().to_string()),
+                            saga_step: Some("reserve_stock".into()),
+                            attempt: Some(1),
+                            ..Metadata::new_root()
+                        },
+                    },
+                    decode_error: None,
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let spans: Vec<Span> = deliveries.iter().map(|d| consume_span("participant:inventory", d)).collect();
+            drop(spans);
+            eprintln!("PROBE {:?} per span", t.elapsed() / 100_000);
+        });
+    }
+
+    fn tracing_subscriber_probe() -> impl tracing::Subscriber + Send + Sync {
+        tracing_subscriber::fmt().json().with_writer(std::io::sink).with_max_level(tracing::Level::INFO).finish()
+    }
+}

@@ -29,7 +29,7 @@ pub struct AppendArgs {
     pub rounds: u32,
 }
 
-struct PhaseResult {
+pub(crate) struct PhaseResult {
     ok: u64,
     failed: u64,
     elapsed: Duration,
@@ -37,7 +37,7 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 }
@@ -154,7 +154,7 @@ async fn http_phase(
     collect(workers, start).await
 }
 
-async fn raw_phase(
+pub(crate) async fn raw_phase(
     pool: &PgPool,
     concurrency: usize,
     duration: Duration,

@@ -5,6 +5,7 @@
 mod append;
 mod rebuild;
 mod relay;
+mod saga;
 mod stats;
 
 pub use stats::{Latencies, Progress};
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Append(append::AppendArgs),
     /// Drain an outbox backlog through each transport, beside raw baselines.
     Relay(relay::RelayArgs),
+    /// Place orders and measure completed sagas per second on each transport.
+    Saga(saga::SagaArgs),
     /// Rebuild every read model from 1,000,000 stored events, beside a plain sequential read.
     Rebuild(rebuild::RebuildArgs),
 }
@@ -33,6 +36,7 @@ pub async fn run(
     match command {
         BenchCommand::Append(args) => append::run(args, database).await,
         BenchCommand::Relay(args) => relay::run(args, database, transport).await,
+        BenchCommand::Saga(args) => saga::run(args, database, transport).await,
         BenchCommand::Rebuild(args) => rebuild::run(args, database).await,
     }
 }

@@ -1,0 +1,195 @@
+//! `sagaflow bench saga`: orders placed over HTTP at a fixed concurrency for a fixed time
+//! against a whole engine in this process (relay, orchestrator, participants), on each
+//! transport; reports completed sagas per second and the latency from `POST /orders` to the
+//! saga's terminal state. Beside it, in the same run, the raw baseline of one event+outbox
+//! transaction, which is the unit a saga is made of.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{bench_database, reset, Latencies, Progress};
+use crate::config::{Component, DatabaseArgs, TransportArgs, TransportKind};
+
+#[derive(Debug, Clone, Args)]
+pub struct SagaArgs {
+    /// Concurrent HTTP clients placing orders.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds orders are placed for.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Skip the Kafka transport even if brokers are configured.
+    #[arg(long)]
+    pub postgres_only: bool,
+}
+
+pub async fn run(args: SagaArgs, database: &DatabaseArgs, transport: &TransportArgs) -> anyhow::Result<()> {
+    let (url, pool) = bench_database(database, 32).await?;
+    println!(
+        "bench saga: {} clients, {} s of orders per transport, database {}",
+        args.concurrency,
+        args.seconds,
+        crate::config::mask_url(&url)
+    );
+    reset(&pool).await?;
+    let raw = super::append::raw_phase(&pool, args.concurrency, Duration::from_secs(5)).await?;
+    let mut runs = vec![("postgres", TransportArgs {
+        transport: TransportKind::Postgres,
+        ..transport.clone()
+    })];
+    match (&transport.kafka_brokers, args.postgres_only) {
+        (Some(_), false) => runs.push(("kafka", TransportArgs {
+            transport: TransportKind::Kafka,
+            topic_prefix: format!("bench{}", Uuid::new_v4().simple()),
+            ..transport.clone()
+        })),
+        _ => println!("(kafka skipped: set KAFKA_BROKERS or --kafka-brokers to include it)"),
+    }
+    let mut rows = Vec::new();
+    for (name, transport_args) in runs {
+        rows.push((name, one_transport(&pool, &args, &transport_args).await?));
+    }
+    println!(
+        "{:<12} {:>8} {:>10} {:>12} {:>10} {:>10}",
+        "transport", "sagas", "completed", "sagas/s", "p50 ms", "p99 ms"
+    );
+    for (name, mut r) in rows {
+        println!(
+            "{:<12} {:>8} {:>10} {:>12.0} {:>10.1} {:>10.1}",
+            name,
+            r.placed,
+            r.completed,
+            r.rate,
+            r.latencies.percentile_ms(50.0),
+            r.latencies.percentile_ms(99.0)
+        );
+    }
+    println!(
+        "raw baseline: {:.0} event+outbox transactions/s at the same concurrency (target: 1000 sagas/s on the embedded transport)",
+        raw.rate()
+    );
+    Ok(())
+}
+
+struct Outcome {
+    placed: usize,
+    completed: usize,
+    rate: f64,
+    latencies: Latencies,
+}
+
+async fn one_transport(pool: &PgPool, args: &SagaArgs, transport_args: &TransportArgs) -> anyhow::Result<Outcome> {
+    reset(pool).await?;
+    sqlx::query("TRUNCATE sagas, saga_deadlines, consumer_offsets, processed_messages, dead_letters")
+        .execute(pool)
+        .await?;
+    let transport = crate::build_transport(pool, transport_args).await?;
+    let kind = transport.kind();
+    let components: HashSet<Component> = Component::ALL.into_iter().filter(|c| *c != Component::Projections).collect();
+    let engine = crate::Engine::start(
+        pool.clone(),
+        transport,
+        &components,
+        Default::default(),
+        &crate::AppOptions::default(),
+    );
+    let addr = crate::spawn_server(engine.app.router.clone()).await?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let skus: Vec<String> = (0..20).map(|i| format!("BENCH-{i}")).collect();
+    let customers: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    for sku in &skus {
+        client
+            .post(format!("{base}/inventory/{sku}/restock"))
+            .json(&json!({"quantity": 1_000_000}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    for c in &customers {
+        client
+            .post(format!("{base}/accounts/{c}/deposits"))
+            .json(&json!({"amount_cents": 1_000_000_000}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+
+    let (progress, guard) = Progress::start(&format!("{kind}: placing"), None);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut workers = Vec::new();
+    for w in 0..args.concurrency {
+        let (client, base, progress) = (client.clone(), base.clone(), progress.clone());
+        let (skus, customers) = (skus.clone(), customers.clone());
+        workers.push(tokio::spawn(async move {
+            let mut sent: Vec<(Uuid, DateTime<Utc>)> = Vec::new();
+            let mut n = w;
+            while Instant::now() < deadline {
+                n += 1;
+                let body = json!({
+                    "customer_id": customers[n % customers.len()],
+                    "lines": [{"sku": skus[n % skus.len()], "quantity": 1, "unit_price_cents": 1_00}],
+                });
+                let at = Utc::now();
+                let Ok(r) = client.post(format!("{base}/orders")).json(&body).send().await else { continue };
+                if r.status() != reqwest::StatusCode::ACCEPTED {
+                    continue;
+                }
+                let Ok(v) = r.json::<serde_json::Value>().await else { continue };
+                if let Some(id) = v["saga_id"].as_str().and_then(|s| s.parse().ok()) {
+                    sent.push((id, at));
+                    progress.add(1);
+                }
+            }
+            sent
+        }));
+    }
+    let mut sent: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    for w in workers {
+        sent.extend(w.await?);
+    }
+    drop(guard);
+    let placed = sent.len();
+    let (progress, guard) = Progress::start(&format!("{kind}: sagas finished"), Some(placed as u64));
+    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sagas WHERE state IN ('completed', 'compensated', 'failed')")
+                .fetch_one(pool)
+                .await?;
+        progress.add((done as u64).saturating_sub(progress.get()));
+        if done as usize >= placed || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(guard);
+    let finished: Vec<(Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT saga_id, updated_at FROM sagas WHERE state IN ('completed', 'compensated', 'failed')")
+            .fetch_all(pool)
+            .await?;
+    let mut latencies = Latencies::default();
+    let first_sent = sent.values().min().copied().unwrap_or_else(Utc::now);
+    let mut last_done = first_sent;
+    for (id, done_at) in &finished {
+        if let Some(at) = sent.get(id) {
+            latencies.record((*done_at - *at).to_std().unwrap_or_default());
+            last_done = last_done.max(*done_at);
+        }
+    }
+    let span = (last_done - first_sent).to_std().unwrap_or(Duration::from_secs(1));
+    engine.stop().await;
+    Ok(Outcome {
+        placed,
+        completed: latencies.len(),
+        rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
+        latencies,
+    })
+}
