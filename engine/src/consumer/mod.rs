@@ -227,7 +227,33 @@ impl Consumer {
                 }
             };
             let mut rewind = false;
-            for (key, batch) in by_partition(messages) {
+            let mut groups = by_partition(messages);
+            // The common case: every partition of the poll applied in one transaction.
+            let clean = groups.iter().all(|(key, batch)| {
+                positions.contains_key(key)
+                    && !paused.contains_key(key)
+                    && batch
+                        .iter()
+                        .all(|m| m.decode_error.is_none() && !failures.contains_key(&m.message_id()))
+            });
+            if clean && groups.len() > 1 {
+                for (key, batch) in groups.iter_mut() {
+                    let from = positions[key];
+                    batch.retain(|m| m.offset >= from);
+                }
+                groups.retain(|_, batch| !batch.is_empty());
+                match self.apply_together(&positions, &groups).await {
+                    Ok(()) => {
+                        for (key, batch) in &groups {
+                            positions.insert(key.clone(), batch.last().expect("non-empty").offset + 1);
+                        }
+                        continue;
+                    }
+                    // Fall back to one transaction per partition, which isolates the failure.
+                    Err(e) => tracing::debug!(group = %self.config.group, error = %e, "combined batch failed"),
+                }
+            }
+            for (key, batch) in groups {
                 let Some(&expected) = positions.get(&key) else {
                     rewind = true; // no longer ours
                     continue;
@@ -412,6 +438,51 @@ impl Consumer {
         })
     }
 
+    /// Applies the batches of several partitions in one transaction with all their offsets.
+    async fn apply_together(
+        &self,
+        positions: &BTreeMap<PartitionKey, i64>,
+        groups: &BTreeMap<PartitionKey, Vec<Delivery>>,
+    ) -> Result<(), ConsumeError> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let all: Vec<&Delivery> = groups.values().flatten().collect();
+        let ids: Vec<Uuid> = all.iter().map(|m| m.message_id()).collect();
+        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(
+            "INSERT INTO processed_messages (consumer_group, message_id)
+             SELECT $1, UNNEST($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id",
+        )
+        .bind(&self.config.group)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let todo: Vec<Delivery> = all
+            .iter()
+            .filter(|m| fresh.remove(&m.message_id()))
+            .map(|m| (*m).clone())
+            .collect();
+        let _spans = self.handle_traced(&mut tx, &todo).await?;
+        for (key, batch) in groups {
+            let next = batch.last().expect("non-empty").offset + 1;
+            self.commit_offset(&mut tx, key, positions[key], next).await?;
+        }
+        tx.commit().await?;
+        self.record_applied(&todo, ids.len() - todo.len(), started);
+        if !todo.is_empty() {
+            self.handler.after_commit().await;
+        }
+        if let Some(bell) = &self.outbox_bell {
+            bell.ring();
+        }
+        self.stats.applied.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        self.stats
+            .duplicates
+            .fetch_add((ids.len() - todo.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Applies `messages` (consecutive, from offset `expected` of one partition) in one
     /// transaction with the offset; returns the next offset.
     async fn apply(
@@ -439,20 +510,7 @@ impl Consumer {
             .filter(|m| fresh.remove(&m.message_id()))
             .cloned()
             .collect();
-        // One span per message, open until its transaction ends; what the handler writes is
-        // traced as caused by this group's handling of the message.
-        let _spans: Vec<tracing::Span> = todo
-            .iter()
-            .map(|m| telemetry::consume_span(&self.config.group, m))
-            .collect();
-        if !todo.is_empty() {
-            telemetry::in_consumer(
-                self.group_name.clone(),
-                self.handler.handle_batch(&mut tx, &todo),
-            )
-            .await
-            .map_err(ConsumeError::Handler)?;
-        }
+        let _spans = self.handle_traced(&mut tx, &todo).await?;
         let next = messages.last().expect("non-empty batch").offset + 1;
         self.commit_offset(&mut tx, key, expected, next).await?;
         tx.commit().await?;
@@ -470,6 +528,26 @@ impl Consumer {
             .duplicates
             .fetch_add((messages.len() - todo.len()) as u64, Ordering::Relaxed);
         Ok(next)
+    }
+
+    /// Hands `todo` to the handler in `tx`, inside one span per message (returned: they stay
+    /// open until the caller's transaction ends) and as this consumer group, so that what the
+    /// handler writes is traced as caused by this group's handling of each message.
+    async fn handle_traced(
+        &self,
+        tx: &mut PgConnection,
+        todo: &[Delivery],
+    ) -> Result<Vec<tracing::Span>, ConsumeError> {
+        let spans = todo
+            .iter()
+            .map(|m| telemetry::consume_span(&self.config.group, m))
+            .collect();
+        if !todo.is_empty() {
+            telemetry::in_consumer(self.group_name.clone(), self.handler.handle_batch(tx, todo))
+                .await
+                .map_err(ConsumeError::Handler)?;
+        }
+        Ok(spans)
     }
 
     fn count_failure(&self) {

@@ -198,6 +198,7 @@ impl Orchestrator {
         let mut decided: HashMap<Uuid, Vec<SagaEvent>> = HashMap::new();
         let mut touched: Vec<Uuid> = Vec::new();
         let mut outgoing: Vec<OutboxMessage> = Vec::new();
+        let mut appends: BTreeMap<Uuid, (i64, Vec<NewEvent>)> = BTreeMap::new();
         let now = Utc::now();
         let mut jitter = || rand::random::<f64>();
         for w in work {
@@ -247,26 +248,10 @@ impl Orchestrator {
                     }
                 })
                 .collect();
-            let recorded = self
-                .store
-                .append(
-                    &mut *tx,
-                    &saga_stream(w.saga_id),
-                    loaded.version,
-                    &new_events,
-                )
-                .await
-                .map_err(|e| -> HandlerError {
-                    match e {
-                        AppendError::Conflict { .. } => {
-                            format!("saga {} changed concurrently: {e}", w.saga_id).into()
-                        }
-                        AppendError::Database(e) => e.into(),
-                    }
-                })?;
-            next.version = recorded
-                .last()
-                .map_or(loaded.version, |r| r.envelope.stream_version);
+            // Appended together with the batch's other sagas, in one statement, below.
+            let pending = appends.entry(w.saga_id).or_insert_with(|| (loaded.version, Vec::new()));
+            pending.1.extend(new_events);
+            next.version = loaded.version + events.len() as i64;
             next.state.version = next.version;
             for e in &events {
                 match e {
@@ -302,6 +287,21 @@ impl Orchestrator {
             states.insert(w.saga_id, next);
             decided.entry(w.saga_id).or_default().extend(events);
         }
+        let streams: Vec<(String, i64, Vec<NewEvent>)> = appends
+            .into_iter()
+            .map(|(id, (expected, events))| (saga_stream(id), expected, events))
+            .collect();
+        let batch: Vec<(&str, i64, &[NewEvent])> =
+            streams.iter().map(|(s, v, e)| (s.as_str(), *v, e.as_slice())).collect();
+        self.store
+            .append_many(&mut *tx, &batch)
+            .await
+            .map_err(|e| -> HandlerError {
+                match e {
+                    AppendError::Conflict { .. } => format!("a saga changed concurrently: {e}").into(),
+                    AppendError::Database(e) => e.into(),
+                }
+            })?;
         outbox::enqueue(&mut *tx, &outgoing).await?;
         touched.sort();
         touched.dedup();
@@ -316,10 +316,16 @@ impl Orchestrator {
         if let Some(l) = self.batch.lock().await.remove(&saga_id) {
             return Ok(l);
         }
-        let mut loaded = self.cache.lock().await.remove(&saga_id).unwrap_or(Loaded {
+        // A cached saga is taken as is: only the committed work of this process put it there,
+        // and the append's version check catches any other writer (the batch then fails and
+        // the saga is read afresh).
+        if let Some(l) = self.cache.lock().await.remove(&saga_id) {
+            return Ok(l);
+        }
+        let mut loaded = Loaded {
             version: 0,
             state: SagaState::default(),
-        });
+        };
         let stream = saga_stream(saga_id);
         loop {
             let page = read_stream_on(&mut *tx, &stream, loaded.version + 1, 1000).await?;

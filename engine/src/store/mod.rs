@@ -76,20 +76,42 @@ impl EventStore {
         expected_version: i64,
         events: &[NewEvent],
     ) -> Result<Vec<RecordedEvent>, AppendError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
+        let mut recorded = self.append_many(tx, &[(stream_id, expected_version, events)]).await?;
+        Ok(recorded.pop().unwrap_or_default())
+    }
+
+    /// Appends to several streams in one statement, each at its expected version, inside
+    /// `tx`; returns each stream's recorded events. All or nothing: if any stream is not at
+    /// its expected version the result is [`AppendError::Conflict`] (for the first such
+    /// stream) and the caller must roll `tx` back.
+    pub async fn append_many(
+        &self,
+        tx: &mut PgConnection,
+        streams: &[(&str, i64, &[NewEvent])],
+    ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
+        let total: usize = streams.iter().map(|s| s.2.len()).sum();
+        if total == 0 {
+            return Ok(streams.iter().map(|_| Vec::new()).collect());
         }
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        for e in events {
-            ids.push(e.message_id);
-            types.push(e.event_type.as_str());
-            versions.push(e.schema_version);
-            payloads.push(&e.payload);
-            metadata.push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
+        let mut stream_ids = Vec::with_capacity(total);
+        let mut versions = Vec::with_capacity(total);
+        let mut expected = Vec::with_capacity(total);
+        let mut ids = Vec::with_capacity(total);
+        let mut types = Vec::with_capacity(total);
+        let mut schema_versions = Vec::with_capacity(total);
+        let mut payloads = Vec::with_capacity(total);
+        let mut metadata = Vec::with_capacity(total);
+        for (stream, expected_version, events) in streams {
+            for (i, e) in events.iter().enumerate() {
+                stream_ids.push(*stream);
+                versions.push(expected_version + 1 + i as i64);
+                expected.push(*expected_version);
+                ids.push(e.message_id);
+                types.push(e.event_type.as_str());
+                schema_versions.push(e.schema_version);
+                payloads.push(&e.payload);
+                metadata.push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
+            }
         }
         // The head check makes an append with a stale *higher* expected version fail instead of
         // leaving a gap. Two appenders that both saw the same head race on the unique key: the
@@ -97,55 +119,67 @@ impl EventStore {
         // it can report the actual version without a second connection.
         let rows = sqlx::query(
             "INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
-             SELECT $1, $2 + t.ord, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
-             FROM UNNEST($3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
-                  WITH ORDINALITY AS t(message_id, event_type, schema_version, payload, metadata, ord)
-             WHERE (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1) = $2
+             SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[])
+                  WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
+                                       payload, metadata, ord)
+             WHERE (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id)
+                   = t.expected
+             ORDER BY t.ord
              ON CONFLICT (stream_id, stream_version) DO NOTHING
-             RETURNING global_position, stream_version, recorded_at",
+             RETURNING message_id, global_position, recorded_at",
         )
-        .bind(stream_id)
-        .bind(expected_version)
+        .bind(&stream_ids)
+        .bind(&versions)
+        .bind(&expected)
         .bind(&ids)
         .bind(&types)
-        .bind(&versions)
+        .bind(&schema_versions)
         .bind(&payloads)
         .bind(&metadata)
         .fetch_all(&mut *tx)
         .await?;
-        if rows.len() != events.len() {
-            let actual: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(stream_version), 0) FROM events
-                 WHERE stream_id = $1 AND message_id <> ALL($2)",
-            )
-            .bind(stream_id)
-            .bind(&ids)
-            .fetch_one(&mut *tx)
-            .await?;
-            return Err(AppendError::Conflict {
-                stream_id: stream_id.to_owned(),
-                expected: expected_version,
-                actual,
-            });
+        let mut inserted: std::collections::HashMap<Uuid, (i64, DateTime<Utc>)> = rows
+            .iter()
+            .map(|r| (r.get::<Uuid, _>(0), (r.get::<i64, _>(1), r.get::<DateTime<Utc>, _>(2))))
+            .collect();
+        let mut out = Vec::with_capacity(streams.len());
+        for (stream, expected_version, events) in streams {
+            let mut recorded = Vec::with_capacity(events.len());
+            for (i, e) in events.iter().enumerate() {
+                let Some((global_position, recorded_at)) = inserted.remove(&e.message_id) else {
+                    let stream_ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
+                    let actual: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE(MAX(stream_version), 0) FROM events
+                         WHERE stream_id = $1 AND message_id <> ALL($2)",
+                    )
+                    .bind(*stream)
+                    .bind(&stream_ids)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    return Err(AppendError::Conflict {
+                        stream_id: (*stream).to_owned(),
+                        expected: *expected_version,
+                        actual,
+                    });
+                };
+                recorded.push(RecordedEvent {
+                    global_position,
+                    recorded_at,
+                    envelope: Envelope {
+                        message_id: e.message_id,
+                        stream_id: (*stream).to_owned(),
+                        stream_version: expected_version + 1 + i as i64,
+                        event_type: e.event_type.clone(),
+                        schema_version: e.schema_version,
+                        payload: e.payload.clone(),
+                        metadata: e.metadata.clone(),
+                    },
+                });
+            }
+            out.push(recorded);
         }
-        let mut recorded = Vec::with_capacity(rows.len());
-        for (row, e) in rows.into_iter().zip(events) {
-            recorded.push(RecordedEvent {
-                global_position: row.get(0),
-                recorded_at: row.get(2),
-                envelope: Envelope {
-                    message_id: e.message_id,
-                    stream_id: stream_id.to_owned(),
-                    stream_version: row.get(1),
-                    event_type: e.event_type.clone(),
-                    schema_version: e.schema_version,
-                    payload: e.payload.clone(),
-                    metadata: e.metadata.clone(),
-                },
-            });
-        }
-        recorded.sort_by_key(|r| r.envelope.stream_version);
-        Ok(recorded)
+        Ok(out)
     }
 
     /// The committed version of a stream (0 if it has no events).
