@@ -206,7 +206,7 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let r = app.client.get(app.url("/orders")).send().await.unwrap();
+    let r = app.client.delete(app.url("/orders")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     assert_eq!(

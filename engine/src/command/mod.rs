@@ -57,15 +57,141 @@ pub struct CommandBus {
     store: EventStore,
     config: Arc<CommandBusConfig>,
     outbox_bell: Doorbell,
+    commits: tokio::sync::mpsc::Sender<CommitRequest>,
+}
+
+/// One command's events, waiting to be appended by a committer.
+struct CommitRequest {
+    stream: String,
+    expected: i64,
+    events: Vec<NewEvent>,
+    topic: String,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<RecordedEvent>, AppendError>>,
+}
+
+/// Committers running in parallel; each takes every request that is ready (up to
+/// `GROUP_COMMIT_MAX`) into one transaction.
+const COMMITTERS: usize = 4;
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// Appends the requests of one group in one transaction. A request whose stream is not at
+/// its expected version gets its conflict, and the others are committed without it.
+async fn commit_group(store: &EventStore, bell: &Doorbell, mut group: Vec<CommitRequest>) {
+    while !group.is_empty() {
+        let result: Result<Vec<Vec<RecordedEvent>>, AppendError> = async {
+            let mut tx = store.pool().begin().await?;
+            let streams: Vec<(&str, i64, &[NewEvent])> = group
+                .iter()
+                .map(|r| (r.stream.as_str(), r.expected, r.events.as_slice()))
+                .collect();
+            let recorded = store.append_many(&mut tx, &streams).await?;
+            let messages: Vec<OutboxMessage> = group
+                .iter()
+                .zip(&recorded)
+                .flat_map(|(r, rec)| {
+                    rec.iter().map(|e| OutboxMessage {
+                        topic: r.topic.clone(),
+                        partition_key: r.stream.clone(),
+                        envelope: e.envelope.clone(),
+                    })
+                })
+                .collect();
+            outbox::enqueue(&mut tx, &messages).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        }
+        .await;
+        match result {
+            Ok(recorded) => {
+                bell.ring();
+                for (r, rec) in group.drain(..).zip(recorded) {
+                    let _ = r.reply.send(Ok(rec));
+                }
+            }
+            Err(AppendError::Conflict {
+                stream_id,
+                expected,
+                actual,
+            }) => {
+                let i = group
+                    .iter()
+                    .position(|r| r.stream == stream_id)
+                    .expect("the conflict names a stream of the group");
+                let r = group.remove(i);
+                let _ = r.reply.send(Err(AppendError::Conflict {
+                    stream_id,
+                    expected,
+                    actual,
+                }));
+            }
+            Err(AppendError::Database(e)) => {
+                let message = e.to_string();
+                for r in group.drain(..) {
+                    let _ = r.reply.send(Err(AppendError::Database(sqlx::Error::Protocol(message.clone()))));
+                }
+            }
+        }
+    }
 }
 
 impl CommandBus {
     pub fn new(pool: PgPool, config: CommandBusConfig) -> Self {
-        CommandBus {
-            outbox_bell: Doorbell::new(pool.clone(), OUTBOX_CHANNEL),
-            store: EventStore::new(pool),
-            config: Arc::new(config),
+        let outbox_bell = Doorbell::new(pool.clone(), OUTBOX_CHANNEL);
+        let store = EventStore::new(pool);
+        let (commits, receiver) = tokio::sync::mpsc::channel::<CommitRequest>(1024);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..COMMITTERS {
+            let (receiver, store, bell) = (receiver.clone(), store.clone(), outbox_bell.clone());
+            tokio::spawn(async move {
+                loop {
+                    let group = {
+                        let mut rx = receiver.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut group = vec![first];
+                        while group.len() < GROUP_COMMIT_MAX {
+                            match rx.try_recv() {
+                                Ok(r) => group.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                        group
+                    };
+                    commit_group(&store, &bell, group).await;
+                }
+            });
         }
+        CommandBus {
+            outbox_bell,
+            store,
+            config: Arc::new(config),
+            commits,
+        }
+    }
+
+    /// Appends `events` to `stream` at `expected` with their outbox rows (topic `topic`), in a
+    /// transaction shared with other commands that are ready at the same moment: one commit
+    /// (and one fsync) for many commands. Returns once that transaction committed.
+    async fn group_commit(
+        &self,
+        stream: &str,
+        expected: i64,
+        events: Vec<NewEvent>,
+        topic: String,
+    ) -> Result<Vec<RecordedEvent>, AppendError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = CommitRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            topic,
+            reply,
+        };
+        if self.commits.send(request).await.is_err() {
+            return Err(AppendError::Database(sqlx::Error::PoolClosed));
+        }
+        answer
+            .await
+            .unwrap_or(Err(AppendError::Database(sqlx::Error::PoolClosed)))
     }
 
     /// Rung after every commit that wrote outbox rows.
@@ -303,6 +429,26 @@ impl<A: Aggregate> Repository<A> {
         }
         let new_events = new_events::<A>(&decided, &ctx.metadata);
         let started = std::time::Instant::now();
+        if ctx.idempotency.is_none() {
+            // Group commit: appended in one transaction with whatever other commands are ready.
+            let recorded = self
+                .bus
+                .group_commit(stream, loaded.version, new_events, format!("{}.events", A::CONTEXT))
+                .await?;
+            crate::metrics::metrics()
+                .append_seconds
+                .with_label_values(&[A::TYPE])
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = CommandOutcome {
+                stream_id: stream.to_owned(),
+                version: recorded
+                    .last()
+                    .map_or(loaded.version, |r| r.envelope.stream_version),
+                events: recorded,
+            };
+            let response = respond(&outcome);
+            return Ok(CommitResult::Committed { outcome, response });
+        }
         let mut tx = self.bus.pool().begin().await?;
         if let Some(idem) = &ctx.idempotency {
             if !idem.claim(&mut tx).await? {
