@@ -177,11 +177,12 @@ async fn rebuild_projection(pool: &sqlx::PgPool, name: &str) -> anyhow::Result<(
             *last = Instant::now();
             let percent = 100.0 * p.events_processed as f64 / p.events_total.max(1) as f64;
             eprintln!(
-                "  [{}] {:>4.0}s {}/{} events ({percent:.0}%), {:.0} events/s",
+                "  [{}] {:>4.0}s {}/{} events ({percent:.0}%), {} rows written, {:.0} events/s",
                 p.name,
                 p.elapsed.as_secs_f64(),
                 p.events_processed,
                 p.events_total,
+                p.rows_written,
                 p.events_per_second()
             );
         }

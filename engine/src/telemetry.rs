@@ -4,7 +4,9 @@
 //!
 //! Each hop is a `tracing` span that records its place in the trace as fields:
 //! `trace_id` (32 hex digits), `span_id` and `parent_span_id` (16 hex digits each), next to
-//! `correlation_id` and `causation_id`. The hops:
+//! `correlation_id` and `causation_id`. The command span is at INFO level (log lines of the
+//! request carry its fields); the per-message spans are at DEBUG under target
+//! [`TRACE_TARGET`], off unless asked for. The trace context itself travels always. The hops:
 //!
 //! | span | where | `span_id` | `parent_span_id` |
 //! |---|---|---|---|
@@ -192,15 +194,29 @@ pub fn caused_traceparent(cause: &Envelope) -> Option<String> {
         .or_else(|| Some(original.to_owned()))
 }
 
+/// The target of the per-message spans (`relay_publish`, `consume_message`, `saga_step`).
+/// They are at DEBUG level, so that a process logging at INFO does not pay for them (a few
+/// microseconds each with a formatting subscriber); `RUST_LOG=info,sagaflow::trace=debug`
+/// turns them on, or a span exporter's own per-layer filter.
+pub const TRACE_TARGET: &str = "sagaflow::trace";
+
+fn hop_spans_enabled() -> bool {
+    tracing::enabled!(target: TRACE_TARGET, tracing::Level::DEBUG)
+}
+
 /// The span of the relay publishing `m`; it closes when dropped.
 pub fn publish_span(m: &OutgoingMessage) -> Span {
+    if !hop_spans_enabled() {
+        return Span::none();
+    }
     let e = &m.envelope;
     let context = e
         .metadata
         .traceparent
         .as_deref()
         .and_then(TraceContext::parse);
-    tracing::info_span!(
+    tracing::debug_span!(
+        target: TRACE_TARGET,
         "relay_publish",
         message_id = %e.message_id,
         topic = %m.topic,
@@ -219,6 +235,9 @@ pub fn publish_span(m: &OutgoingMessage) -> Span {
 /// `consume_message` for anything else; `saga_id`, `saga_step` and `attempt` are recorded
 /// when the message carries them. It closes when dropped.
 pub fn consume_span(group: &str, m: &Delivery) -> Span {
+    if !hop_spans_enabled() {
+        return Span::none();
+    }
     let e = &m.envelope;
     let context = e
         .metadata
@@ -227,7 +246,8 @@ pub fn consume_span(group: &str, m: &Delivery) -> Span {
         .and_then(TraceContext::parse);
     macro_rules! span {
         ($name:literal) => {
-            tracing::info_span!(
+            tracing::debug_span!(
+                target: TRACE_TARGET,
                 $name,
                 consumer_group = group,
                 message_id = %e.message_id,
@@ -329,52 +349,5 @@ mod tests {
             Some(HEADER)
         );
         assert_eq!(Metadata::caused_by(&envelope(None)).traceparent, None);
-    }
-}
-
-#[cfg(test)]
-mod overhead_probe {
-    use super::*;
-    use crate::envelope::Metadata;
-
-    #[test]
-    #[ignore]
-    fn probe() {
-        let sub = tracing_subscriber_probe();
-        tracing::subscriber::with_default(sub, || {
-            let deliveries: Vec<Delivery> = (0..100_000)
-                .map(|i| Delivery {
-                    topic: "t".into(),
-                    partition: 0,
-                    offset: i,
-                    key: "k".into(),
-                    envelope: Envelope {
-                        message_id: Uuid::now_v7(),
-                        stream_id: "s".into(),
-                        stream_version: 1,
-                        event_type: "saga_command".into(),
-                        schema_version: 1,
-                        payload: serde_json::json!({}),
-                        metadata: Metadata {
-                            traceparent: Some(TraceContext::new_root().header()),
-                            causation_id: Some(Uuid::now_v7()),
-                            saga_id: Some(Uuid::now_v7().to_string()),
-                            saga_step: Some("reserve_stock".into()),
-                            attempt: Some(1),
-                            ..Metadata::new_root()
-                        },
-                    },
-                    decode_error: None,
-                })
-                .collect();
-            let t = std::time::Instant::now();
-            let spans: Vec<Span> = deliveries.iter().map(|d| consume_span("participant:inventory", d)).collect();
-            drop(spans);
-            eprintln!("PROBE {:?} per span", t.elapsed() / 100_000);
-        });
-    }
-
-    fn tracing_subscriber_probe() -> impl tracing::Subscriber + Send + Sync {
-        tracing_subscriber::fmt().json().with_writer(std::io::sink).with_max_level(tracing::Level::INFO).finish()
     }
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use sagaflow_engine::aggregate::decode_event;
+use sagaflow_engine::aggregate::decode_event_at;
 use sagaflow_engine::consumer::{Handler, HandlerError};
 use sagaflow_engine::transport::Delivery;
 use sagaflow_engine::DomainEvent;
@@ -71,10 +71,11 @@ impl StoredEvent {
         })
     }
 
-    /// Decodes the event into a domain event enum, exactly as the command side does
-    /// ([`decode_event`]), so a read model sees the events its aggregate sees.
+    /// Decodes the event into a domain event enum, upcast from its stored schema version,
+    /// exactly as the command side does ([`decode_event_at`]), so a read model sees the
+    /// events its aggregate sees.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, ProjectionError> {
-        decode_event(&self.event_type, &self.payload).map_err(|source| ProjectionError::Decode {
+        decode_event_at(&self.event_type, self.schema_version, &self.payload).map_err(|source| ProjectionError::Decode {
             stream_id: self.stream_id.clone(),
             stream_version: self.stream_version,
             event_type: self.event_type.clone(),
@@ -215,7 +216,8 @@ pub(crate) fn fold<P: Projector>(
     Ok(Folded::Applied)
 }
 
-/// Reads the events `from..=to` of each stream in one query, ordered by stream and version.
+/// Reads the events `from..=to` of each stream in one query: the streams in the order of
+/// `ranges` (not in the database's collation order), each in version order.
 pub(crate) async fn read_ranges(
     conn: &mut PgConnection,
     ranges: &[(&str, i64, i64)],
@@ -224,9 +226,10 @@ pub(crate) async fn read_ranges(
     let from: Vec<i64> = ranges.iter().map(|r| r.1).collect();
     let to: Vec<i64> = ranges.iter().map(|r| r.2).collect();
     let sql = format!(
-        "SELECT {cols} FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS r(stream_id, from_version, to_version)
+        "SELECT {cols}
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) WITH ORDINALITY AS r(stream_id, from_version, to_version, ord)
          JOIN events e ON e.stream_id = r.stream_id AND e.stream_version BETWEEN r.from_version AND r.to_version
-         ORDER BY e.stream_id, e.stream_version",
+         ORDER BY r.ord, e.stream_version",
         cols = EVENT_COLUMNS
             .split(", ")
             .map(|c| format!("e.{c}"))

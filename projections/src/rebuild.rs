@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +107,8 @@ pub struct RebuildProgress {
     pub events_processed: u64,
     /// Events the rebuild folds in all (those committed when it started).
     pub events_total: u64,
+    /// Rows written so far (most are written once the events are folded).
+    pub rows_written: u64,
     pub elapsed: Duration,
 }
 
@@ -115,8 +118,46 @@ impl RebuildProgress {
     }
 }
 
-/// Called after every page a rebuild folds.
+/// Called after every page a rebuild folds and every chunk of rows it writes, from the
+/// rebuild's tasks.
 pub type ProgressFn = Arc<dyn Fn(&RebuildProgress) + Send + Sync>;
+
+/// Counts a rebuild's progress and reports it to its [`ProgressFn`].
+#[derive(Clone)]
+struct Reporter {
+    name: &'static str,
+    total: u64,
+    started: Instant,
+    processed: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+    on_progress: ProgressFn,
+}
+
+impl Reporter {
+    fn folded(&self, events: u64) {
+        self.processed.fetch_add(events, Ordering::Relaxed);
+        self.report();
+    }
+
+    fn wrote(&self, rows: u64) {
+        self.written.fetch_add(rows, Ordering::Relaxed);
+        self.report();
+    }
+
+    fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    fn report(&self) {
+        (self.on_progress)(&RebuildProgress {
+            name: self.name,
+            events_processed: self.processed(),
+            events_total: self.total,
+            rows_written: self.written.load(Ordering::Relaxed),
+            elapsed: self.started.elapsed(),
+        });
+    }
+}
 
 /// What a finished rebuild did.
 #[derive(Debug, Clone)]
@@ -421,9 +462,9 @@ async fn write_rows<P: Projector>(
     projector: Arc<P>,
     pool: PgPool,
     options: RebuildOptions,
+    reporter: Reporter,
     mut flushes: mpsc::Receiver<Flush<P::Row>>,
-) -> Result<u64, ProjectionError> {
-    let mut written = 0u64;
+) -> Result<(), ProjectionError> {
     while let Some(flush) = flushes.recv().await {
         let mut rows = flush.rows.into_iter().peekable();
         let mut chunks = Vec::new();
@@ -434,13 +475,13 @@ async fn write_rows<P: Projector>(
         }
         let mut chunks = futures::stream::iter(chunks).buffer_unordered(options.writers.max(1));
         while let Some(n) = chunks.next().await {
-            written += n?;
+            reporter.wrote(n?);
         }
         if let Some(done) = flush.done {
             let _ = done.send(());
         }
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Writes `rows` (in stream-id order) in one transaction.
@@ -484,15 +525,20 @@ struct States<R> {
 }
 
 impl<R: Clone> States<R> {
-    /// The changed rows in stream-id order (the order every writer locks rows in).
-    fn take_dirty(&mut self) -> Vec<Versioned<R>> {
+    /// The changed rows in stream-id order (the order every writer locks rows in). With `keep`
+    /// their states stay in memory (copied), else they are moved out.
+    fn take_dirty(&mut self, keep: bool) -> Vec<Versioned<R>> {
         let mut keys = std::mem::take(&mut self.dirty);
         keys.sort_unstable();
         keys.iter()
             .filter_map(|k| {
-                let slot = self.slots.get_mut(k)?;
-                slot.dirty = false;
-                slot.state.clone()
+                if keep {
+                    let slot = self.slots.get_mut(k)?;
+                    slot.dirty = false;
+                    slot.state.clone()
+                } else {
+                    self.slots.remove(k)?.state
+                }
             })
             .collect()
     }
@@ -510,6 +556,14 @@ async fn fold_store<P: Projector>(
     started: Instant,
 ) -> Result<RebuildReport, RebuildError> {
     let name = P::NAME;
+    let reporter = Reporter {
+        name,
+        total,
+        started,
+        processed: Arc::default(),
+        written: Arc::default(),
+        on_progress,
+    };
     let (page_tx, mut pages) = mpsc::channel::<Page>(2);
     let reader = tokio::spawn(read_pages(
         snapshot,
@@ -522,6 +576,7 @@ async fn fold_store<P: Projector>(
         projector.clone(),
         pool.clone(),
         options.clone(),
+        reporter.clone(),
         flush_rx,
     ));
     let folded = async {
@@ -530,7 +585,6 @@ async fn fold_store<P: Projector>(
             dirty: Vec::new(),
             evicted: false,
         };
-        let mut processed = 0u64;
         let mut last_progress = Instant::now();
         while let Some(page) = pages.recv().await {
             let page = page?;
@@ -560,22 +614,16 @@ async fn fold_store<P: Projector>(
                     }
                 }
             }
-            processed += page.len() as u64;
-            on_progress(&RebuildProgress {
-                name,
-                events_processed: processed,
-                events_total: total,
-                elapsed: started.elapsed(),
-            });
+            reporter.folded(page.len() as u64);
             if last_progress.elapsed() >= PROGRESS_EVERY {
-                record_progress(&pool, name, processed).await;
+                record_progress(&pool, name, reporter.processed()).await;
                 last_progress = Instant::now();
             }
             let evict = states.slots.len() > options.max_states;
             if evict || states.dirty.len() >= options.flush_rows {
                 let (done, committed) = oneshot::channel();
                 let flush = Flush {
-                    rows: states.take_dirty(),
+                    rows: states.take_dirty(!evict),
                     done: evict.then_some(done),
                 };
                 if flush_tx.send(flush).await.is_err() {
@@ -591,11 +639,11 @@ async fn fold_store<P: Projector>(
                 }
             }
         }
-        let rows = states.take_dirty();
+        let rows = states.take_dirty(false);
         if !rows.is_empty() {
             let _ = flush_tx.send(Flush { rows, done: None }).await;
         }
-        Ok::<u64, RebuildError>(processed)
+        Ok::<(), RebuildError>(())
     }
     .await;
     drop(flush_tx);
@@ -606,8 +654,12 @@ async fn fold_store<P: Projector>(
     reader
         .await
         .map_err(|_| RebuildError::TaskFailed("reader"))?;
-    let events = folded?;
-    let rows_written = written?;
+    folded?;
+    written?;
+    let (events, rows_written) = (
+        reporter.processed(),
+        reporter.written.load(Ordering::Relaxed),
+    );
     if events != total {
         return Err(RebuildError::CountMismatch {
             counted: total,

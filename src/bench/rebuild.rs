@@ -7,7 +7,8 @@
 //! traffic interleaves them: 1,000 SKUs (~300 events each: restock, then reserve and
 //! commit/release pairs), 10,000 accounts (~30 each: deposit, then authorize and capture/void
 //! pairs) and 200,000 orders (placed, then confirmed, rejected or cancelled far later in the
-//! log), so every page of a rebuild touches thousands of streams.
+//! log), so every page of a rebuild touches thousands of streams. Order ids are time-ordered
+//! like the UUIDv7 ids `POST /orders` mints; customer ids are random.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,7 +107,9 @@ async fn fill(pool: &PgPool, n: i64) -> anyhow::Result<()> {
            SELECT g,
              CASE WHEN c < 3 THEN 'inventory-SKU-' || (i % $2)
                   WHEN c < 6 THEN 'account-' || md5('account-' || (i % $3))::uuid
-                  ELSE 'order-' || md5('order-' || (i % $4))::uuid END AS stream_id,
+                  ELSE 'order-' || (lpad(to_hex(1700000000000 + i % $4), 12, '0') || '7'
+                                    || substr(md5('order-' || (i % $4)), 1, 3) || '8'
+                                    || substr(md5('order-' || (i % $4)), 4, 15))::uuid END AS stream_id,
              v,
              CASE WHEN c < 3 THEN
                     CASE WHEN v = 1 THEN 'stock_restocked' WHEN v % 2 = 0 THEN 'stock_reserved'
@@ -192,13 +195,15 @@ async fn plain_read(pool: &PgPool, n: i64) -> anyhow::Result<f64> {
 /// Rebuilds `name`; returns the events folded and the seconds it took.
 async fn rebuild(pool: &PgPool, name: &str) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
-    let (progress, guard) = Progress::start(&format!("rebuild {name}"), None);
+    // Counts events folded, then rows written (most rows are written once all is folded).
+    let (progress, guard) = Progress::start(&format!("rebuild {name}: events + rows"), None);
     let reported = Arc::new(AtomicU64::new(0));
     let on_progress = {
         let reported = reported.clone();
         Arc::new(move |p: &RebuildProgress| {
-            let before = reported.swap(p.events_processed, Ordering::Relaxed);
-            progress.add(p.events_processed - before);
+            let now = p.events_processed + p.rows_written;
+            let before = reported.fetch_max(now, Ordering::Relaxed);
+            progress.add(now.saturating_sub(before));
         })
     };
     let job = sagaflow_projections::begin_rebuild(

@@ -136,9 +136,9 @@ struct Limiter {
 ///   at once with 503 `{"error": {"code": "overloaded"}}` and `Retry-After: 1`, without
 ///   reading its body, so nothing of it is applied;
 /// - a command request still running after `timeout` is answered 503 `command_timeout` with
-///   `Retry-After: 1`. Its work is cancelled where it stands: a transaction that had not
-///   committed rolls back, one that had is kept, so the client cannot tell which; a retry
-///   with the same `Idempotency-Key` applies it at most once.
+///   `Retry-After: 1`. The request stops waiting, but what it already handed to the database
+///   (a group commit in flight) may still commit, so the client cannot tell whether it was
+///   applied; a retry with the same `Idempotency-Key` applies it exactly once.
 ///
 /// Queries, health, metrics and admin routes are never limited, so they stay responsive
 /// while the command routes are saturated.
