@@ -141,7 +141,9 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
         "{{\"quantity\": 1, \"pad\": \"{}\"}}",
         "x".repeat(1024 * 1024 + 10)
     );
-    let cases: Vec<(&str, String, String, Option<&str>, StatusCode, &str)> = vec![
+    // (name, path, body, content type, expected status, expected code)
+    type Case<'a> = (&'a str, String, String, Option<&'a str>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", "/orders".into(), "{\"customer_id\": ".into(), None, StatusCode::BAD_REQUEST, "malformed_json"),
         ("not JSON at all", "/inventory/SKU-1/restock".into(), "quantity=5".into(), None, StatusCode::BAD_REQUEST, "malformed_json"),
         ("wrong type", "/inventory/SKU-1/restock".into(), r#"{"quantity": "5"}"#.into(), None, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),

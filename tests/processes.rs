@@ -1,5 +1,8 @@
 //! Whole engine processes (the `sagaflow` binary) and broker outages, on both transports.
 
+// Amounts are written as dollars_cents (`17_00` is $17.00).
+#![allow(clippy::inconsistent_digit_grouping)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,9 @@
 //! Order fulfillment end to end over HTTP, on both transports: every path, contention on one
 //! SKU, a stopped participant, and a saga defined only here.
 
+// Amounts are written as dollars_cents (`17_00` is $17.00).
+#![allow(clippy::inconsistent_digit_grouping)]
+
 mod common;
 
 use std::sync::Arc;

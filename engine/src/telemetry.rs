@@ -14,6 +14,9 @@
 //! | `relay_publish` | the relay publishing one message | [`publish_span_id`] | the span that wrote the message |
 //! | `consume_message` / `saga_step` | a consumer applying one message | [`consume_span_id`] | [`publish_span_id`] |
 //!
+//! On Kafka the `traceparent` header names the `relay_publish` span ([`publish_traceparent`]),
+//! so that any consumer of the topic continues the trace from the relay's hop.
+//!
 //! A message's `traceparent` names the span that wrote it: the command span for the events of
 //! an HTTP command, and the consuming span for what a handler writes while applying a message
 //! ([`crate::Metadata::caused_by`], through [`caused_traceparent`]). Span ids of the relay
@@ -192,6 +195,17 @@ pub fn caused_traceparent(cause: &Envelope) -> Option<String> {
                 .ok()
         })
         .or_else(|| Some(original.to_owned()))
+}
+
+/// The `traceparent` a transport attaches to `e` for its consumers (the Kafka header): the
+/// same trace, pointing at the relay's `relay_publish` span. A context that is not valid W3C
+/// is passed on as it is.
+pub fn publish_traceparent(e: &Envelope) -> Option<String> {
+    let original = e.metadata.traceparent.as_deref()?;
+    Some(match TraceContext::parse(original) {
+        Some(context) => context.with_span(publish_span_id(e.message_id)).header(),
+        None => original.to_owned(),
+    })
 }
 
 /// The target of the per-message spans (`relay_publish`, `consume_message`, `saga_step`).

@@ -75,11 +75,13 @@ impl StoredEvent {
     /// exactly as the command side does ([`decode_event_at`]), so a read model sees the
     /// events its aggregate sees.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, ProjectionError> {
-        decode_event_at(&self.event_type, self.schema_version, &self.payload).map_err(|source| ProjectionError::Decode {
-            stream_id: self.stream_id.clone(),
-            stream_version: self.stream_version,
-            event_type: self.event_type.clone(),
-            source,
+        decode_event_at(&self.event_type, self.schema_version, &self.payload).map_err(|source| {
+            ProjectionError::Decode {
+                stream_id: self.stream_id.clone(),
+                stream_version: self.stream_version,
+                event_type: self.event_type.clone(),
+                source,
+            }
         })
     }
 

@@ -29,7 +29,11 @@ pub struct SagaArgs {
     pub postgres_only: bool,
 }
 
-pub async fn run(args: SagaArgs, database: &DatabaseArgs, transport: &TransportArgs) -> anyhow::Result<()> {
+pub async fn run(
+    args: SagaArgs,
+    database: &DatabaseArgs,
+    transport: &TransportArgs,
+) -> anyhow::Result<()> {
     let (url, pool) = bench_database(database, 32).await?;
     println!(
         "bench saga: {} clients, {} s of orders per transport, database {}",
@@ -39,16 +43,22 @@ pub async fn run(args: SagaArgs, database: &DatabaseArgs, transport: &TransportA
     );
     reset(&pool).await?;
     let raw = super::append::raw_phase(&pool, args.concurrency, Duration::from_secs(5)).await?;
-    let mut runs = vec![("postgres", TransportArgs {
-        transport: TransportKind::Postgres,
-        ..transport.clone()
-    })];
-    match (&transport.kafka_brokers, args.postgres_only) {
-        (Some(_), false) => runs.push(("kafka", TransportArgs {
-            transport: TransportKind::Kafka,
-            topic_prefix: format!("bench{}", Uuid::new_v4().simple()),
+    let mut runs = vec![(
+        "postgres",
+        TransportArgs {
+            transport: TransportKind::Postgres,
             ..transport.clone()
-        })),
+        },
+    )];
+    match (&transport.kafka_brokers, args.postgres_only) {
+        (Some(_), false) => runs.push((
+            "kafka",
+            TransportArgs {
+                transport: TransportKind::Kafka,
+                topic_prefix: format!("bench{}", Uuid::new_v4().simple()),
+                ..transport.clone()
+            },
+        )),
         _ => println!("(kafka skipped: set KAFKA_BROKERS or --kafka-brokers to include it)"),
     }
     let mut rows = Vec::new();
@@ -84,14 +94,23 @@ struct Outcome {
     latencies: Latencies,
 }
 
-async fn one_transport(pool: &PgPool, args: &SagaArgs, transport_args: &TransportArgs) -> anyhow::Result<Outcome> {
+async fn one_transport(
+    pool: &PgPool,
+    args: &SagaArgs,
+    transport_args: &TransportArgs,
+) -> anyhow::Result<Outcome> {
     reset(pool).await?;
-    sqlx::query("TRUNCATE sagas, saga_deadlines, consumer_offsets, processed_messages, dead_letters")
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "TRUNCATE sagas, saga_deadlines, consumer_offsets, processed_messages, dead_letters",
+    )
+    .execute(pool)
+    .await?;
     let transport = crate::build_transport(pool, transport_args).await?;
     let kind = transport.kind();
-    let components: HashSet<Component> = Component::ALL.into_iter().filter(|c| *c != Component::Projections).collect();
+    let components: HashSet<Component> = Component::ALL
+        .into_iter()
+        .filter(|c| *c != Component::Projections)
+        .collect();
     let engine = crate::Engine::start(
         pool.clone(),
         transport,
@@ -101,7 +120,9 @@ async fn one_transport(pool: &PgPool, args: &SagaArgs, transport_args: &Transpor
     );
     let addr = crate::spawn_server(engine.app.router.clone()).await?;
     let base = format!("http://{addr}");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
     let skus: Vec<String> = (0..20).map(|i| format!("BENCH-{i}")).collect();
     let customers: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
     for sku in &skus {
@@ -157,13 +178,15 @@ async fn one_transport(pool: &PgPool, args: &SagaArgs, transport_args: &Transpor
     }
     drop(guard);
     let placed = sent.len();
-    let (progress, guard) = Progress::start(&format!("{kind}: sagas finished"), Some(placed as u64));
+    let (progress, guard) =
+        Progress::start(&format!("{kind}: sagas finished"), Some(placed as u64));
     let drain_deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM sagas WHERE state IN ('completed', 'compensated', 'failed')")
-                .fetch_one(pool)
-                .await?;
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sagas WHERE state IN ('completed', 'compensated', 'failed')",
+        )
+        .fetch_one(pool)
+        .await?;
         progress.add((done as u64).saturating_sub(progress.get()));
         if done as usize >= placed || Instant::now() > drain_deadline {
             break;
@@ -184,7 +207,9 @@ async fn one_transport(pool: &PgPool, args: &SagaArgs, transport_args: &Transpor
             last_done = last_done.max(*done_at);
         }
     }
-    let span = (last_done - first_sent).to_std().unwrap_or(Duration::from_secs(1));
+    let span = (last_done - first_sent)
+        .to_std()
+        .unwrap_or(Duration::from_secs(1));
     engine.stop().await;
     Ok(Outcome {
         placed,

@@ -127,7 +127,11 @@ async fn commit_group(store: &EventStore, bell: &Doorbell, mut group: Vec<Commit
             Err(AppendError::Database(e)) => {
                 let message = e.to_string();
                 for r in group.drain(..) {
-                    let _ = r.reply.send(Err(AppendError::Database(sqlx::Error::Protocol(message.clone()))));
+                    let _ = r
+                        .reply
+                        .send(Err(AppendError::Database(sqlx::Error::Protocol(
+                            message.clone(),
+                        ))));
                 }
             }
         }
@@ -433,7 +437,12 @@ impl<A: Aggregate> Repository<A> {
             // Group commit: appended in one transaction with whatever other commands are ready.
             let recorded = self
                 .bus
-                .group_commit(stream, loaded.version, new_events, format!("{}.events", A::CONTEXT))
+                .group_commit(
+                    stream,
+                    loaded.version,
+                    new_events,
+                    format!("{}.events", A::CONTEXT),
+                )
                 .await?;
             crate::metrics::metrics()
                 .append_seconds

@@ -232,9 +232,9 @@ impl Consumer {
             let clean = groups.iter().all(|(key, batch)| {
                 positions.contains_key(key)
                     && !paused.contains_key(key)
-                    && batch
-                        .iter()
-                        .all(|m| m.decode_error.is_none() && !failures.contains_key(&m.message_id()))
+                    && batch.iter().all(|m| {
+                        m.decode_error.is_none() && !failures.contains_key(&m.message_id())
+                    })
             });
             if clean && groups.len() > 1 {
                 for (key, batch) in groups.iter_mut() {
@@ -245,12 +245,15 @@ impl Consumer {
                 match self.apply_together(&positions, &groups).await {
                     Ok(()) => {
                         for (key, batch) in &groups {
-                            positions.insert(key.clone(), batch.last().expect("non-empty").offset + 1);
+                            positions
+                                .insert(key.clone(), batch.last().expect("non-empty").offset + 1);
                         }
                         continue;
                     }
                     // Fall back to one transaction per partition, which isolates the failure.
-                    Err(e) => tracing::debug!(group = %self.config.group, error = %e, "combined batch failed"),
+                    Err(e) => {
+                        tracing::debug!(group = %self.config.group, error = %e, "combined batch failed")
+                    }
                 }
             }
             for (key, batch) in groups {
@@ -466,7 +469,8 @@ impl Consumer {
         let _spans = self.handle_traced(&mut tx, &todo).await?;
         for (key, batch) in groups {
             let next = batch.last().expect("non-empty").offset + 1;
-            self.commit_offset(&mut tx, key, positions[key], next).await?;
+            self.commit_offset(&mut tx, key, positions[key], next)
+                .await?;
         }
         tx.commit().await?;
         self.record_applied(&todo, ids.len() - todo.len(), started);
@@ -476,7 +480,9 @@ impl Consumer {
         if let Some(bell) = &self.outbox_bell {
             bell.ring();
         }
-        self.stats.applied.fetch_add(todo.len() as u64, Ordering::Relaxed);
+        self.stats
+            .applied
+            .fetch_add(todo.len() as u64, Ordering::Relaxed);
         self.stats
             .duplicates
             .fetch_add((ids.len() - todo.len()) as u64, Ordering::Relaxed);

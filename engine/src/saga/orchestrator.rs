@@ -231,7 +231,7 @@ impl Orchestrator {
                 traceparent: w
                     .cause
                     .as_ref()
-                    .and_then(|c| c.metadata.traceparent.clone()),
+                    .and_then(crate::telemetry::caused_traceparent),
                 saga_id: Some(w.saga_id.to_string()),
                 ..Default::default()
             };
@@ -249,7 +249,9 @@ impl Orchestrator {
                 })
                 .collect();
             // Appended together with the batch's other sagas, in one statement, below.
-            let pending = appends.entry(w.saga_id).or_insert_with(|| (loaded.version, Vec::new()));
+            let pending = appends
+                .entry(w.saga_id)
+                .or_insert_with(|| (loaded.version, Vec::new()));
             pending.1.extend(new_events);
             next.version = loaded.version + events.len() as i64;
             next.state.version = next.version;
@@ -291,14 +293,18 @@ impl Orchestrator {
             .into_iter()
             .map(|(id, (expected, events))| (saga_stream(id), expected, events))
             .collect();
-        let batch: Vec<(&str, i64, &[NewEvent])> =
-            streams.iter().map(|(s, v, e)| (s.as_str(), *v, e.as_slice())).collect();
+        let batch: Vec<(&str, i64, &[NewEvent])> = streams
+            .iter()
+            .map(|(s, v, e)| (s.as_str(), *v, e.as_slice()))
+            .collect();
         self.store
             .append_many(&mut *tx, &batch)
             .await
             .map_err(|e| -> HandlerError {
                 match e {
-                    AppendError::Conflict { .. } => format!("a saga changed concurrently: {e}").into(),
+                    AppendError::Conflict { .. } => {
+                        format!("a saga changed concurrently: {e}").into()
+                    }
                     AppendError::Database(e) => e.into(),
                 }
             })?;

@@ -76,7 +76,9 @@ impl EventStore {
         expected_version: i64,
         events: &[NewEvent],
     ) -> Result<Vec<RecordedEvent>, AppendError> {
-        let mut recorded = self.append_many(tx, &[(stream_id, expected_version, events)]).await?;
+        let mut recorded = self
+            .append_many(tx, &[(stream_id, expected_version, events)])
+            .await?;
         Ok(recorded.pop().unwrap_or_default())
     }
 
@@ -141,7 +143,12 @@ impl EventStore {
         .await?;
         let mut inserted: std::collections::HashMap<Uuid, (i64, DateTime<Utc>)> = rows
             .iter()
-            .map(|r| (r.get::<Uuid, _>(0), (r.get::<i64, _>(1), r.get::<DateTime<Utc>, _>(2))))
+            .map(|r| {
+                (
+                    r.get::<Uuid, _>(0),
+                    (r.get::<i64, _>(1), r.get::<DateTime<Utc>, _>(2)),
+                )
+            })
             .collect();
         let mut out = Vec::with_capacity(streams.len());
         for (stream, expected_version, events) in streams {

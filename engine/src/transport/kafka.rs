@@ -326,8 +326,10 @@ fn headers_of(m: &OutgoingMessage) -> OwnedHeaders {
     if let Some(causation) = e.metadata.causation_id {
         headers = headers.insert(header("causation_id", &causation.to_string()));
     }
-    if let Some(traceparent) = &e.metadata.traceparent {
-        headers = headers.insert(header("traceparent", traceparent));
+    // The W3C context of the relay's publication, the parent of whoever consumes the message
+    // (the envelope keeps the context of the span that wrote it).
+    if let Some(traceparent) = crate::telemetry::publish_traceparent(e) {
+        headers = headers.insert(header("traceparent", &traceparent));
     }
     headers
 }
@@ -944,12 +946,23 @@ mod tests {
                 ("stream_id", e.stream_id.clone()),
                 ("correlation_id", e.metadata.correlation_id.to_string()),
                 ("causation_id", e.metadata.causation_id.unwrap().to_string()),
-                ("traceparent", e.metadata.traceparent.clone().unwrap()),
+                ("traceparent", published_traceparent(e)),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
             assert_eq!(headers[&e.message_id.to_string()], expected);
+        }
+    }
+
+    /// The envelope's trace, pointing at the relay's span (a context that is not valid W3C is
+    /// passed on as it is).
+    fn published_traceparent(e: &Envelope) -> String {
+        use crate::telemetry::{publish_span_id, TraceContext};
+        let original = e.metadata.traceparent.clone().unwrap();
+        match TraceContext::parse(&original) {
+            Some(c) => c.with_span(publish_span_id(e.message_id)).header(),
+            None => original,
         }
     }
 
