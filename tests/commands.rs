@@ -142,7 +142,14 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
         "x".repeat(1024 * 1024 + 10)
     );
     // (name, path, body, content type, expected status, expected code)
-    type Case<'a> = (&'a str, String, String, Option<&'a str>, StatusCode, &'a str);
+    type Case<'a> = (
+        &'a str,
+        String,
+        String,
+        Option<&'a str>,
+        StatusCode,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         ("malformed JSON", "/orders".into(), "{\"customer_id\": ".into(), None, StatusCode::BAD_REQUEST, "malformed_json"),
         ("not JSON at all", "/inventory/SKU-1/restock".into(), "quantity=5".into(), None, StatusCode::BAD_REQUEST, "malformed_json"),
