@@ -9,7 +9,17 @@ ensure_postgres
 # sqlx::test creates one database per test from this server.
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if [ -z "${KAFKA_BROKERS:-}" ]; then
-  eval "$(bash scripts/broker.sh start 19092 | grep '^KAFKA_BROKERS=')"
+  # This clone's broker on the first port that is free (or already its own).
+  for port in $(seq 19092 19111); do
+    if line=$(bash scripts/broker.sh start "$port" 2>/dev/null | grep '^KAFKA_BROKERS='); then
+      eval "$line"
+      break
+    fi
+  done
+  if [ -z "${KAFKA_BROKERS:-}" ]; then
+    echo "could not start a Kafka-protocol broker on 127.0.0.1:19092-19111" >&2
+    exit 1
+  fi
   export KAFKA_BROKERS
 fi
 echo "PostgreSQL at 127.0.0.1:5432, Kafka-protocol broker at $KAFKA_BROKERS" >&2
