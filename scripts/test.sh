@@ -11,7 +11,7 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 if [ -z "${KAFKA_BROKERS:-}" ]; then
   # This clone's broker on the first port that is free (or already its own).
   for port in $(seq 19092 19111); do
-    if line=$(bash scripts/broker.sh start "$port" 2>/dev/null | grep '^KAFKA_BROKERS='); then
+    if line=$(bash scripts/broker.sh start "$port" | grep '^KAFKA_BROKERS='); then
       eval "$line"
       break
     fi
