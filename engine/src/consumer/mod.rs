@@ -441,7 +441,9 @@ impl Consumer {
         })
     }
 
-    /// Applies the batches of several partitions in one transaction with all their offsets.
+    /// Applies the batches of several partitions in one transaction with all their offsets
+    /// (each moved by compare-and-set from its position). A message already applied by this
+    /// group, or delivered twice in the batch, is applied once.
     async fn apply_together(
         &self,
         positions: &BTreeMap<PartitionKey, i64>,
@@ -497,43 +499,10 @@ impl Consumer {
         expected: i64,
         messages: &[Delivery],
     ) -> Result<i64, ConsumeError> {
-        let started = Instant::now();
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = messages.iter().map(Delivery::message_id).collect();
-        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(
-            "INSERT INTO processed_messages (consumer_group, message_id)
-             SELECT $1, UNNEST($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id",
-        )
-        .bind(&self.config.group)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        // `remove`: a message delivered twice within one batch is applied once.
-        let todo: Vec<Delivery> = messages
-            .iter()
-            .filter(|m| fresh.remove(&m.message_id()))
-            .cloned()
-            .collect();
-        let _spans = self.handle_traced(&mut tx, &todo).await?;
-        let next = messages.last().expect("non-empty batch").offset + 1;
-        self.commit_offset(&mut tx, key, expected, next).await?;
-        tx.commit().await?;
-        self.record_applied(&todo, messages.len() - todo.len(), started);
-        if !todo.is_empty() {
-            self.handler.after_commit().await;
-        }
-        if let Some(bell) = &self.outbox_bell {
-            bell.ring();
-        }
-        self.stats
-            .applied
-            .fetch_add(todo.len() as u64, Ordering::Relaxed);
-        self.stats
-            .duplicates
-            .fetch_add((messages.len() - todo.len()) as u64, Ordering::Relaxed);
-        Ok(next)
+        let positions = BTreeMap::from([(key.clone(), expected)]);
+        let groups = BTreeMap::from([(key.clone(), messages.to_vec())]);
+        self.apply_together(&positions, &groups).await?;
+        Ok(messages.last().expect("non-empty batch").offset + 1)
     }
 
     /// Hands `todo` to the handler in `tx`, inside one span per message (returned: they stay
