@@ -248,6 +248,26 @@ impl SagaState {
         }
     }
 
+    /// A step (or its compensation) sent the commands of attempt `attempt` and waits for
+    /// their replies until `deadline_at`.
+    fn invoke(
+        &mut self,
+        step: usize,
+        compensating: bool,
+        attempt: u32,
+        commands: &[SentCommand],
+        deadline_at: DateTime<Utc>,
+    ) {
+        self.current = Some(step);
+        self.compensating = compensating;
+        self.attempt = attempt;
+        self.begin_attempt(attempt, commands);
+        self.deadline = Some(Deadline {
+            at: deadline_at,
+            kind: DeadlineKind::Reply,
+        });
+    }
+
     /// Evolves the state by one recorded event.
     pub fn apply(&mut self, event: &SagaEvent, at: DateTime<Utc>) {
         self.updated_at = Some(at);
@@ -284,14 +304,7 @@ impl SagaState {
                 deadline_at,
                 ..
             } => {
-                self.current = Some(*step);
-                self.compensating = false;
-                self.attempt = *attempt;
-                self.begin_attempt(*attempt, commands);
-                self.deadline = Some(Deadline {
-                    at: *deadline_at,
-                    kind: DeadlineKind::Reply,
-                });
+                self.invoke(*step, false, *attempt, commands, *deadline_at);
                 if let Some(v) = self.steps.get_mut(*step) {
                     v.status = StepStatus::Running;
                     v.attempts = *attempt;
@@ -359,14 +372,7 @@ impl SagaState {
                 deadline_at,
                 ..
             } => {
-                self.current = Some(*step);
-                self.compensating = true;
-                self.attempt = *attempt;
-                self.begin_attempt(*attempt, commands);
-                self.deadline = Some(Deadline {
-                    at: *deadline_at,
-                    kind: DeadlineKind::Reply,
-                });
+                self.invoke(*step, true, *attempt, commands, *deadline_at);
                 if let Some(v) = self.steps.get_mut(*step) {
                     v.status = StepStatus::Compensating;
                     v.compensation_attempts = *attempt;
