@@ -27,6 +27,9 @@ pub struct SagaArgs {
     /// Skip the Kafka transport even if brokers are configured.
     #[arg(long)]
     pub postgres_only: bool,
+    /// Skip the embedded transport (measure Kafka alone).
+    #[arg(long, conflicts_with = "postgres_only")]
+    pub kafka_only: bool,
 }
 
 pub async fn run(
@@ -43,13 +46,16 @@ pub async fn run(
     );
     reset(&pool).await?;
     let raw = super::append::raw_phase(&pool, args.concurrency, Duration::from_secs(5)).await?;
-    let mut runs = vec![(
-        "postgres",
-        TransportArgs {
-            transport: TransportKind::Postgres,
-            ..transport.clone()
-        },
-    )];
+    let mut runs = Vec::new();
+    if !args.kafka_only {
+        runs.push((
+            "postgres",
+            TransportArgs {
+                transport: TransportKind::Postgres,
+                ..transport.clone()
+            },
+        ));
+    }
     match (&transport.kafka_brokers, args.postgres_only) {
         (Some(_), false) => runs.push((
             "kafka",
