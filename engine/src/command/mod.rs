@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::aggregate::{decode_event_at, encode_event, stream_id, Aggregate, DomainEvent};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
-use crate::outbox::{self, OutboxMessage, OUTBOX_CHANNEL};
+use crate::outbox::{self, OUTBOX_CHANNEL};
 use crate::store::{read_stream_on, AppendError, EventStore, NewEvent, StoreError};
 
 /// Settings of the command bus.
@@ -69,14 +69,25 @@ struct CommitRequest {
     reply: tokio::sync::oneshot::Sender<Result<Vec<RecordedEvent>, AppendError>>,
 }
 
-/// Committers running in parallel; each takes every request that is ready (up to
-/// `GROUP_COMMIT_MAX`) into one transaction.
-const COMMITTERS: usize = 4;
+/// Group commit is a pipeline: one group at a time runs its append statement, taking every
+/// request that is ready (up to `GROUP_COMMIT_MAX`); as soon as that statement returns, the
+/// next group forms from what arrived meanwhile, while the first one commits. Up to
+/// `COMMITS_IN_FLIGHT` groups wait for their commit (their WAL flushes overlap). Measured with
+/// `sagaflow bench append`: fewer, larger groups beat parallel committers that each take a
+/// few requests, because every transaction costs the database a commit.
+const COMMITS_IN_FLIGHT: usize = 4;
 const GROUP_COMMIT_MAX: usize = 64;
 
 /// Appends the requests of one group in one transaction. A request whose stream is not at
-/// its expected version gets its conflict, and the others are committed without it.
-async fn commit_group(store: &EventStore, bell: &Doorbell, mut group: Vec<CommitRequest>) {
+/// its expected version gets its conflict, and the others are committed without it. `turn`
+/// is released once the first append statement returned, letting the next group form.
+async fn commit_group(
+    store: &EventStore,
+    bell: &Doorbell,
+    mut group: Vec<CommitRequest>,
+    turn: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut turn = Some(turn);
     while !group.is_empty() {
         let result: Result<Vec<Vec<RecordedEvent>>, AppendError> = async {
             let mut tx = store.pool().begin().await?;
@@ -84,19 +95,10 @@ async fn commit_group(store: &EventStore, bell: &Doorbell, mut group: Vec<Commit
                 .iter()
                 .map(|r| (r.stream.as_str(), r.expected, r.events.as_slice()))
                 .collect();
-            let recorded = store.append_many(&mut tx, &streams).await?;
-            let messages: Vec<OutboxMessage> = group
-                .iter()
-                .zip(&recorded)
-                .flat_map(|(r, rec)| {
-                    rec.iter().map(|e| OutboxMessage {
-                        topic: r.topic.clone(),
-                        partition_key: r.stream.clone(),
-                        envelope: e.envelope.clone(),
-                    })
-                })
-                .collect();
-            outbox::enqueue(&mut tx, &messages).await?;
+            let topics: Vec<&str> = group.iter().map(|r| r.topic.as_str()).collect();
+            let recorded = store.append_and_publish(&mut tx, &streams, &topics).await;
+            drop(turn.take());
+            let recorded = recorded?;
             tx.commit().await?;
             Ok(recorded)
         }
@@ -142,28 +144,35 @@ impl CommandBus {
     pub fn new(pool: PgPool, config: CommandBusConfig) -> Self {
         let outbox_bell = Doorbell::new(pool.clone(), OUTBOX_CHANNEL);
         let store = EventStore::new(pool);
-        let (commits, receiver) = tokio::sync::mpsc::channel::<CommitRequest>(1024);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..COMMITTERS {
-            let (receiver, store, bell) = (receiver.clone(), store.clone(), outbox_bell.clone());
-            tokio::spawn(async move {
-                loop {
-                    let group = {
-                        let mut rx = receiver.lock().await;
-                        let Some(first) = rx.recv().await else { return };
-                        let mut group = vec![first];
-                        while group.len() < GROUP_COMMIT_MAX {
-                            match rx.try_recv() {
-                                Ok(r) => group.push(r),
-                                Err(_) => break,
-                            }
-                        }
-                        group
-                    };
-                    commit_group(&store, &bell, group).await;
+        let (commits, mut receiver) = tokio::sync::mpsc::channel::<CommitRequest>(1024);
+        let (committer_store, bell) = (store.clone(), outbox_bell.clone());
+        tokio::spawn(async move {
+            let appending = Arc::new(tokio::sync::Semaphore::new(1));
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT));
+            loop {
+                let (Ok(slot), Ok(turn)) = (
+                    in_flight.clone().acquire_owned().await,
+                    appending.clone().acquire_owned().await,
+                ) else {
+                    return;
+                };
+                let Some(first) = receiver.recv().await else {
+                    return;
+                };
+                let mut group = vec![first];
+                while group.len() < GROUP_COMMIT_MAX {
+                    match receiver.try_recv() {
+                        Ok(r) => group.push(r),
+                        Err(_) => break,
+                    }
                 }
-            });
-        }
+                let (store, bell) = (committer_store.clone(), bell.clone());
+                tokio::spawn(async move {
+                    commit_group(&store, &bell, group, turn).await;
+                    drop(slot);
+                });
+            }
+        });
         CommandBus {
             outbox_bell,
             store,
@@ -470,21 +479,14 @@ impl<A: Aggregate> Repository<A> {
                 return Ok(CommitResult::Replayed(previous));
             }
         }
+        let topic = format!("{}.events", A::CONTEXT);
         let recorded = self
             .bus
             .store
-            .append(&mut tx, stream, loaded.version, &new_events)
-            .await?;
-        let topic = format!("{}.events", A::CONTEXT);
-        let messages: Vec<OutboxMessage> = recorded
-            .iter()
-            .map(|r| OutboxMessage {
-                topic: topic.clone(),
-                partition_key: stream.to_owned(),
-                envelope: r.envelope.clone(),
-            })
-            .collect();
-        outbox::enqueue(&mut tx, &messages).await?;
+            .append_and_publish(&mut tx, &[(stream, loaded.version, &new_events)], &[&topic])
+            .await?
+            .pop()
+            .unwrap_or_default();
         let outcome = CommandOutcome {
             stream_id: stream.to_owned(),
             version: recorded
@@ -593,13 +595,19 @@ impl<A: Aggregate> CommandBatch<A> {
             }
         };
         let new_events = new_events::<A>(&decided, metadata);
+        let topic = format!("{}.events", A::CONTEXT);
         let recorded = self
             .repo
             .bus
             .store
-            .append(&mut *tx, &stream, loaded.version, &new_events)
-            .await?;
-        outbox::enqueue(&mut *tx, &event_messages::<A>(&stream, &recorded)).await?;
+            .append_and_publish(
+                &mut *tx,
+                &[(stream.as_str(), loaded.version, &new_events)],
+                &[&topic],
+            )
+            .await?
+            .pop()
+            .unwrap_or_default();
         for e in &decided {
             loaded.state.apply(e);
         }
@@ -672,19 +680,6 @@ fn new_events<A: Aggregate>(decided: &[A::Event], metadata: &Metadata) -> Vec<Ne
                 payload,
                 metadata: metadata.clone(),
             }
-        })
-        .collect()
-}
-
-/// The outbox rows of recorded events: topic `<context>.events`, keyed by stream id.
-fn event_messages<A: Aggregate>(stream: &str, recorded: &[RecordedEvent]) -> Vec<OutboxMessage> {
-    let topic = format!("{}.events", A::CONTEXT);
-    recorded
-        .iter()
-        .map(|r| OutboxMessage {
-            topic: topic.clone(),
-            partition_key: stream.to_owned(),
-            envelope: r.envelope.clone(),
         })
         .collect()
 }

@@ -52,6 +52,51 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+/// The append: the rows of streams at their expected head are inserted. The head check makes
+/// an append with a stale *higher* expected version fail instead of leaving a gap. Two
+/// appenders that both saw the same head race on the unique key: the loser waits for the
+/// winner, and `DO NOTHING` keeps the loser's transaction usable, so it can report the actual
+/// version without a second connection.
+const APPEND: &str = "
+INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
+SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
+FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[])
+     WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
+                          payload, metadata, ord)
+WHERE (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected
+ORDER BY t.ord
+ON CONFLICT (stream_id, stream_version) DO NOTHING
+RETURNING message_id, global_position, recorded_at";
+
+/// [`APPEND`], and an outbox row for each inserted event (topic `$9`, shard `$10`), built from
+/// the inserted row: the envelope is the event as [`Envelope`] serializes it. Outbox ids follow
+/// the events' global positions, so a stream's events are relayed in version order.
+const APPEND_AND_PUBLISH: &str = "
+WITH t AS (
+    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[],
+                         $8::jsonb[], $9::text[], $10::int2[])
+         WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
+                              payload, metadata, topic, shard, ord)
+), inserted AS (
+    INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
+    SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
+    FROM t
+    WHERE (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected
+    ORDER BY t.ord
+    ON CONFLICT (stream_id, stream_version) DO NOTHING
+    RETURNING global_position, stream_id, stream_version, message_id, event_type, schema_version, payload,
+              metadata, recorded_at
+), published AS (
+    INSERT INTO outbox (shard, topic, partition_key, message_id, envelope)
+    SELECT t.shard, t.topic, i.stream_id, i.message_id,
+           jsonb_build_object('message_id', i.message_id, 'stream_id', i.stream_id,
+                              'stream_version', i.stream_version, 'event_type', i.event_type,
+                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)
+    FROM inserted i JOIN t ON t.message_id = i.message_id
+    ORDER BY i.global_position
+)
+SELECT message_id, global_position, recorded_at FROM inserted";
+
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
@@ -91,6 +136,28 @@ impl EventStore {
         tx: &mut PgConnection,
         streams: &[(&str, i64, &[NewEvent])],
     ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
+        self.append_streams(tx, streams, None).await
+    }
+
+    /// [`EventStore::append_many`] that also writes each appended event to the outbox, on the
+    /// topic given for its stream and keyed by its stream id, in the same statement: the
+    /// events are sent (and parsed) once, and the outbox row costs no round trip of its own.
+    pub async fn append_and_publish(
+        &self,
+        tx: &mut PgConnection,
+        streams: &[(&str, i64, &[NewEvent])],
+        topics: &[&str],
+    ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
+        assert_eq!(streams.len(), topics.len(), "one topic per stream");
+        self.append_streams(tx, streams, Some(topics)).await
+    }
+
+    async fn append_streams(
+        &self,
+        tx: &mut PgConnection,
+        streams: &[(&str, i64, &[NewEvent])],
+        topics: Option<&[&str]>,
+    ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
         let total: usize = streams.iter().map(|s| s.2.len()).sum();
         if total == 0 {
             return Ok(streams.iter().map(|_| Vec::new()).collect());
@@ -103,7 +170,14 @@ impl EventStore {
         let mut schema_versions = Vec::with_capacity(total);
         let mut payloads = Vec::with_capacity(total);
         let mut metadata = Vec::with_capacity(total);
-        for (stream, expected_version, events) in streams {
+        let mut event_topics: Vec<&str> = Vec::with_capacity(total);
+        let mut shards = Vec::with_capacity(total);
+        for (n, (stream, expected_version, events)) in streams.iter().enumerate() {
+            if let Some(topics) = topics {
+                let shard = crate::outbox::shard_of(stream);
+                event_topics.extend(std::iter::repeat_n(topics[n], events.len()));
+                shards.extend(std::iter::repeat_n(shard, events.len()));
+            }
             for (i, e) in events.iter().enumerate() {
                 stream_ids.push(*stream);
                 versions.push(expected_version + 1 + i as i64);
@@ -115,32 +189,26 @@ impl EventStore {
                 metadata.push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
             }
         }
-        // The head check makes an append with a stale *higher* expected version fail instead of
-        // leaving a gap. Two appenders that both saw the same head race on the unique key: the
-        // loser waits for the winner, and `DO NOTHING` keeps the loser's transaction usable, so
-        // it can report the actual version without a second connection.
-        let rows = sqlx::query(
-            "INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
-             SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
-             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[])
-                  WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
-                                       payload, metadata, ord)
-             WHERE (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id)
-                   = t.expected
-             ORDER BY t.ord
-             ON CONFLICT (stream_id, stream_version) DO NOTHING
-             RETURNING message_id, global_position, recorded_at",
-        )
-        .bind(&stream_ids)
-        .bind(&versions)
-        .bind(&expected)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .fetch_all(&mut *tx)
-        .await?;
+        let query = if topics.is_some() {
+            sqlx::query(APPEND_AND_PUBLISH)
+        } else {
+            sqlx::query(APPEND)
+        };
+        let query = query
+            .bind(&stream_ids)
+            .bind(&versions)
+            .bind(&expected)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&payloads)
+            .bind(&metadata);
+        let query = if topics.is_some() {
+            query.bind(&event_topics).bind(&shards)
+        } else {
+            query
+        };
+        let rows = query.fetch_all(&mut *tx).await?;
         let mut inserted: std::collections::HashMap<Uuid, (i64, DateTime<Utc>)> = rows
             .iter()
             .map(|r| {

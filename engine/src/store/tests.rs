@@ -180,3 +180,78 @@ async fn read_all_pages_by_global_position(pool: PgPool) {
         .collect();
     assert_eq!(streams, ["a-1", "b-1", "b-1"]);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn append_and_publish_writes_each_event_as_its_envelope_in_version_order(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    store
+        .append(&mut tx, "b-1", 0, &[new_event(0)])
+        .await
+        .unwrap();
+    let mut event = new_event(1);
+    event.metadata.saga_id = Some("a saga".into());
+    let recorded = store
+        .append_and_publish(
+            &mut tx,
+            &[
+                ("a-1", 0, &[event, new_event(2)]),
+                ("b-1", 1, &[new_event(3)]),
+            ],
+            &["a.events", "b.events"],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows: Vec<(i16, String, String, Uuid, serde_json::Value)> = sqlx::query_as(
+        "SELECT shard, topic, partition_key, message_id, envelope FROM outbox ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected: Vec<(i16, String, String, Uuid, serde_json::Value)> = recorded
+        .iter()
+        .zip(["a.events", "b.events"])
+        .flat_map(|(events, topic)| {
+            events.iter().map(move |e| {
+                let env = &e.envelope;
+                (
+                    crate::outbox::shard_of(&env.stream_id),
+                    topic.to_owned(),
+                    env.stream_id.clone(),
+                    env.message_id,
+                    serde_json::to_value(env).unwrap(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    let decoded: crate::envelope::Envelope = serde_json::from_value(rows[0].4.clone()).unwrap();
+    assert_eq!(decoded, recorded[0][0].envelope);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn append_and_publish_with_a_stale_stream_is_a_conflict(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    store
+        .append(&mut tx, "b-1", 0, &[new_event(0)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let result = store
+        .append_and_publish(
+            &mut tx,
+            &[("a-1", 0, &[new_event(1)]), ("b-1", 0, &[new_event(2)])],
+            &["a.events", "b.events"],
+        )
+        .await;
+    assert!(
+        matches!(&result, Err(AppendError::Conflict { stream_id, expected: 0, actual: 1 }) if stream_id == "b-1"),
+        "{result:?}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&pool, "events").await, 1);
+    assert_eq!(count(&pool, "outbox").await, 0);
+}
