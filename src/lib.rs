@@ -278,6 +278,13 @@ impl Engine {
         }
         let mut relay_stats = None;
         if components.contains(&Component::Relay) {
+            // The relay drains the outbox; where autovacuum is off, the same component keeps
+            // the queue tables vacuumed.
+            tasks.spawn(sagaflow_engine::housekeeping::run(
+                pool.clone(),
+                sagaflow_engine::housekeeping::DEFAULT_INTERVAL,
+                shutdown.clone(),
+            ));
             let relay = Relay::new(
                 pool,
                 transport.clone(),

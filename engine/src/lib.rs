@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod db;
 pub mod doorbell;
 pub mod envelope;
+pub mod housekeeping;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
