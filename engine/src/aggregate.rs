@@ -91,6 +91,11 @@ pub fn stream_id<A: Aggregate>(id: &str) -> String {
     format!("{}-{}", A::TYPE, id)
 }
 
+/// The logical topic an aggregate's events are published on: `<context>.events`.
+pub fn events_topic<A: Aggregate>() -> String {
+    format!("{}.events", A::CONTEXT)
+}
+
 /// Splits an event enum value into its `(event_type, payload)` parts.
 pub fn encode_event<E: DomainEvent>(event: &E) -> (String, Value) {
     let value = serde_json::to_value(event).expect("domain events serialize to JSON");

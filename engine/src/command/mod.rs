@@ -23,7 +23,9 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::aggregate::{decode_event_at, encode_event, stream_id, Aggregate, DomainEvent};
+use crate::aggregate::{
+    decode_event_at, encode_event, events_topic, stream_id, Aggregate, DomainEvent,
+};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
 use crate::outbox::{self, OUTBOX_CHANNEL};
@@ -446,12 +448,7 @@ impl<A: Aggregate> Repository<A> {
             // Group commit: appended in one transaction with whatever other commands are ready.
             let recorded = self
                 .bus
-                .group_commit(
-                    stream,
-                    loaded.version,
-                    new_events,
-                    format!("{}.events", A::CONTEXT),
-                )
+                .group_commit(stream, loaded.version, new_events, events_topic::<A>())
                 .await?;
             crate::metrics::metrics()
                 .append_seconds
@@ -479,14 +476,17 @@ impl<A: Aggregate> Repository<A> {
                 return Ok(CommitResult::Replayed(previous));
             }
         }
-        let topic = format!("{}.events", A::CONTEXT);
         let recorded = self
             .bus
             .store
-            .append_and_publish(&mut tx, &[(stream, loaded.version, &new_events)], &[&topic])
-            .await?
-            .pop()
-            .unwrap_or_default();
+            .append_and_publish_one(
+                &mut tx,
+                stream,
+                loaded.version,
+                &new_events,
+                &events_topic::<A>(),
+            )
+            .await?;
         let outcome = CommandOutcome {
             stream_id: stream.to_owned(),
             version: recorded
@@ -595,19 +595,18 @@ impl<A: Aggregate> CommandBatch<A> {
             }
         };
         let new_events = new_events::<A>(&decided, metadata);
-        let topic = format!("{}.events", A::CONTEXT);
         let recorded = self
             .repo
             .bus
             .store
-            .append_and_publish(
+            .append_and_publish_one(
                 &mut *tx,
-                &[(stream.as_str(), loaded.version, &new_events)],
-                &[&topic],
+                &stream,
+                loaded.version,
+                &new_events,
+                &events_topic::<A>(),
             )
-            .await?
-            .pop()
-            .unwrap_or_default();
+            .await?;
         for e in &decided {
             loaded.state.apply(e);
         }

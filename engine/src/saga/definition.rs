@@ -30,7 +30,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::messages::ReplyEvent;
-use crate::aggregate::{decode_event, Aggregate};
+use crate::aggregate::{decode_event, events_topic, Aggregate};
 use crate::command::decode_envelope;
 use crate::envelope::Envelope;
 
@@ -246,7 +246,7 @@ impl<D: SagaData> SagaDefinition<D> {
         mut self,
         start: impl Fn(&A::Event, &Envelope) -> Option<D> + Send + Sync + 'static,
     ) -> Self {
-        self.saga.start_topic = Some(format!("{}.events", A::CONTEXT));
+        self.saga.start_topic = Some(events_topic::<A>());
         self.saga.start = Some(Box::new(move |envelope| {
             if !is_stream_of::<A>(envelope) {
                 return None;
@@ -263,9 +263,7 @@ impl<D: SagaData> SagaDefinition<D> {
         mut self,
         abort: impl Fn(&A::Event) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.saga
-            .abort_topics
-            .push(format!("{}.events", A::CONTEXT));
+        self.saga.abort_topics.push(events_topic::<A>());
         self.saga.aborts.push(Box::new(move |envelope| {
             if !is_stream_of::<A>(envelope) {
                 return None;

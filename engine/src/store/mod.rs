@@ -139,6 +139,22 @@ impl EventStore {
         self.append_streams(tx, streams, None).await
     }
 
+    /// [`EventStore::append`] that also writes each event to the outbox on `topic`, keyed by
+    /// the stream id (see [`EventStore::append_and_publish`]).
+    pub async fn append_and_publish_one(
+        &self,
+        tx: &mut PgConnection,
+        stream_id: &str,
+        expected_version: i64,
+        events: &[NewEvent],
+        topic: &str,
+    ) -> Result<Vec<RecordedEvent>, AppendError> {
+        let mut recorded = self
+            .append_and_publish(tx, &[(stream_id, expected_version, events)], &[topic])
+            .await?;
+        Ok(recorded.pop().unwrap_or_default())
+    }
+
     /// [`EventStore::append_many`] that also writes each appended event to the outbox, on the
     /// topic given for its stream and keyed by its stream id, in the same statement: the
     /// events are sent (and parsed) once, and the outbox row costs no round trip of its own.
