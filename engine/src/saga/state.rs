@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::definition::{Failure, Invocation, Saga};
+use super::definition::{Backoff, Failure, Invocation, Saga};
 use super::messages::{ReplyEvent, ReplyOutcome};
 use crate::aggregate::DomainEvent;
 
@@ -501,6 +501,12 @@ impl Decider<'_> {
         self.out.push(e);
     }
 
+    /// When attempt `attempt + 1` is due under `retry`, or `None` if `attempt` was the last.
+    fn retry_at(&mut self, retry: Backoff, attempt: u32) -> Option<DateTime<Utc>> {
+        (attempt < retry.max_attempts)
+            .then(|| self.now + chrono_duration(retry.delay(attempt, (self.jitter)())))
+    }
+
     fn name(&self, step: usize) -> String {
         self.saga.steps[step].name.to_owned()
     }
@@ -615,10 +621,7 @@ impl Decider<'_> {
                     (DeadlineKind::Retry, false) => self.invoke_step(step, attempt + 1),
                     (DeadlineKind::Retry, true) => self.invoke_compensation(step, attempt + 1),
                     (DeadlineKind::Reply, false) => {
-                        let retry = def.retry;
-                        let retry_at = (attempt < retry.max_attempts).then(|| {
-                            self.now + chrono_duration(retry.delay(attempt, (self.jitter)()))
-                        });
+                        let retry_at = self.retry_at(def.retry, attempt);
                         self.emit(SagaEvent::StepTimedOut {
                             step,
                             name: self.name(step),
@@ -633,10 +636,7 @@ impl Decider<'_> {
                         Ok(())
                     }
                     (DeadlineKind::Reply, true) => {
-                        let retry = def.compensation_retry;
-                        let retry_at = (attempt < retry.max_attempts).then(|| {
-                            self.now + chrono_duration(retry.delay(attempt, (self.jitter)()))
-                        });
+                        let retry_at = self.retry_at(def.compensation_retry, attempt);
                         self.emit(SagaEvent::CompensationTimedOut {
                             step,
                             name: self.name(step),
