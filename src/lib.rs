@@ -278,8 +278,8 @@ impl Engine {
         }
         let mut relay_stats = None;
         if components.contains(&Component::Relay) {
-            // The relay drains the outbox; where autovacuum is off, the same component keeps
-            // the queue tables vacuumed.
+            // The relay drains the outbox; the same component analyzes tables that grew and,
+            // where autovacuum is off, keeps the queue tables vacuumed.
             tasks.spawn(sagaflow_engine::housekeeping::run(
                 pool.clone(),
                 sagaflow_engine::housekeeping::DEFAULT_INTERVAL,

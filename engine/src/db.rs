@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 /// The numbered migrations of `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -49,13 +49,11 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
 
 /// A pool of at most `max_connections` connections to `url`.
 ///
-/// Its sessions plan every prepared statement for the values it runs with
-/// (`plan_cache_mode = force_custom_plan`). Every query of the engine is an index lookup, and
-/// PostgreSQL's default switches a statement to a generic plan after five runs, made for the
-/// table's size at that moment: on a table that was empty then (a new deployment, a
-/// truncated benchmark) that plan is a sequential scan, and it stays cached on the connection
-/// until the table is analyzed again, which without autovacuum is never. One such plan on
-/// `events` turned appends into scans of the whole table and stalled every saga.
+/// Prepared statements keep PostgreSQL's default plan caching: planning the append statement
+/// for every call cost more than running it. A generic plan made while a table was empty is a
+/// sequential scan that would stay cached once the table is large; what replaces it is an
+/// `ANALYZE` of the grown table (autovacuum's, or [`crate::housekeeping`]'s where autovacuum is
+/// off), which makes every session plan again.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     connect_with(PgConnectOptions::from_str(url)?, max_connections).await
 }
@@ -68,7 +66,27 @@ pub async fn connect_with(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.options([("plan_cache_mode", "force_custom_plan")]))
+        .connect_with(options)
+        .await
+}
+
+/// Makes the rest of the transaction run its prepared statements on the plan the session
+/// cached for them (`plan_cache_mode = force_generic_plan`).
+///
+/// The engine's hot statements take arrays (`UNNEST($1::text[], …)`), for which PostgreSQL's
+/// default keeps planning every call for its values: the generic plan's estimate of ten
+/// elements per array never looks cheaper than a custom plan for two. Planning the append
+/// statement cost about as much as running it. Their plans are index lookups whatever the
+/// values, so planning once per session is enough; a plan made while a table was small is
+/// replaced once the table grew (see [`crate::housekeeping`]).
+pub const REUSE_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// Begins a transaction that reuses cached plans (see [`REUSE_PLANS`]), in one round trip.
+/// Only for transactions whose statements are all the engine's own.
+pub async fn begin_reusing_plans(
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
         .await
 }
 
@@ -76,82 +94,4 @@ pub async fn connect_with(
 /// advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
-}
-
-#[cfg(test)]
-mod tests {
-    use sqlx::PgPool;
-
-    use crate::envelope::Metadata;
-    use crate::store::{read_stream_on, EventStore, NewEvent};
-
-    fn event() -> NewEvent {
-        NewEvent {
-            message_id: uuid::Uuid::now_v7(),
-            event_type: "counted".into(),
-            schema_version: 1,
-            payload: serde_json::json!({}),
-            metadata: Metadata::new_root(),
-        }
-    }
-
-    /// Appends and stream reads that first ran while `events` was empty (a new deployment, or
-    /// a table truncated under a running pool) still use the stream index once it is large.
-    #[sqlx::test(migrations = "../migrations")]
-    async fn statements_planned_on_an_empty_table_stay_index_lookups(test_pool: PgPool) {
-        let pool = super::connect_with(test_pool.connect_options().as_ref().clone(), 1)
-            .await
-            .unwrap();
-        let store = EventStore::new(pool.clone());
-        let append_and_read = |stream: String| {
-            let (pool, store) = (pool.clone(), store.clone());
-            async move {
-                let mut tx = pool.begin().await.unwrap();
-                // This backend's scans of `events` not yet reported (earlier ones included).
-                let scans =
-                    "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'events'";
-                let before: i64 = sqlx::query_scalar(scans).fetch_one(&mut *tx).await.unwrap();
-                store.append(&mut tx, &stream, 0, &[event()]).await.unwrap();
-                let other = format!("{stream}-other");
-                store
-                    .append_many(
-                        &mut tx,
-                        &[
-                            (stream.as_str(), 1, &[event()]),
-                            (other.as_str(), 0, &[event()]),
-                        ],
-                    )
-                    .await
-                    .unwrap();
-                let read = read_stream_on(&mut *tx, &stream, 1, 10).await.unwrap();
-                assert_eq!(read.len(), 2);
-                let after: i64 = sqlx::query_scalar(scans).fetch_one(&mut *tx).await.unwrap();
-                tx.commit().await.unwrap();
-                after - before
-            }
-        };
-        for i in 0..10 {
-            append_and_read(format!("s-{i}")).await;
-        }
-        // Emptied and analyzed as empty: the planner now knows the table is small.
-        for sql in ["TRUNCATE events CASCADE", "ANALYZE events"] {
-            sqlx::query(sql).execute(&test_pool).await.unwrap();
-        }
-        for i in 0..3 {
-            append_and_read(format!("t-{i}")).await;
-        }
-        sqlx::query(
-            "INSERT INTO events (stream_id, stream_version, message_id, event_type, payload, metadata)
-             SELECT 'bulk-' || n, 1, gen_random_uuid(), 'counted', '{}', '{}'
-             FROM generate_series(1, 20000) AS n",
-        )
-        .execute(&test_pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            append_and_read("late".into()).await,
-            0,
-            "a statement scanned the whole events table"
-        );
-    }
 }

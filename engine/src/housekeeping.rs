@@ -1,12 +1,22 @@
-//! Vacuuming the tables the engine churns, when PostgreSQL's autovacuum is off.
+//! Vacuum and analyze for the engine's tables, where autovacuum does not do them (soon enough).
 //!
-//! The outbox is a queue (every row is inserted, then deleted once relayed), and saga
-//! deadlines, the sagas read model, consumer offsets and transport heads are updated on every
-//! step. Without vacuum their dead rows pile up: the relay's `ORDER BY id LIMIT n` walks them
-//! on every poll, and each update lands on a fuller page. Autovacuum normally takes care of it;
-//! a server that runs with `autovacuum = off` gets the same from the engine, which vacuums
-//! these tables (only these, `SKIP_LOCKED`) every `interval`. With autovacuum on it does
-//! nothing.
+//! - **Vacuum.** The outbox is a queue (every row is inserted, then deleted once relayed), and
+//!   saga deadlines, the sagas read model, consumer offsets and transport heads are updated on
+//!   every step. Without vacuum their dead rows pile up: the relay's `ORDER BY id LIMIT n`
+//!   walks them on every poll, and each update lands on a fuller page. These tables (only
+//!   these, `SKIP_LOCKED`) are vacuumed every `vacuum_interval`, without truncating the file: giving
+//!   back trailing pages needs an exclusive lock that every writer of a queue would wait for,
+//!   and vacuum waits up to 5 s for it.
+//! - **Analyze.** A prepared statement's cached generic plan is made for the table's size at
+//!   that moment, and only an `ANALYZE` (or DDL) makes sessions plan again. A table that was
+//!   empty when the engine started (a new deployment, a truncated benchmark) would keep its
+//!   sequential-scan plans once it is large. Twice a second, each table of the schema that
+//!   more than doubled since the planner last measured it (`pg_class.relpages`) is analyzed,
+//!   so a table of any size is analyzed a logarithmic number of times. Autovacuum analyzes
+//!   too, but only after a tenth of the table changed and up to a minute later; this runs
+//!   whether autovacuum is on or not, and costs little because it so rarely finds work.
+//!
+//! With autovacuum on, only the analyze runs.
 
 use std::time::Duration;
 
@@ -34,33 +44,97 @@ pub async fn autovacuum_enabled(pool: &PgPool) -> Result<bool, sqlx::Error> {
 }
 
 /// Vacuums [`CHURNED_TABLES`], skipping any that another session holds (another engine
-/// process vacuuming it right now).
+/// process vacuuming it right now). Emptied pages at the end of a table stay allocated (see
+/// the module documentation); they are reused by the next inserts.
 pub async fn vacuum_churned_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let sql = format!("VACUUM (SKIP_LOCKED) {}", CHURNED_TABLES.join(", "));
+    let sql = format!(
+        "VACUUM (SKIP_LOCKED, TRUNCATE false) {}",
+        CHURNED_TABLES.join(", ")
+    );
     sqlx::query(&sql).execute(pool).await?;
     Ok(())
 }
 
-/// Vacuums the churned tables every `interval` until `shutdown`, if autovacuum is off.
-pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) {
-    match autovacuum_enabled(&pool).await {
-        Ok(true) => return,
-        Ok(false) => tracing::info!(
-            every_seconds = interval.as_secs_f64(),
-            "autovacuum is off: the engine vacuums its queue tables itself"
-        ),
+/// Pages a table may grow by, beyond doubling, before it is analyzed again.
+const GROWTH_SLACK_PAGES: i64 = 8;
+
+/// Analyzes the tables of the current schema whose file grew to more than twice the size the
+/// planner last recorded for them; returns their names.
+///
+/// Only the indexed columns are analyzed: they decide between an index lookup and a scan,
+/// and skipping the JSON payloads makes it about six times cheaper. The table's size, which
+/// made the stale plan, is recorded either way.
+pub async fn analyze_grown_tables(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let grown: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, array_agg(DISTINCT a.attname::text ORDER BY a.attname::text)
+         FROM pg_class c
+         JOIN pg_index i ON i.indrelid = c.oid
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+         WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+           AND pg_relation_size(c.oid) / current_setting('block_size')::int8
+               > 2 * c.relpages::int8 + $1
+         GROUP BY c.relname
+         ORDER BY c.relname",
+    )
+    .bind(GROWTH_SLACK_PAGES)
+    .fetch_all(pool)
+    .await?;
+    for (table, columns) in &grown {
+        let columns: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let sql = format!(
+            "ANALYZE (SKIP_LOCKED) {} ({})",
+            quote_ident(table),
+            columns.join(", ")
+        );
+        sqlx::query(&sql).execute(pool).await?;
+    }
+    Ok(grown.into_iter().map(|(table, _)| table).collect())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// How often tables are checked for growth. The check reads `pg_class` and the tables' file
+/// sizes, and is cheap; a stale plan on a table that grows fast costs more the longer it lives.
+pub const GROWTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Until `shutdown`: analyzes grown tables every [`GROWTH_CHECK_INTERVAL`], and vacuums the
+/// churned tables every `vacuum_interval` if autovacuum is off.
+pub async fn run(pool: PgPool, vacuum_interval: Duration, shutdown: CancellationToken) {
+    let vacuum = match autovacuum_enabled(&pool).await {
+        Ok(on) => !on,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the autovacuum setting; not vacuuming");
-            return;
+            false
         }
+    };
+    if vacuum {
+        tracing::info!(
+            every_seconds = vacuum_interval.as_secs_f64(),
+            "autovacuum is off: the engine vacuums its queue tables itself"
+        );
     }
+    let mut next_vacuum = tokio::time::Instant::now() + vacuum_interval;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.cancelled() => return,
+        match analyze_grown_tables(&pool).await {
+            Ok(grown) if !grown.is_empty() => {
+                tracing::debug!(tables = ?grown, "analyzed grown tables")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "analyze of grown tables failed; trying again later")
+            }
         }
-        if let Err(e) = vacuum_churned_tables(&pool).await {
-            tracing::warn!(error = %e, "vacuum of the queue tables failed; trying again later");
+        if vacuum && tokio::time::Instant::now() >= next_vacuum {
+            if let Err(e) = vacuum_churned_tables(&pool).await {
+                tracing::warn!(error = %e, "vacuum of the queue tables failed; trying again later");
+            }
+            next_vacuum = tokio::time::Instant::now() + vacuum_interval;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(GROWTH_CHECK_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -68,29 +142,109 @@ pub async fn run(pool: PgPool, interval: Duration, shutdown: CancellationToken) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Metadata;
+    use crate::store::{read_stream_on, EventStore, NewEvent};
 
     #[sqlx::test(migrations = "../migrations")]
-    async fn vacuum_gives_back_the_pages_of_a_drained_outbox(pool: PgPool) {
-        sqlx::query(
-            "INSERT INTO outbox (shard, topic, partition_key, message_id, envelope)
-             SELECT 0, 't', 'k', gen_random_uuid(), '{}' FROM generate_series(1, 2000)",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query("DELETE FROM outbox")
+    async fn vacuum_lets_a_drained_outbox_reuse_its_pages(pool: PgPool) {
+        let fill_and_drain = || async {
+            sqlx::query(
+                "INSERT INTO outbox (shard, topic, partition_key, message_id, envelope)
+                 SELECT 0, 't', 'k', gen_random_uuid(), '{}' FROM generate_series(1, 2000)",
+            )
             .execute(&pool)
             .await
             .unwrap();
-        let pages = || async {
+            sqlx::query("DELETE FROM outbox")
+                .execute(&pool)
+                .await
+                .unwrap();
             sqlx::query_scalar::<_, i64>("SELECT pg_relation_size('outbox') / 8192")
                 .fetch_one(&pool)
                 .await
                 .unwrap()
         };
-        assert!(pages().await > 1, "2,000 dead rows fill pages");
+        let pages = fill_and_drain().await;
+        assert!(pages > 1, "2,000 dead rows fill pages");
         vacuum_churned_tables(&pool).await.unwrap();
-        // Vacuum frees the dead rows and gives the emptied pages back.
-        assert_eq!(pages().await, 0);
+        // The dead rows' space is free again: the next 2,000 rows fit in the same pages.
+        assert_eq!(fill_and_drain().await, pages);
+    }
+
+    fn event() -> NewEvent {
+        NewEvent {
+            message_id: uuid::Uuid::now_v7(),
+            event_type: "counted".into(),
+            schema_version: 1,
+            payload: serde_json::json!({}),
+            metadata: Metadata::new_root(),
+        }
+    }
+
+    /// Appends and stream reads that first ran while `events` was empty (a new deployment, or
+    /// a table truncated under a running pool) use the stream index again once the grown table
+    /// is analyzed. Without the analyze, the session keeps the generic plan made for an empty
+    /// table: a sequential scan of all of `events` for every append.
+    #[sqlx::test(migrations = "../migrations")]
+    async fn statements_planned_on_an_empty_table_use_the_index_once_it_grew(test_pool: PgPool) {
+        let pool = crate::db::connect_with(test_pool.connect_options().as_ref().clone(), 1)
+            .await
+            .unwrap();
+        let store = EventStore::new(pool.clone());
+        let append_and_read = |stream: String| {
+            let (pool, store) = (pool.clone(), store.clone());
+            async move {
+                let mut tx = crate::db::begin_reusing_plans(&pool).await.unwrap();
+                // This backend's scans of `events` not yet reported (earlier ones included).
+                let scans =
+                    "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'events'";
+                let before: i64 = sqlx::query_scalar(scans).fetch_one(&mut *tx).await.unwrap();
+                store.append(&mut tx, &stream, 0, &[event()]).await.unwrap();
+                let other = format!("{stream}-other");
+                store
+                    .append_many(
+                        &mut tx,
+                        &[
+                            (stream.as_str(), 1, &[event()]),
+                            (other.as_str(), 0, &[event()]),
+                        ],
+                    )
+                    .await
+                    .unwrap();
+                let read = read_stream_on(&mut *tx, &stream, 1, 10).await.unwrap();
+                assert_eq!(read.len(), 2);
+                let after: i64 = sqlx::query_scalar(scans).fetch_one(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+                after - before
+            }
+        };
+        // Emptied and analyzed as empty: the planner knows the table is small.
+        for sql in ["TRUNCATE events CASCADE", "ANALYZE events"] {
+            sqlx::query(sql).execute(&test_pool).await.unwrap();
+        }
+        // Generic plans, made for an empty table.
+        for i in 0..3 {
+            append_and_read(format!("s-{i}")).await;
+        }
+        sqlx::query(
+            "INSERT INTO events (stream_id, stream_version, message_id, event_type, payload, metadata)
+             SELECT 'bulk-' || n, 1, gen_random_uuid(), 'counted', '{}', '{}'
+             FROM generate_series(1, 20000) AS n",
+        )
+        .execute(&test_pool)
+        .await
+        .unwrap();
+        let analyzed = analyze_grown_tables(&test_pool).await.unwrap();
+        assert!(analyzed.contains(&"events".to_string()), "{analyzed:?}");
+        assert_eq!(
+            append_and_read("late".into()).await,
+            0,
+            "a statement scanned the whole events table"
+        );
+        // Nothing grew since: nothing is analyzed again.
+        assert_eq!(
+            analyze_grown_tables(&test_pool).await.unwrap(),
+            Vec::<String>::new()
+        );
     }
 }

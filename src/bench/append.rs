@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use clap::Args;
+use sagaflow_engine::housekeeping;
 use sagaflow_engine::transport::postgres::PostgresTransport;
 use sagaflow_engine::transport::TopicLayout;
 use serde_json::{json, Value};
@@ -52,6 +53,25 @@ pub async fn run(args: AppendArgs, database: &DatabaseArgs) -> anyhow::Result<()
         args.rounds,
         crate::config::mask_url(&url)
     );
+    // What a deployment's relay component does for the command side: tables that grew are
+    // analyzed, so cached plans made on the emptied tables of each phase are replaced. Both
+    // phases run with it. (Its vacuum of queue tables is left out: nothing drains the outbox
+    // here, so there is nothing for it to reclaim.)
+    let analyzer = tokio_util::sync::CancellationToken::new();
+    let stop = analyzer.clone();
+    let analyze_pool = pool.clone();
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            if let Err(e) = housekeeping::analyze_grown_tables(&analyze_pool).await {
+                tracing::warn!(error = %e, "bench: analyze of grown tables failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(housekeeping::GROWTH_CHECK_INTERVAL) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    });
+    let _stop_analyzer = analyzer.drop_guard();
     let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
     let app = crate::build_app(pool.clone(), transport, &crate::AppOptions::default());
     let addr = crate::spawn_server(app.router).await?;

@@ -3,6 +3,11 @@
 //! transport; reports completed sagas per second and the latency from `POST /orders` to the
 //! saga's terminal state. Beside it, in the same run, the raw baseline of one event+outbox
 //! transaction, which is the unit a saga is made of.
+//!
+//! Each client places an order and waits until its saga has ended before it places the
+//! next, so `--concurrency` sagas are in flight and the figures are those of a steady state.
+//! With `--open-loop` clients place orders as fast as they are accepted instead: the sagas
+//! fall behind, and the run measures how fast the engine works off that backlog.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -30,6 +35,9 @@ pub struct SagaArgs {
     /// Skip the embedded transport (measure Kafka alone).
     #[arg(long, conflicts_with = "postgres_only")]
     pub kafka_only: bool,
+    /// Clients do not wait for their saga to end before placing the next order.
+    #[arg(long)]
+    pub open_loop: bool,
 }
 
 pub async fn run(
@@ -39,8 +47,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (url, pool) = bench_database(database, 32).await?;
     println!(
-        "bench saga: {} clients, {} s of orders per transport, database {}",
+        "bench saga: {} clients {}, {} s of orders per transport, database {}",
         args.concurrency,
+        if args.open_loop {
+            "placing orders without waiting for their sagas"
+        } else {
+            "each waiting for its saga to end before the next order"
+        },
         args.seconds,
         crate::config::mask_url(&url)
     );
@@ -148,13 +161,20 @@ async fn one_transport(
             .error_for_status()?;
     }
 
-    let (progress, guard) = Progress::start(&format!("{kind}: placing"), None);
+    let watcher = Watcher::start(pool.clone());
+    let label = if args.open_loop {
+        "placed"
+    } else {
+        "sagas ended"
+    };
+    let (progress, guard) = Progress::start(&format!("{kind}: {label}"), None);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
         let (client, base, progress) = (client.clone(), base.clone(), progress.clone());
         let (skus, customers) = (skus.clone(), customers.clone());
+        let (watcher, open_loop) = (watcher.clone(), args.open_loop);
         workers.push(tokio::spawn(async move {
             let mut sent: Vec<(Uuid, DateTime<Utc>)> = Vec::new();
             let mut n = w;
@@ -170,10 +190,13 @@ async fn one_transport(
                     continue;
                 }
                 let Ok(v) = r.json::<serde_json::Value>().await else { continue };
-                if let Some(id) = v["saga_id"].as_str().and_then(|s| s.parse().ok()) {
-                    sent.push((id, at));
-                    progress.add(1);
+                let Some(id) = v["saga_id"].as_str().and_then(|s| s.parse().ok()) else { continue };
+                sent.push((id, at));
+                if !open_loop {
+                    // Ends with the drain deadline at the latest: the run reports it unfinished.
+                    let _ = tokio::time::timeout(DRAIN, watcher.ended(id)).await;
                 }
+                progress.add(1);
             }
             sent
         }));
@@ -183,10 +206,11 @@ async fn one_transport(
         sent.extend(w.await?);
     }
     drop(guard);
+    watcher.stop();
     let placed = sent.len();
     let (progress, guard) =
         Progress::start(&format!("{kind}: sagas finished"), Some(placed as u64));
-    let drain_deadline = Instant::now() + Duration::from_secs(120);
+    let drain_deadline = Instant::now() + DRAIN;
     loop {
         let done: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sagas WHERE state IN ('completed', 'compensated', 'failed')",
@@ -223,4 +247,74 @@ async fn one_transport(
         rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
         latencies,
     })
+}
+
+/// The longest wait for sagas to end after the last order.
+const DRAIN: Duration = Duration::from_secs(120);
+
+/// Tells clients when their saga has ended: one query every few milliseconds for all the
+/// sagas clients wait for, rather than a poll per client.
+#[derive(Clone)]
+struct Watcher {
+    waiting: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, tokio::sync::oneshot::Sender<()>>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Watcher {
+    const INTERVAL: Duration = Duration::from_millis(5);
+
+    fn start(pool: PgPool) -> Watcher {
+        let watcher = Watcher {
+            waiting: Default::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        };
+        let w = watcher.clone();
+        tokio::spawn(async move {
+            while !w.stop.is_cancelled() {
+                tokio::time::sleep(Self::INTERVAL).await;
+                let ids: Vec<Uuid> = w
+                    .waiting
+                    .lock()
+                    .expect("not poisoned")
+                    .keys()
+                    .copied()
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let ended: Vec<Uuid> = match sqlx::query_scalar(
+                    "SELECT saga_id FROM sagas
+                     WHERE saga_id = ANY($1) AND state IN ('completed', 'compensated', 'failed')",
+                )
+                .bind(&ids)
+                .fetch_all(&pool)
+                .await
+                {
+                    Ok(ended) => ended,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bench: cannot read saga states");
+                        continue;
+                    }
+                };
+                let mut waiting = w.waiting.lock().expect("not poisoned");
+                for id in ended {
+                    if let Some(tx) = waiting.remove(&id) {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        watcher
+    }
+
+    /// Resolves once saga `id` is in a terminal state.
+    async fn ended(&self, id: Uuid) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().expect("not poisoned").insert(id, tx);
+        let _ = rx.await;
+    }
+
+    fn stop(&self) {
+        self.stop.cancel();
+    }
 }

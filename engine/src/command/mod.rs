@@ -95,7 +95,7 @@ async fn commit_group(
     let mut turn = Some(turn);
     while !group.is_empty() {
         let result: Result<Vec<Vec<RecordedEvent>>, AppendError> = async {
-            let mut tx = store.pool().begin().await?;
+            let mut tx = crate::db::begin_reusing_plans(store.pool()).await?;
             let streams: Vec<(&str, i64, &[NewEvent])> = group
                 .iter()
                 .map(|r| (r.stream.as_str(), r.expected, r.events.as_slice()))
@@ -484,7 +484,7 @@ impl<A: Aggregate> Repository<A> {
             let response = respond(&outcome);
             return Ok(CommitResult::Committed { outcome, response });
         }
-        let mut tx = self.bus.pool().begin().await?;
+        let mut tx = crate::db::begin_reusing_plans(self.bus.pool()).await?;
         if let Some(idem) = &ctx.idempotency {
             if !idem.claim(&mut tx).await? {
                 tx.rollback().await?;

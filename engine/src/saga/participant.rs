@@ -145,6 +145,10 @@ impl<A: Aggregate> Handler for Participant<A> {
         tx: &mut PgConnection,
         messages: &[Delivery],
     ) -> Result<(), HandlerError> {
+        // Every statement from here to the commit is the engine's own.
+        sqlx::query(crate::db::REUSE_PLANS)
+            .execute(&mut *tx)
+            .await?;
         let mut batch = self.repo.batch();
         let mut replies = Vec::with_capacity(messages.len());
         for m in messages {
