@@ -469,11 +469,14 @@ impl Consumer {
             .map(|m| (*m).clone())
             .collect();
         let _spans = self.handle_traced(&mut tx, &todo).await?;
-        for (key, batch) in groups {
-            let next = batch.last().expect("non-empty").offset + 1;
-            self.commit_offset(&mut tx, key, positions[key], next)
-                .await?;
-        }
+        let moves: Vec<(&PartitionKey, i64, i64)> = groups
+            .iter()
+            .map(|(key, batch)| {
+                let next = batch.last().expect("non-empty").offset + 1;
+                (key, positions[key], next)
+            })
+            .collect();
+        self.commit_offsets(&mut tx, &moves).await?;
         tx.commit().await?;
         self.record_applied(&todo, ids.len() - todo.len(), started);
         if !todo.is_empty() {
@@ -554,33 +557,66 @@ impl Consumer {
     async fn commit_offset(
         &self,
         tx: &mut PgConnection,
-        (topic, partition): &PartitionKey,
+        key: &PartitionKey,
         expected: i64,
         next: i64,
     ) -> Result<(), ConsumeError> {
-        let updated = sqlx::query(
-            "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $5)
-             ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-             SET next_offset = EXCLUDED.next_offset, updated_at = now()
-             WHERE consumer_offsets.next_offset = $4",
+        self.commit_offsets(tx, &[(key, expected, next)]).await
+    }
+
+    /// Moves each partition's offset from its expected value to its next one, in one
+    /// statement, or fails if another member moved any of them (compare-and-set: an update
+    /// that waited for a concurrent one sees its new offset and matches nothing). A partition
+    /// without a row yet gets one.
+    async fn commit_offsets(
+        &self,
+        tx: &mut PgConnection,
+        moves: &[(&PartitionKey, i64, i64)],
+    ) -> Result<(), ConsumeError> {
+        let topics: Vec<&str> = moves.iter().map(|(k, _, _)| k.0.as_str()).collect();
+        let partitions: Vec<i32> = moves.iter().map(|(k, _, _)| k.1).collect();
+        let expected: Vec<i64> = moves.iter().map(|(_, e, _)| *e).collect();
+        let next: Vec<i64> = moves.iter().map(|(_, _, n)| *n).collect();
+        let moved: Vec<(String, i32)> = sqlx::query_as(
+            "WITH m AS (
+                 SELECT * FROM UNNEST($2::text[], $3::int4[], $4::int8[], $5::int8[])
+                          AS m(topic, partition, expected, next)
+             ), updated AS (
+                 UPDATE consumer_offsets o SET next_offset = m.next, updated_at = now()
+                 FROM m
+                 WHERE o.consumer_group = $1 AND o.topic = m.topic AND o.partition = m.partition
+                   AND o.next_offset = m.expected
+                 RETURNING o.topic, o.partition
+             ), inserted AS (
+                 INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+                 SELECT $1, m.topic, m.partition, m.next FROM m
+                 WHERE NOT EXISTS (SELECT 1 FROM consumer_offsets o
+                                   WHERE o.consumer_group = $1 AND o.topic = m.topic
+                                     AND o.partition = m.partition)
+                 ON CONFLICT (consumer_group, topic, partition) DO NOTHING
+                 RETURNING topic, partition
+             )
+             SELECT topic, partition FROM updated UNION ALL SELECT topic, partition FROM inserted",
         )
         .bind(&self.config.group)
-        .bind(topic)
-        .bind(partition)
-        .bind(expected)
-        .bind(next)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            Ok(())
-        } else {
-            Err(ConsumeError::OffsetMoved {
-                topic: topic.clone(),
-                partition: *partition,
-                expected,
-            })
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&expected)
+        .bind(&next)
+        .fetch_all(&mut *tx)
+        .await?;
+        if moved.len() == moves.len() {
+            return Ok(());
         }
+        let (key, expected, _) = moves
+            .iter()
+            .find(|(k, _, _)| !moved.iter().any(|(t, p)| *t == k.0 && *p == k.1))
+            .expect("fewer partitions moved than asked");
+        Err(ConsumeError::OffsetMoved {
+            topic: key.0.clone(),
+            partition: key.1,
+            expected: *expected,
+        })
     }
 
     /// Parks a message in `dead_letters` and moves the offset past it, in one transaction.
