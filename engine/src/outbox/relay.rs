@@ -227,7 +227,7 @@ impl Relay {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = crate::db::begin_reusing_plans(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "DELETE FROM outbox WHERE id = ANY($1) RETURNING id, topic, partition_key, envelope",
         )
