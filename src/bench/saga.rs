@@ -23,9 +23,11 @@ use crate::config::{Component, DatabaseArgs, TransportArgs, TransportKind};
 
 #[derive(Debug, Clone, Args)]
 pub struct SagaArgs {
-    /// Concurrent HTTP clients placing orders.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Concurrent HTTP clients placing orders [default: 512, or 16 with --open-loop]. Each
+    /// waits for its saga, so this is the number of sagas in flight; fewer leave the engine
+    /// idle between batches.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// Seconds orders are placed for.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -40,15 +42,26 @@ pub struct SagaArgs {
     pub open_loop: bool,
 }
 
+/// Connections of the benchmark's pool; the raw baseline runs at most this many clients.
+const POOL_SIZE: usize = 32;
+
+impl SagaArgs {
+    fn clients(&self) -> usize {
+        self.concurrency
+            .unwrap_or(if self.open_loop { 16 } else { 512 })
+            .max(1)
+    }
+}
+
 pub async fn run(
     args: SagaArgs,
     database: &DatabaseArgs,
     transport: &TransportArgs,
 ) -> anyhow::Result<()> {
-    let (url, pool) = bench_database(database, 32).await?;
+    let (url, pool) = bench_database(database, POOL_SIZE as u32).await?;
     println!(
         "bench saga: {} clients {}, {} s of orders per transport, database {}",
-        args.concurrency,
+        args.clients(),
         if args.open_loop {
             "placing orders without waiting for their sagas"
         } else {
@@ -58,7 +71,8 @@ pub async fn run(
         crate::config::mask_url(&url)
     );
     reset(&pool).await?;
-    let raw = super::append::raw_phase(&pool, args.concurrency, Duration::from_secs(5)).await?;
+    let raw_clients = args.clients().min(POOL_SIZE);
+    let raw = super::append::raw_phase(&pool, raw_clients, Duration::from_secs(5)).await?;
     let mut runs = Vec::new();
     if !args.kafka_only {
         runs.push((
@@ -100,7 +114,7 @@ pub async fn run(
         );
     }
     println!(
-        "raw baseline: {:.0} event+outbox transactions/s at the same concurrency (target: 1000 sagas/s on the embedded transport)",
+        "raw baseline: {:.0} event+outbox transactions/s with {raw_clients} clients (target: 1000 sagas/s on the embedded transport)",
         raw.rate()
     );
     Ok(())
@@ -140,7 +154,7 @@ async fn one_transport(
     let addr = crate::spawn_server(engine.app.router.clone()).await?;
     let base = format!("http://{addr}");
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
+        .pool_max_idle_per_host(args.clients())
         .build()?;
     let skus: Vec<String> = (0..20).map(|i| format!("BENCH-{i}")).collect();
     let customers: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
@@ -171,7 +185,7 @@ async fn one_transport(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let mut workers = Vec::new();
-    for w in 0..args.concurrency {
+    for w in 0..args.clients() {
         let (client, base, progress) = (client.clone(), base.clone(), progress.clone());
         let (skus, customers) = (skus.clone(), customers.clone());
         let (watcher, open_loop) = (watcher.clone(), args.open_loop);
