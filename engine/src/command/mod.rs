@@ -565,14 +565,29 @@ impl<A: Aggregate> Repository<A> {
 
 /// Executes commands inside a caller's transaction, as a participant does for a batch of
 /// saga commands. Each stream's state is taken out of the repository's cache into the batch;
-/// later commands of the batch on the same stream see the earlier ones' events. Call
-/// [`CommandBatch::committed`] after the caller's transaction committed to hand the states
-/// back to the cache; a batch dropped without it (a rollback) leaves those streams to be
-/// reloaded from the store. Per-stream serialization is the caller's (a consumer owns its
-/// partition); concurrent writers elsewhere surface as [`AppendError::Conflict`].
+/// later commands of the batch on the same stream see the earlier ones' events. The events
+/// are held until [`CommandBatch::flush`] appends those of every stream, with their outbox
+/// rows, in one statement. Call [`CommandBatch::committed`] after the caller's transaction
+/// committed to hand the states back to the cache; a batch dropped without it (a rollback)
+/// leaves those streams to be reloaded from the store. Per-stream serialization is the
+/// caller's (a consumer owns its partition); concurrent writers elsewhere surface as
+/// [`AppendError::Conflict`] from the flush.
 pub struct CommandBatch<A: Aggregate> {
     repo: Arc<Repository<A>>,
     states: HashMap<String, Loaded<A>>,
+    /// Events decided and not appended yet: per stream, the version it was at and the events.
+    pending: Vec<(String, i64, Vec<NewEvent>)>,
+    pending_index: HashMap<String, usize>,
+}
+
+/// What a command of a [`CommandBatch`] decided; its events are appended by the flush.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub stream_id: String,
+    /// The stream's version once the batch is flushed, counting this command's events.
+    pub version: i64,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -580,21 +595,23 @@ impl<A: Aggregate> Repository<A> {
         CommandBatch {
             repo: self.clone(),
             states: HashMap::new(),
+            pending: Vec::new(),
+            pending_index: HashMap::new(),
         }
     }
 }
 
 impl<A: Aggregate> CommandBatch<A> {
-    /// Decides `command` on aggregate `id` and, unless the domain rejects it, appends the
-    /// events and their outbox rows in `tx`. The outer `Result` is a technical failure (the
-    /// caller rolls back), the inner one the domain's decision.
+    /// Decides `command` on aggregate `id` and, unless the domain rejects it, holds its events
+    /// for [`CommandBatch::flush`]. The outer `Result` is a technical failure (the caller rolls
+    /// back), the inner one the domain's decision.
     pub async fn execute(
         &mut self,
         tx: &mut PgConnection,
         id: &str,
         command: &A::Command,
         metadata: &Metadata,
-    ) -> Result<Result<CommandOutcome, A::Error>, BatchError> {
+    ) -> Result<Result<Decided, A::Error>, BatchError> {
         let stream = stream_id::<A>(id);
         let mut loaded = match self.states.remove(&stream) {
             Some(l) => l,
@@ -615,31 +632,54 @@ impl<A: Aggregate> CommandBatch<A> {
             }
         };
         let new_events = new_events::<A>(&decided, metadata);
-        let recorded = self
-            .repo
-            .bus
-            .store
-            .append_and_publish_one(
-                &mut *tx,
-                &stream,
-                loaded.version,
-                &new_events,
-                &events_topic::<A>(),
-            )
-            .await?;
         for e in &decided {
             loaded.state.apply(e);
         }
-        if let Some(last) = recorded.last() {
-            loaded.version = last.envelope.stream_version;
+        if !new_events.is_empty() {
+            let slot = match self.pending_index.get(&stream) {
+                Some(&i) => i,
+                None => {
+                    self.pending
+                        .push((stream.clone(), loaded.version, Vec::new()));
+                    self.pending_index
+                        .insert(stream.clone(), self.pending.len() - 1);
+                    self.pending.len() - 1
+                }
+            };
+            self.pending[slot].2.extend(new_events.iter().cloned());
+            loaded.version += new_events.len() as i64;
         }
-        let outcome = CommandOutcome {
+        let outcome = Decided {
             stream_id: stream.clone(),
             version: loaded.version,
-            events: recorded,
+            events: new_events,
         };
         self.states.insert(stream, loaded);
         Ok(Ok(outcome))
+    }
+
+    /// Appends the events every command decided since the last flush, with their outbox rows,
+    /// in `tx` and in one statement. A stream that moved meanwhile is an
+    /// [`AppendError::Conflict`]: the caller rolls back.
+    pub async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), BatchError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let topic = events_topic::<A>();
+        let streams: Vec<(&str, i64, &[NewEvent])> = self
+            .pending
+            .iter()
+            .map(|(stream, expected, events)| (stream.as_str(), *expected, events.as_slice()))
+            .collect();
+        let topics = vec![topic.as_str(); streams.len()];
+        self.repo
+            .bus
+            .store
+            .append_and_publish(&mut *tx, &streams, &topics)
+            .await?;
+        self.pending.clear();
+        self.pending_index.clear();
+        Ok(())
     }
 
     /// Hands the batch's states to the shared cache; call it after the commit.

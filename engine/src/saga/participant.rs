@@ -88,13 +88,13 @@ impl<A: Aggregate> Participant<A> {
                 .execute(tx, &command.aggregate_id, &decoded, &metadata)
                 .await?
             {
-                Ok(outcome) => ReplyOutcome::Succeeded {
-                    events: outcome
+                Ok(decided) => ReplyOutcome::Succeeded {
+                    events: decided
                         .events
                         .into_iter()
                         .map(|e| ReplyEvent {
-                            event_type: e.envelope.event_type,
-                            payload: e.envelope.payload,
+                            event_type: e.event_type,
+                            payload: e.payload,
                         })
                         .collect(),
                 },
@@ -161,6 +161,8 @@ impl<A: Aggregate> Handler for Participant<A> {
                 }
             }
         }
+        // Every stream's events with their outbox rows in one statement, then the replies.
+        batch.flush(tx).await?;
         outbox::enqueue(&mut *tx, &replies).await?;
         *self.batch.lock().await = Some(batch);
         Ok(())
