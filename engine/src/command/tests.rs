@@ -275,3 +275,100 @@ async fn a_command_that_decides_nothing_writes_nothing(pool: PgPool) {
     }
     assert_eq!(count(&pool, "events").await, 0);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_decides_on_its_own_events_and_appends_them_in_one_flush(pool: PgPool) {
+    let repo = Arc::new(repo(&pool));
+    repo.execute(
+        "a",
+        &CounterCommand::Add { n: 10 },
+        &CommandContext::default(),
+        ok,
+    )
+    .await
+    .unwrap();
+    let metadata = Metadata::new_root();
+    let mut tx = pool.begin().await.unwrap();
+    let mut batch = repo.batch();
+    let mut versions = Vec::new();
+    for (id, n) in [("a", 50), ("b", 1), ("a", 30), ("a", 20), ("b", 2)] {
+        match batch
+            .execute(&mut tx, id, &CounterCommand::Add { n }, &metadata)
+            .await
+            .unwrap()
+        {
+            Ok(decided) => versions.push((id, decided.version)),
+            // a: 10 + 50 + 30 = 90, so 20 more is refused: the batch saw its own events.
+            Err(CounterError::TooHigh) => versions.push((id, -1)),
+        }
+    }
+    assert_eq!(
+        versions,
+        [("a", 2), ("b", 1), ("a", 3), ("a", -1), ("b", 2)]
+    );
+    assert_eq!(
+        count(&pool, "events").await,
+        1,
+        "nothing appended before the flush"
+    );
+    batch.flush(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    batch.committed().await;
+
+    let stored: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT stream_id, stream_version, (payload->>'n')::bigint FROM events ORDER BY stream_id, stream_version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stored,
+        [
+            ("counter-a".to_owned(), 1, 10),
+            ("counter-a".to_owned(), 2, 50),
+            ("counter-a".to_owned(), 3, 30),
+            ("counter-b".to_owned(), 1, 1),
+            ("counter-b".to_owned(), 2, 2),
+        ]
+    );
+    assert_eq!(count(&pool, "outbox").await, 5);
+    let a = repo.load("a").await.unwrap();
+    assert_eq!((a.version, a.state.value), (3, 90));
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_flush_after_another_writer_moved_a_stream_is_a_conflict_and_writes_nothing(
+    pool: PgPool,
+) {
+    let repo = Arc::new(repo(&pool));
+    let metadata = Metadata::new_root();
+    let mut tx = pool.begin().await.unwrap();
+    let mut batch = repo.batch();
+    for id in ["a", "b"] {
+        batch
+            .execute(&mut tx, id, &CounterCommand::Add { n: 1 }, &metadata)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // Another process appends to "b" before the batch flushes.
+    repo.execute(
+        "b",
+        &CounterCommand::Add { n: 5 },
+        &CommandContext::default(),
+        ok,
+    )
+    .await
+    .unwrap();
+    let err = batch.flush(&mut tx).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BatchError::Append(AppendError::Conflict { ref stream_id, .. }) if stream_id == "counter-b"
+        ),
+        "{err}"
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&pool, "events").await, 1);
+    assert_eq!(count(&pool, "outbox").await, 1);
+}
