@@ -52,8 +52,8 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
 /// Prepared statements keep PostgreSQL's default plan caching: planning the append statement
 /// for every call cost more than running it. A generic plan made while a table was empty is a
 /// sequential scan that would stay cached once the table is large; what replaces it is an
-/// `ANALYZE` of the grown table (autovacuum's, or [`crate::housekeeping`]'s where autovacuum is
-/// off), which makes every session plan again.
+/// `ANALYZE` of the grown table ([`crate::housekeeping`]'s, or autovacuum's), which makes every
+/// session plan again.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     connect_with(PgConnectOptions::from_str(url)?, max_connections).await
 }
@@ -86,8 +86,7 @@ pub const REUSE_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 pub async fn begin_reusing_plans(
     pool: &PgPool,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
-        .await
+    pool.begin_with(format!("BEGIN; {REUSE_PLANS}")).await
 }
 
 /// Applies the pending migrations. Safe to run from several processes at once (sqlx takes an
