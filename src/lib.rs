@@ -282,7 +282,7 @@ impl Engine {
             // where autovacuum is off, keeps the queue tables vacuumed.
             tasks.spawn(sagaflow_engine::housekeeping::run(
                 pool.clone(),
-                sagaflow_engine::housekeeping::DEFAULT_INTERVAL,
+                Some(sagaflow_engine::housekeeping::DEFAULT_INTERVAL),
                 shutdown.clone(),
             ));
             let relay = Relay::new(

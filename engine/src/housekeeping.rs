@@ -99,23 +99,27 @@ fn quote_ident(name: &str) -> String {
 /// sizes, and is cheap; a stale plan on a table that grows fast costs more the longer it lives.
 pub const GROWTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Until `shutdown`: analyzes grown tables every [`GROWTH_CHECK_INTERVAL`], and vacuums the
-/// churned tables every `vacuum_interval` if autovacuum is off.
-pub async fn run(pool: PgPool, vacuum_interval: Duration, shutdown: CancellationToken) {
-    let vacuum = match autovacuum_enabled(&pool).await {
-        Ok(on) => !on,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the autovacuum setting; not vacuuming");
-            false
-        }
+/// Until `shutdown`: analyzes grown tables every [`GROWTH_CHECK_INTERVAL`] and, given a
+/// `vacuum_interval`, vacuums the churned tables that often if autovacuum is off.
+pub async fn run(pool: PgPool, vacuum_interval: Option<Duration>, shutdown: CancellationToken) {
+    let vacuum_interval = match vacuum_interval {
+        Some(interval) => match autovacuum_enabled(&pool).await {
+            Ok(true) => None,
+            Ok(false) => Some(interval),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the autovacuum setting; not vacuuming");
+                None
+            }
+        },
+        None => None,
     };
-    if vacuum {
+    if let Some(interval) = vacuum_interval {
         tracing::info!(
-            every_seconds = vacuum_interval.as_secs_f64(),
+            every_seconds = interval.as_secs_f64(),
             "autovacuum is off: the engine vacuums its queue tables itself"
         );
     }
-    let mut next_vacuum = tokio::time::Instant::now() + vacuum_interval;
+    let mut next_vacuum = tokio::time::Instant::now() + vacuum_interval.unwrap_or_default();
     loop {
         match analyze_grown_tables(&pool).await {
             Ok(grown) if !grown.is_empty() => {
@@ -126,11 +130,13 @@ pub async fn run(pool: PgPool, vacuum_interval: Duration, shutdown: Cancellation
                 tracing::warn!(error = %e, "analyze of grown tables failed; trying again later")
             }
         }
-        if vacuum && tokio::time::Instant::now() >= next_vacuum {
-            if let Err(e) = vacuum_churned_tables(&pool).await {
-                tracing::warn!(error = %e, "vacuum of the queue tables failed; trying again later");
+        if let Some(interval) = vacuum_interval {
+            if tokio::time::Instant::now() >= next_vacuum {
+                if let Err(e) = vacuum_churned_tables(&pool).await {
+                    tracing::warn!(error = %e, "vacuum of the queue tables failed; trying again later");
+                }
+                next_vacuum = tokio::time::Instant::now() + interval;
             }
-            next_vacuum = tokio::time::Instant::now() + vacuum_interval;
         }
         tokio::select! {
             _ = tokio::time::sleep(GROWTH_CHECK_INTERVAL) => {}

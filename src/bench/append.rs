@@ -58,19 +58,7 @@ pub async fn run(args: AppendArgs, database: &DatabaseArgs) -> anyhow::Result<()
     // phases run with it. (Its vacuum of queue tables is left out: nothing drains the outbox
     // here, so there is nothing for it to reclaim.)
     let analyzer = tokio_util::sync::CancellationToken::new();
-    let stop = analyzer.clone();
-    let analyze_pool = pool.clone();
-    tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            if let Err(e) = housekeeping::analyze_grown_tables(&analyze_pool).await {
-                tracing::warn!(error = %e, "bench: analyze of grown tables failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(housekeeping::GROWTH_CHECK_INTERVAL) => {}
-                _ = stop.cancelled() => {}
-            }
-        }
-    });
+    tokio::spawn(housekeeping::run(pool.clone(), None, analyzer.clone()));
     let _stop_analyzer = analyzer.drop_guard();
     let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
     let app = crate::build_app(pool.clone(), transport, &crate::AppOptions::default());

@@ -14,7 +14,7 @@ mod tests;
 
 pub use idempotency::{IdempotencyRequest, Previous, StoredResponse};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -576,14 +576,12 @@ pub struct CommandBatch<A: Aggregate> {
     repo: Arc<Repository<A>>,
     states: HashMap<String, Loaded<A>>,
     /// Events decided and not appended yet: per stream, the version it was at and the events.
-    pending: Vec<(String, i64, Vec<NewEvent>)>,
-    pending_index: HashMap<String, usize>,
+    pending: BTreeMap<String, (i64, Vec<NewEvent>)>,
 }
 
 /// What a command of a [`CommandBatch`] decided; its events are appended by the flush.
 #[derive(Debug, Clone)]
 pub struct Decided {
-    pub stream_id: String,
     /// The stream's version once the batch is flushed, counting this command's events.
     pub version: i64,
     /// The events, in order.
@@ -595,8 +593,7 @@ impl<A: Aggregate> Repository<A> {
         CommandBatch {
             repo: self.clone(),
             states: HashMap::new(),
-            pending: Vec::new(),
-            pending_index: HashMap::new(),
+            pending: BTreeMap::new(),
         }
     }
 }
@@ -636,21 +633,14 @@ impl<A: Aggregate> CommandBatch<A> {
             loaded.state.apply(e);
         }
         if !new_events.is_empty() {
-            let slot = match self.pending_index.get(&stream) {
-                Some(&i) => i,
-                None => {
-                    self.pending
-                        .push((stream.clone(), loaded.version, Vec::new()));
-                    self.pending_index
-                        .insert(stream.clone(), self.pending.len() - 1);
-                    self.pending.len() - 1
-                }
-            };
-            self.pending[slot].2.extend(new_events.iter().cloned());
+            self.pending
+                .entry(stream.clone())
+                .or_insert_with(|| (loaded.version, Vec::new()))
+                .1
+                .extend(new_events.iter().cloned());
             loaded.version += new_events.len() as i64;
         }
         let outcome = Decided {
-            stream_id: stream.clone(),
             version: loaded.version,
             events: new_events,
         };
@@ -669,7 +659,7 @@ impl<A: Aggregate> CommandBatch<A> {
         let streams: Vec<(&str, i64, &[NewEvent])> = self
             .pending
             .iter()
-            .map(|(stream, expected, events)| (stream.as_str(), *expected, events.as_slice()))
+            .map(|(stream, (expected, events))| (stream.as_str(), *expected, events.as_slice()))
             .collect();
         let topics = vec![topic.as_str(); streams.len()];
         self.repo
@@ -678,7 +668,6 @@ impl<A: Aggregate> CommandBatch<A> {
             .append_and_publish(&mut *tx, &streams, &topics)
             .await?;
         self.pending.clear();
-        self.pending_index.clear();
         Ok(())
     }
 
