@@ -12,7 +12,10 @@
 //!   empty when the engine started (a new deployment, a truncated benchmark) would keep its
 //!   sequential-scan plans once it is large. Twice a second, each table of the schema that
 //!   more than doubled since the planner last measured it (`pg_class.relpages`) is analyzed,
-//!   so a table of any size is analyzed a logarithmic number of times. Autovacuum analyzes
+//!   so a table of any size is analyzed a logarithmic number of times. Once the planner has
+//!   seen a table at [`ANALYZE_CEILING_PAGES`] it is left alone: the planner scales a known
+//!   row density by the file's current size, so more growth cannot turn an index lookup into
+//!   a scan, and re-analyzing a large table mid-run costs far more. Autovacuum analyzes
 //!   too, but only after a tenth of the table changed and up to a minute later; this runs
 //!   whether autovacuum is on or not, and costs little because it so rarely finds work.
 //!
@@ -58,6 +61,10 @@ pub async fn vacuum_churned_tables(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Pages a table may grow by, beyond doubling, before it is analyzed again.
 const GROWTH_SLACK_PAGES: i64 = 8;
 
+/// A table the planner has measured at this many pages (8 MiB) or more is not analyzed for
+/// its growth any more (see the module documentation).
+pub const ANALYZE_CEILING_PAGES: i64 = 1024;
+
 /// Analyzes the tables of the current schema whose file grew to more than twice the size the
 /// planner last recorded for them; returns their names.
 ///
@@ -73,10 +80,12 @@ pub async fn analyze_grown_tables(pool: &PgPool) -> Result<Vec<String>, sqlx::Er
          WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
            AND pg_relation_size(c.oid) / current_setting('block_size')::int8
                > 2 * c.relpages::int8 + $1
+           AND c.relpages < $2
          GROUP BY c.relname
          ORDER BY c.relname",
     )
     .bind(GROWTH_SLACK_PAGES)
+    .bind(ANALYZE_CEILING_PAGES as i32)
     .fetch_all(pool)
     .await?;
     for (table, columns) in &grown {
@@ -252,5 +261,48 @@ mod tests {
             analyze_grown_tables(&test_pool).await.unwrap(),
             Vec::<String>::new()
         );
+    }
+
+    #[sqlx::test(migrations = "../migrations")]
+    async fn a_table_measured_large_is_not_analyzed_for_growth(pool: PgPool) {
+        let pages = |pool: PgPool| async move {
+            sqlx::query_scalar::<_, i32>("SELECT relpages FROM pg_class WHERE relname = 'wide'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        let fill = |rows: i32| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO wide (body) SELECT repeat('x', 1500) FROM generate_series(1, $1)",
+                )
+                .bind(rows)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        };
+        sqlx::query(
+            "CREATE TABLE wide (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        // Small, then grown past the ceiling: analyzed.
+        fill(100).await;
+        sqlx::query("ANALYZE wide").execute(&pool).await.unwrap();
+        fill(6_000).await;
+        assert!(analyze_grown_tables(&pool)
+            .await
+            .unwrap()
+            .contains(&"wide".to_string()));
+        assert!(i64::from(pages(pool.clone()).await) >= ANALYZE_CEILING_PAGES);
+        // Measured large and then tripled: left alone.
+        fill(12_000).await;
+        assert!(!analyze_grown_tables(&pool)
+            .await
+            .unwrap()
+            .contains(&"wide".to_string()));
     }
 }

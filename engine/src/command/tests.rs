@@ -372,3 +372,66 @@ async fn a_flush_after_another_writer_moved_a_stream_is_a_conflict_and_writes_no
     assert_eq!(count(&pool, "events").await, 1);
     assert_eq!(count(&pool, "outbox").await, 1);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_batch_loads_its_aggregates_with_the_tails_other_writers_appended(pool: PgPool) {
+    let repo = Arc::new(repo(&pool));
+    // This process caches "a" at version 1; another process then moves "a" and writes "b".
+    repo.execute(
+        "a",
+        &CounterCommand::Add { n: 1 },
+        &CommandContext::default(),
+        ok,
+    )
+    .await
+    .unwrap();
+    let other = repo_of(&pool);
+    for (id, n) in [("a", 2), ("a", 3), ("b", 4)] {
+        other
+            .execute(
+                id,
+                &CounterCommand::Add { n },
+                &CommandContext::default(),
+                ok,
+            )
+            .await
+            .unwrap();
+    }
+    // "d" has more new events than one page of the load.
+    sqlx::query(
+        "INSERT INTO events (stream_id, stream_version, message_id, event_type, payload, metadata)
+         SELECT 'counter-d', v, gen_random_uuid(), 'added', '{\"n\": 0}',
+                jsonb_build_object('correlation_id', gen_random_uuid())
+         FROM generate_series(1, 1005) AS v",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let metadata = Metadata::new_root();
+    let mut tx = pool.begin().await.unwrap();
+    let mut batch = repo.batch();
+    batch
+        .load(&mut tx, ["a", "b", "c", "d", "a"])
+        .await
+        .unwrap();
+    let mut decided = Vec::new();
+    for id in ["a", "b", "c", "d"] {
+        let d = batch
+            .execute(&mut tx, id, &CounterCommand::Add { n: 10 }, &metadata)
+            .await
+            .unwrap()
+            .unwrap();
+        decided.push((id, d.version));
+    }
+    assert_eq!(decided, [("a", 4), ("b", 2), ("c", 1), ("d", 1006)]);
+    batch.flush(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    batch.committed().await;
+    let a = repo.load("a").await.unwrap();
+    assert_eq!((a.version, a.state.value), (4, 16));
+}
+
+fn repo_of(pool: &PgPool) -> Arc<Repository<Counter>> {
+    Arc::new(repo(pool))
+}

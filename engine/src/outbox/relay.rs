@@ -229,8 +229,10 @@ impl Relay {
         }
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
-            "DELETE FROM outbox WHERE id = ANY($1) RETURNING id, topic, partition_key, envelope",
+            "DELETE FROM outbox WHERE shard = $1 AND id = ANY($2)
+             RETURNING id, topic, partition_key, envelope",
         )
+        .bind(shard)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;

@@ -57,37 +57,42 @@ impl<A: Aggregate> Participant<A> {
         .with_outbox_bell(outbox_bell)
     }
 
-    /// Decides one command; `None` for a message that is not for this participant.
-    async fn run(
-        &self,
-        tx: &mut PgConnection,
-        batch: &mut CommandBatch<A>,
-        envelope: &Envelope,
-    ) -> Result<Option<ReplyOutcome>, HandlerError> {
+    /// Reads a saga command for this participant: `None` for a message that is not one, a
+    /// rejection for one it cannot run.
+    fn decode(envelope: &Envelope) -> Option<Result<(String, A::Command), ReplyOutcome>> {
         if envelope.event_type != COMMAND_EVENT_TYPE {
-            return Ok(None);
+            return None;
         }
         let command = match serde_json::from_value::<SagaCommand>(envelope.payload.clone()) {
             Ok(c) if c.aggregate_type == A::TYPE => c,
             Ok(c) => {
                 tracing::warn!(aggregate_type = %c.aggregate_type, "saga command for another participant; ignored");
-                return Ok(None);
+                return None;
             }
-            Err(e) => return Ok(Some(rejected("invalid_command", e.to_string()))),
+            Err(e) => return Some(Err(rejected("invalid_command", e.to_string()))),
         };
         if let Err(message) = A::validate_id(&command.aggregate_id) {
-            return Ok(Some(rejected("invalid_id", message)));
+            return Some(Err(rejected("invalid_id", message)));
         }
-        let decoded = match serde_json::from_value::<A::Command>(command.command) {
-            Ok(c) => c,
-            Err(e) => return Ok(Some(rejected("invalid_command", e.to_string()))),
-        };
+        Some(
+            match serde_json::from_value::<A::Command>(command.command) {
+                Ok(c) => Ok((command.aggregate_id, c)),
+                Err(e) => Err(rejected("invalid_command", e.to_string())),
+            },
+        )
+    }
+
+    /// Decides one decoded command in `batch`.
+    async fn run(
+        tx: &mut PgConnection,
+        batch: &mut CommandBatch<A>,
+        envelope: &Envelope,
+        aggregate_id: &str,
+        command: &A::Command,
+    ) -> Result<ReplyOutcome, HandlerError> {
         let metadata = Metadata::caused_by(envelope);
-        Ok(Some(
-            match batch
-                .execute(tx, &command.aggregate_id, &decoded, &metadata)
-                .await?
-            {
+        Ok(
+            match batch.execute(tx, aggregate_id, command, &metadata).await? {
                 Ok(decided) => ReplyOutcome::Succeeded {
                     events: decided
                         .events
@@ -100,7 +105,7 @@ impl<A: Aggregate> Participant<A> {
                 },
                 Err(rejection) => rejected(rejection.code(), rejection.to_string()),
             },
-        ))
+        )
     }
 }
 
@@ -149,15 +154,27 @@ impl<A: Aggregate> Handler for Participant<A> {
         sqlx::query(crate::db::REUSE_PLANS)
             .execute(&mut *tx)
             .await?;
+        let decoded: Vec<(&Delivery, Result<(String, A::Command), ReplyOutcome>)> = messages
+            .iter()
+            .filter_map(|m| Some((m, Self::decode(&m.envelope)?)))
+            .collect();
+        // The batch's aggregates in one read, then each command in offset order.
+        let ids: Vec<&str> = decoded
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().ok().map(|(id, _)| id.as_str()))
+            .collect();
         let mut batch = self.repo.batch();
-        let mut replies = Vec::with_capacity(messages.len());
-        for m in messages {
-            if let Some(outcome) = self.run(tx, &mut batch, &m.envelope).await? {
-                match reply_message(&m.envelope, outcome) {
-                    Some(reply) => replies.push(reply),
-                    None => {
-                        tracing::warn!(message_id = %m.message_id(), "saga command without a saga id; no reply")
-                    }
+        batch.load(tx, ids).await?;
+        let mut replies = Vec::with_capacity(decoded.len());
+        for (m, command) in decoded {
+            let outcome = match command {
+                Ok((id, command)) => Self::run(tx, &mut batch, &m.envelope, &id, &command).await?,
+                Err(rejection) => rejection,
+            };
+            match reply_message(&m.envelope, outcome) {
+                Some(reply) => replies.push(reply),
+                None => {
+                    tracing::warn!(message_id = %m.message_id(), "saga command without a saga id; no reply")
                 }
             }
         }

@@ -338,6 +338,38 @@ pub async fn read_stream_on<'e>(
     rows.iter().map(row_to_event).collect()
 }
 
+/// Reads up to `limit` events of each stream from its version on, in one statement, on any
+/// executor (inside a transaction it sees the transaction's own writes). The events come
+/// stream by stream in the order of `from`, each stream's in version order.
+pub async fn read_streams_on<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    from: &[(&str, i64)],
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    if from.is_empty() {
+        return Ok(Vec::new());
+    }
+    let streams: Vec<&str> = from.iter().map(|(s, _)| *s).collect();
+    let versions: Vec<i64> = from.iter().map(|(_, v)| *v).collect();
+    let rows = sqlx::query(
+        "SELECT e.global_position, e.stream_id, e.stream_version, e.message_id, e.event_type,
+                e.schema_version, e.payload, e.metadata, e.recorded_at
+         FROM UNNEST($1::text[], $2::int8[]) WITH ORDINALITY AS s(stream_id, from_version, ord)
+         CROSS JOIN LATERAL (
+             SELECT * FROM events
+             WHERE events.stream_id = s.stream_id AND events.stream_version >= s.from_version
+             ORDER BY events.stream_version LIMIT $3
+         ) e
+         ORDER BY s.ord, e.stream_version",
+    )
+    .bind(&streams)
+    .bind(&versions)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(row_to_event).collect()
+}
+
 fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, sqlx::Error> {
     let metadata: Value = row.try_get("metadata")?;
     let metadata: Metadata =
