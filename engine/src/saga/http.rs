@@ -432,6 +432,15 @@ async fn timeline(
 }
 
 /// Puts each stream's events back in version order, in the places its events hold.
+/// The event types a participant recorded for a reply, in words.
+fn recorded(events: &[super::messages::ReplyEvent]) -> String {
+    if events.is_empty() {
+        return "nothing to do".to_owned();
+    }
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    types.join(", ")
+}
+
 fn keep_stream_order(rows: &mut [TimelineRow]) {
     let mut slots: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, r) in rows.iter().enumerate() {
@@ -526,6 +535,16 @@ impl Describer {
             .collect()
     }
 
+    /// The command a reply answers, as a list of at most one, and in words.
+    fn answered(&self, command_id: Uuid) -> (Vec<SentSummary>, String) {
+        let to = self.sent.get(&command_id).cloned();
+        let what = to.as_ref().map_or_else(
+            || format!("command {command_id}"),
+            |c| format!("{} on {}", c.command, c.target),
+        );
+        (to.into_iter().collect(), what)
+    }
+
     fn step_name(&self, step: usize) -> String {
         self.steps
             .get(step)
@@ -576,24 +595,11 @@ impl Describer {
                 outcome,
                 ..
             } => {
-                let to = self.sent.get(&command_id).cloned();
-                let what = to.as_ref().map_or_else(
-                    || format!("command {command_id}"),
-                    |c| format!("{} on {}", c.command, c.target),
-                );
-                e.commands = to.into_iter().collect();
+                let what;
+                (e.commands, what) = self.answered(command_id);
                 match outcome {
                     ReplyOutcome::Succeeded { events } => {
-                        let recorded: Vec<&str> =
-                            events.iter().map(|e| e.event_type.as_str()).collect();
-                        e.summary = format!(
-                            "{name}: {what} succeeded ({})",
-                            if recorded.is_empty() {
-                                "nothing to do".to_owned()
-                            } else {
-                                recorded.join(", ")
-                            }
-                        );
+                        e.summary = format!("{name}: {what} succeeded ({})", recorded(&events));
                         e.outcome = Some("succeeded".into());
                     }
                     ReplyOutcome::Rejected { code, message } => {
@@ -604,8 +610,22 @@ impl Describer {
                 }
                 e.step = Some(name);
             }
-            SagaEvent::StepSucceeded { name, .. } => {
+            SagaEvent::StepSucceeded {
+                name, reply: None, ..
+            } => {
                 e.summary = format!("{name} succeeded");
+                e.step = Some(name);
+            }
+            SagaEvent::StepSucceeded {
+                name,
+                reply: Some(reply),
+                ..
+            } => {
+                // The step's last reply, folded into the event it caused.
+                let what;
+                (e.commands, what) = self.answered(reply.command_id);
+                e.summary = format!("{name} succeeded: {what} ({})", recorded(&reply.events));
+                e.outcome = Some("succeeded".into());
                 e.step = Some(name);
             }
             SagaEvent::StepFailed {

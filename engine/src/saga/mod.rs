@@ -16,6 +16,6 @@ pub use definition::{
 pub use orchestrator::{load_saga, Commanded, Orchestrator, ORCHESTRATOR_GROUP};
 pub use participant::Participant;
 pub use state::{
-    decide, SagaEvent, SagaInput, SagaState, SagaStatus, StepStatus, StepView, ABORTED,
-    ABORTED_BY_OPERATOR,
+    decide, CompletingReply, SagaEvent, SagaInput, SagaState, SagaStatus, StepStatus, StepView,
+    ABORTED, ABORTED_BY_OPERATOR,
 };

@@ -24,6 +24,14 @@ pub struct SentCommand {
     pub invocation: Invocation,
 }
 
+/// A successful reply folded into the [`SagaEvent::StepSucceeded`] it caused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletingReply {
+    pub command_id: Uuid,
+    pub index: usize,
+    pub events: Vec<ReplyEvent>,
+}
+
 /// The events of a saga's own stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
@@ -54,6 +62,10 @@ pub enum SagaEvent {
         step: usize,
         name: String,
         data: Value,
+        /// The reply that completed the step, when it arrived as the step's last one: one
+        /// event instead of `reply_received` followed by `step_succeeded`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<CompletingReply>,
     },
     StepFailed {
         step: usize,
@@ -324,7 +336,14 @@ impl SagaState {
                     }
                 }
             }
-            SagaEvent::StepSucceeded { step, data, .. } => {
+            SagaEvent::StepSucceeded {
+                step, data, reply, ..
+            } => {
+                if let Some(reply) = reply {
+                    self.pending.remove(&reply.index);
+                    self.any_succeeded = true;
+                    self.replies.extend(reply.events.iter().cloned());
+                }
                 self.data = data.clone();
                 self.completed.push(*step);
                 self.current = None;
@@ -767,11 +786,43 @@ impl Decider<'_> {
             },
             None => self.state.data.clone(),
         };
-        self.emit(SagaEvent::StepSucceeded {
+        let succeeded = SagaEvent::StepSucceeded {
             step,
             name: self.name(step),
             data,
-        });
+            reply: None,
+        };
+        // The state holds the reply that completed the step already; the event carries it.
+        self.state.apply(&succeeded, self.now);
+        let folded = match (succeeded, self.out.last()) {
+            (
+                SagaEvent::StepSucceeded {
+                    step, name, data, ..
+                },
+                Some(SagaEvent::ReplyReceived {
+                    step: replied,
+                    command_id,
+                    index,
+                    outcome: ReplyOutcome::Succeeded { events },
+                    ..
+                }),
+            ) if *replied == step => {
+                let reply = CompletingReply {
+                    command_id: *command_id,
+                    index: *index,
+                    events: events.clone(),
+                };
+                self.out.pop();
+                SagaEvent::StepSucceeded {
+                    step,
+                    name,
+                    data,
+                    reply: Some(reply),
+                }
+            }
+            (succeeded, _) => succeeded,
+        };
+        self.out.push(folded);
         if step + 1 < self.saga.steps.len() {
             self.invoke_step(step + 1, 1)
         } else {

@@ -413,3 +413,51 @@ fn the_saga_id_is_derived_from_the_order() {
     );
     assert_ne!(saga_id_of(id), saga_id_of(Uuid::now_v7()));
 }
+
+/// The event types the last input recorded, a completing reply marked `+reply`.
+fn recorded(t: &SagaTest) -> Vec<String> {
+    t.last_events
+        .iter()
+        .map(|e| {
+            let v = serde_json::to_value(e).unwrap();
+            let name = v["event_type"].as_str().unwrap().to_owned();
+            match e {
+                SagaEvent::StepSucceeded { reply: Some(r), .. } => {
+                    format!("{name}+reply#{}", r.index)
+                }
+                _ => name,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_reply_that_completes_a_step_is_recorded_in_its_step_succeeded() {
+    let s = order();
+    // Two lines: the first reply is recorded on its own, the last one with the step.
+    let t = SagaTest::start(order_fulfillment(), &s).reply_ok(1);
+    assert_eq!(recorded(&t), ["reply_received"]);
+    let t = t.reply_ok(0);
+    assert_eq!(recorded(&t), ["step_succeeded+reply#0", "step_invoked"]);
+    // One command: one event for reply and success. The harness folds the recorded events
+    // into its own state, so the replayed saga is where the decisions left it.
+    let t = t.reply_ok(0);
+    assert_eq!(recorded(&t), ["step_succeeded+reply#0", "step_invoked"]);
+    assert_eq!(t.state().current_step_name(), Some("confirm_order"));
+    assert_eq!(
+        t.state().steps[1].status,
+        sagaflow_engine::saga::StepStatus::Succeeded
+    );
+    // A rejection is still a reply of its own, followed by the failure.
+    let t = SagaTest::at_step(order_fulfillment(), &s, "authorize_payment")
+        .reply_rejected(0, "insufficient_funds");
+    assert_eq!(
+        recorded(&t),
+        [
+            "reply_received",
+            "step_failed",
+            "compensation_started",
+            "compensation_invoked"
+        ]
+    );
+}
