@@ -33,7 +33,7 @@ async fn an_accepted_order_has_its_event_and_outbox_row(pool: PgPool) {
     assert_eq!(events[0]["payload"]["customer_id"], customer.to_string());
 
     let outbox: Vec<(String, String, Value)> =
-        sqlx::query_as("SELECT topic, partition_key, envelope FROM outbox ORDER BY id")
+        sqlx::query_as("SELECT topic, partition_key, envelope::jsonb FROM outbox ORDER BY id")
             .fetch_all(&app.pool)
             .await
             .unwrap();

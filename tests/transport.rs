@@ -247,13 +247,13 @@ async fn a_relay_killed_between_publish_and_delete_loses_and_doubles_nothing(
         .iter()
         .map(|r| {
             let key: String = r.get(2);
-            let payload: serde_json::Value = r.get(3);
+            let payload: String = r.get(3);
             OutgoingMessage {
                 outbox_id: r.get(0),
                 topic: transport.layout().topic(&r.get::<String, _>(1)),
                 partition: transport.layout().partition_of(&key),
                 key,
-                envelope: serde_json::from_value(payload.clone()).unwrap(),
+                envelope: serde_json::from_str(&payload).unwrap(),
                 payload,
             }
         })

@@ -220,7 +220,7 @@ async fn raw_insert(pool: &PgPool) -> Result<(), sqlx::Error> {
     )
     .bind(&stream_id)
     .bind(message_id)
-    .bind(&envelope)
+    .bind(envelope.to_string())
     .execute(&mut *tx)
     .await?;
     tx.commit().await

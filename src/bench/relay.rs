@@ -107,7 +107,7 @@ async fn fill_outbox(pool: &PgPool, n: i64) -> anyhow::Result<()> {
                         'lines', jsonb_build_array(
                             jsonb_build_object('sku', 'SKU-RED-1', 'quantity', 2, 'unit_price_cents', 1250),
                             jsonb_build_object('sku', 'SKU-BLUE-7', 'quantity', 1, 'unit_price_cents', 4999))),
-                    'metadata', jsonb_build_object('correlation_id', gen_random_uuid()))
+                    'metadata', jsonb_build_object('correlation_id', gen_random_uuid()))::text
          FROM (SELECT g, gen_random_uuid() AS id FROM generate_series(0, $1 - 1) g) s",
     )
     .bind(n)

@@ -99,7 +99,7 @@ async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
     assert_eq!((loaded.version, loaded.state.value), (3, 15));
     assert_eq!(count(&pool, "events").await, 3);
     let outbox: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT topic, partition_key, (envelope->>'stream_version')::bigint FROM outbox ORDER BY id",
+        "SELECT topic, partition_key, (envelope::jsonb->>'stream_version')::bigint FROM outbox ORDER BY id",
     )
     .fetch_all(&pool)
     .await

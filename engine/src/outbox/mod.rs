@@ -53,12 +53,12 @@ pub async fn enqueue(tx: &mut PgConnection, messages: &[OutboxMessage]) -> Resul
         topics.push(m.topic.as_str());
         keys.push(m.partition_key.as_str());
         ids.push(m.envelope.message_id);
-        envelopes.push(serde_json::to_value(&m.envelope).expect("envelopes serialize"));
+        envelopes.push(serde_json::to_string(&m.envelope).expect("envelopes serialize"));
     }
     sqlx::query(
         "INSERT INTO outbox (shard, topic, partition_key, message_id, envelope)
          SELECT s, t, k, m, e
-         FROM UNNEST($1::int2[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+         FROM UNNEST($1::int2[], $2::text[], $3::text[], $4::uuid[], $5::text[])
               WITH ORDINALITY AS u(s, t, k, m, e, ord)
          ORDER BY ord",
     )

@@ -239,9 +239,9 @@ impl Relay {
         let layout = self.transport.layout();
         let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
-            let payload: serde_json::Value = row.get(3);
+            let payload: String = row.get(3);
             let key: String = row.get(2);
-            let envelope: Envelope = match serde_json::from_value(payload.clone()) {
+            let envelope: Envelope = match serde_json::from_str(&payload) {
                 Ok(e) => e,
                 Err(e) => {
                     // Only a bug writes such a row; park it visibly instead of stalling the shard.
@@ -324,9 +324,12 @@ async fn park_corrupt_row(
     id: i64,
     topic: &str,
     key: &str,
-    payload: &serde_json::Value,
+    payload: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
+    // JSON that is not an envelope is kept as it is; anything else as a JSON string.
+    let payload: serde_json::Value = serde_json::from_str(payload)
+        .unwrap_or_else(|_| serde_json::Value::String(payload.to_owned()));
     sqlx::query(
         "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", message_id, partition_key,
                                    envelope, error, attempts, first_failed_at, last_failed_at)
@@ -336,7 +339,7 @@ async fn park_corrupt_row(
     .bind(topic)
     .bind(id)
     .bind(key)
-    .bind(payload)
+    .bind(&payload)
     .bind(error)
     .execute(&mut *tx)
     .await?;

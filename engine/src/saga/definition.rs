@@ -210,7 +210,7 @@ pub struct SagaDefinition<D: SagaData> {
 }
 
 fn from_data<D: SagaData>(v: &Value) -> Result<D, String> {
-    serde_json::from_value(v.clone()).map_err(|e| format!("saga data does not decode: {e}"))
+    D::deserialize(v).map_err(|e| format!("saga data does not decode: {e}"))
 }
 
 fn to_data<D: SagaData>(d: &D) -> Result<Value, String> {

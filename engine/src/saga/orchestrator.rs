@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -136,10 +137,7 @@ impl Orchestrator {
                 .saga_id
                 .as_deref()
                 .and_then(|s| Uuid::parse_str(s).ok());
-            return match (
-                saga_id,
-                serde_json::from_value::<SagaReply>(envelope.payload.clone()),
-            ) {
+            return match (saga_id, SagaReply::deserialize(&envelope.payload)) {
                 (Some(saga_id), Ok(reply)) => vec![Work {
                     saga_id,
                     saga: None,

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -63,7 +64,7 @@ impl<A: Aggregate> Participant<A> {
         if envelope.event_type != COMMAND_EVENT_TYPE {
             return None;
         }
-        let command = match serde_json::from_value::<SagaCommand>(envelope.payload.clone()) {
+        let command = match SagaCommand::deserialize(&envelope.payload) {
             Ok(c) if c.aggregate_type == A::TYPE => c,
             Ok(c) => {
                 tracing::warn!(aggregate_type = %c.aggregate_type, "saga command for another participant; ignored");

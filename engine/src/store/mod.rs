@@ -91,7 +91,7 @@ WITH t AS (
     SELECT t.shard, t.topic, i.stream_id, i.message_id,
            jsonb_build_object('message_id', i.message_id, 'stream_id', i.stream_id,
                               'stream_version', i.stream_version, 'event_type', i.event_type,
-                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)
+                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)::text
     FROM inserted i JOIN t ON t.message_id = i.message_id
     ORDER BY i.global_position
 )

@@ -204,7 +204,7 @@ async fn append_and_publish_writes_each_event_as_its_envelope_in_version_order(p
         .unwrap();
     tx.commit().await.unwrap();
     let rows: Vec<(i16, String, String, Uuid, serde_json::Value)> = sqlx::query_as(
-        "SELECT shard, topic, partition_key, message_id, envelope FROM outbox ORDER BY id",
+        "SELECT shard, topic, partition_key, message_id, envelope::jsonb FROM outbox ORDER BY id",
     )
     .fetch_all(&pool)
     .await

@@ -63,8 +63,8 @@ pub struct OutgoingMessage {
     pub partition: i32,
     pub key: String,
     pub envelope: Envelope,
-    /// The envelope encoded once, as stored in the outbox.
-    pub payload: serde_json::Value,
+    /// The envelope encoded once, as stored in the outbox: the bytes the transport sends.
+    pub payload: String,
 }
 
 /// A message delivered to a consumer.

@@ -101,11 +101,11 @@ impl Transport for PostgresTransport {
             *slot += 1;
             k.push(m.key.as_str());
             ids.push(m.envelope.message_id);
-            envelopes.push(&m.payload);
+            envelopes.push(m.payload.as_str());
         }
         sqlx::query(
             "INSERT INTO message_log (topic, partition, \"offset\", partition_key, message_id, envelope)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::uuid[], $6::jsonb[])",
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::uuid[], $6::text[])",
         )
         .bind(&t)
         .bind(&p)
@@ -190,9 +190,9 @@ impl PgReader {
             let partition: i32 = row.get(1);
             let offset: i64 = row.get(2);
             let key: String = row.get(3);
-            let raw: serde_json::Value = row.get(4);
+            let raw: &str = row.get(4);
             self.next.insert((topic.clone(), partition), offset + 1);
-            out.push(match serde_json::from_value::<Envelope>(raw.clone()) {
+            out.push(match serde_json::from_str::<Envelope>(raw) {
                 Ok(envelope) => Delivery {
                     topic,
                     partition,
@@ -206,7 +206,7 @@ impl PgReader {
                     partition,
                     offset,
                     key,
-                    raw.to_string().as_bytes(),
+                    raw.as_bytes(),
                     e.to_string(),
                 ),
             });
