@@ -330,6 +330,141 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
     engine.stop().await;
 }
 
+/// A deadline row is an alarm that may ring early, never late: a step with a later deadline
+/// than the one before leaves the row alone, the early alarm is set to the real deadline when
+/// it rings, and the step times out at its own deadline, once.
+#[sqlx::test(migrations = "./migrations")]
+async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool: PgPool) {
+    let transport = postgres(&pool);
+    let saga = SagaDefinition::<Transfer>::new("test_alarm")
+        .started_by::<Account>(|event, envelope| match event {
+            AccountEvent::FundsDeposited { amount_cents } => Some(Transfer {
+                customer: envelope.stream_id.strip_prefix("account-")?.parse().ok()?,
+                deposit_cents: *amount_cents,
+                hold_id: Uuid::now_v7(),
+            }),
+            _ => None,
+        })
+        .step("reserve_gift")
+        .invoke::<Inventory>(|t| {
+            Invoke::new(
+                "GIFT",
+                InventoryCommand::Reserve {
+                    order_id: t.hold_id,
+                    quantity: Quantity::new(1).unwrap(),
+                },
+            )
+        })
+        .compensate::<Inventory>(|t| {
+            Invoke::new(
+                "GIFT",
+                InventoryCommand::Release {
+                    order_id: t.hold_id,
+                },
+            )
+        })
+        .timeout(Duration::from_secs(5))
+        .step("hold_funds")
+        .invoke::<Account>(|t| {
+            Invoke::new(
+                t.customer,
+                AccountCommand::Authorize {
+                    order_id: t.hold_id,
+                    amount_cents: AmountCents::new(t.deposit_cents).unwrap(),
+                },
+            )
+        })
+        .timeout(Duration::from_secs(8))
+        .retry(Backoff::none())
+        .build();
+    // Nobody answers hold_funds: the payment participant is not running.
+    let engine = start_engine(
+        &pool,
+        &transport,
+        &everything_but(&[Component::Orchestrator, Component::ParticipantPayment]),
+    )
+    .await;
+    let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let bell = engine.engine.app.bus.outbox_bell().clone();
+    let consumer = orchestrator.consumer(transport.clone(), bell.clone());
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { consumer.run(stop).await.unwrap() }
+    });
+    let deadlines = tokio::spawn(orchestrator.clone().run_deadlines(bell, stop.clone()));
+    engine.restock("GIFT", 5).await;
+    let customer = Uuid::now_v7();
+    engine.deposit(customer, 40_00).await;
+    let saga_id = saga.id_for(&format!("account-{customer}"));
+    let stream = format!("saga-{saga_id}");
+    // Each invocation's deadline, once hold_funds waits.
+    let invoked = || async {
+        sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(
+            "SELECT payload->>'name', (payload->>'deadline_at')::timestamptz FROM events
+             WHERE stream_id = $1 AND event_type = 'step_invoked' ORDER BY stream_version",
+        )
+        .bind(&stream)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let steps = loop {
+        let steps = invoked().await;
+        if steps.len() == 2 {
+            break steps;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "hold_funds never invoked: {steps:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (first_deadline, second_deadline) = (steps[0].1, steps[1].1);
+    assert!(second_deadline > first_deadline, "{steps:?}");
+    let alarm: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT due_at FROM saga_deadlines WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        (alarm - first_deadline).num_milliseconds().abs() <= 1,
+        "the row was rewritten for the later deadline: {alarm} vs {steps:?}"
+    );
+
+    wait_terminal(&pool, &[saga_id], WAIT).await;
+    assert_eq!(
+        saga_state(&pool, saga_id).await.as_deref(),
+        Some("compensated")
+    );
+    let timeouts: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT payload->>'name', recorded_at FROM events
+         WHERE stream_id = $1 AND event_type = 'step_timed_out'",
+    )
+    .bind(&stream)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert_eq!(timeouts[0].0, "hold_funds");
+    assert!(
+        timeouts[0].1 >= second_deadline,
+        "{timeouts:?} before {second_deadline}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_deadlines")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    assert_eq!(stock(&pool, "GIFT").await, (5, 0));
+    stop.cancel();
+    task.await.unwrap();
+    deadlines.await.unwrap();
+    engine.stop().await;
+}
+
 macro_rules! on_both_transports {
     ($($name:ident),* $(,)?) => {$(
         mod $name {

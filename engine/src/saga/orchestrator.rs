@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -186,13 +186,17 @@ impl Orchestrator {
     }
 
     /// Applies `work` in `tx` and returns the sagas' new states (to publish once `tx`
-    /// commits) and the events decided for each.
+    /// commits) and the events decided for each. With `rearm`, every saga of `work` has its
+    /// deadline row set to its deadline, decided or not (see [`write_deadlines`]).
     async fn process(
         &self,
         tx: &mut PgConnection,
         work: Vec<Work>,
+        rearm: bool,
     ) -> Result<Processed, HandlerError> {
         let mut states: BTreeMap<Uuid, Loaded> = BTreeMap::new();
+        // Each saga's deadline as committed, which its deadline row is at or before.
+        let mut committed_deadline: HashMap<Uuid, Option<DateTime<Utc>>> = HashMap::new();
         let mut decided: HashMap<Uuid, Vec<SagaEvent>> = HashMap::new();
         let mut touched: Vec<Uuid> = Vec::new();
         let mut outgoing: Vec<OutboxMessage> = Vec::new();
@@ -202,8 +206,15 @@ impl Orchestrator {
         for w in work {
             let loaded = match states.remove(&w.saga_id) {
                 Some(l) => l,
-                None => self.load(tx, w.saga_id).await?,
+                None => {
+                    let l = self.load(tx, w.saga_id).await?;
+                    committed_deadline.insert(w.saga_id, l.state.deadline.map(|d| d.at));
+                    l
+                }
             };
+            if rearm {
+                touched.push(w.saga_id);
+            }
             let saga = match (&w.saga, loaded.state.is_started()) {
                 (_, true) => self.sagas.get(loaded.state.saga_type.as_str()).cloned(),
                 (Some(s), false) => Some(s.clone()),
@@ -309,8 +320,24 @@ impl Orchestrator {
         outbox::enqueue(&mut *tx, &outgoing).await?;
         touched.sort();
         touched.dedup();
+        let alarms: Vec<(Uuid, &Loaded)> = touched
+            .iter()
+            .filter(|id| {
+                // A row at or before the committed deadline is at or before a later one too.
+                rearm
+                    || !matches!(
+                        (committed_deadline.get(*id), states[*id].state.deadline),
+                        (Some(Some(before)), Some(now)) if *before <= now.at
+                    )
+            })
+            .map(|id| (*id, &states[id]))
+            .collect();
+        write_deadlines(&mut *tx, &alarms).await?;
+        if rearm {
+            // Only the sagas something happened to have a new summary.
+            touched.retain(|id| decided.contains_key(id));
+        }
         let touched: Vec<(Uuid, &Loaded)> = touched.iter().map(|id| (*id, &states[id])).collect();
-        write_deadlines(&mut *tx, &touched).await?;
         write_summaries(&mut *tx, &touched).await?;
         Ok(Processed { states, decided })
     }
@@ -419,7 +446,7 @@ impl Orchestrator {
         }
         let n = work.len();
         self.batch.lock().await.clear();
-        let processed = self.process(&mut tx, work).await?;
+        let processed = self.process(&mut tx, work, true).await?;
         self.batch.lock().await.extend(processed.states);
         tx.commit().await?;
         Ok(n)
@@ -445,6 +472,7 @@ impl Orchestrator {
                     input,
                     cause: None,
                 }],
+                true,
             )
             .await?;
         tx.commit().await?;
@@ -507,7 +535,7 @@ impl Handler for Orchestrator {
         let mut ids: Vec<Uuid> = work.iter().map(|w| w.saga_id).collect();
         ids.dedup();
         Self::lock_all(tx, &mut ids).await?;
-        let processed = self.process(tx, work).await?;
+        let processed = self.process(tx, work, false).await?;
         self.batch.lock().await.extend(processed.states);
         Ok(())
     }
@@ -555,6 +583,15 @@ fn command_message(
     }
 }
 
+/// Sets the deadline rows of `sagas` to their deadlines, and deletes those of sagas without
+/// one.
+///
+/// A row is an alarm: it may ring before the saga's deadline, never after. The poller claims
+/// it, the saga decides that nothing is due yet, and the poller sets the row to the deadline
+/// (`rearm`). So a step that starts with a later deadline than the one before leaves the row
+/// alone (the orchestrator does not pass those sagas here): in the common run of a saga the
+/// row is written when the saga starts and deleted when it ends, and a saga that runs for
+/// longer than a step's timeout is woken once more, early, by the first step's alarm.
 async fn write_deadlines(
     tx: &mut PgConnection,
     sagas: &[(Uuid, &Loaded)],
