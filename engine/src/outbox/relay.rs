@@ -106,7 +106,8 @@ impl Relay {
     ) -> Self {
         let lock_options = pool.connect_options().as_ref().clone();
         Relay {
-            pool,
+            // One session per shard task, and one for the batch a shard moves meanwhile.
+            pool: crate::db::keyed_pool(&pool, 2 * OUTBOX_SHARDS as u32),
             lock_options,
             transport,
             bell: outbox_bell,

@@ -26,7 +26,7 @@ use super::definition::{saga_stream, target_stream, Saga};
 use super::messages::{
     commands_topic, SagaCommand, SagaReply, COMMAND_EVENT_TYPE, REPLIES_TOPIC, REPLY_EVENT_TYPE,
 };
-use super::state::{decide, SagaEvent, SagaInput, SagaState, SentCommand};
+use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
 use crate::aggregate::encode_event;
 use crate::command::decode_envelope;
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
@@ -225,14 +225,12 @@ impl Orchestrator {
                 states.insert(w.saga_id, loaded);
                 continue;
             };
-            let events = decide(&saga, &loaded.state, &w.input, now, &mut jitter)?;
+            let version = loaded.version;
+            let (state, events) = evolve(&saga, loaded.state, &w.input, now, &mut jitter)?;
+            let mut next = Loaded { version, state };
             if events.is_empty() {
-                states.insert(w.saga_id, loaded);
+                states.insert(w.saga_id, next);
                 continue;
-            }
-            let mut next = loaded.clone();
-            for e in &events {
-                next.state.apply(e, now);
             }
             let metadata = Metadata {
                 correlation_id: next.state.correlation_id,
@@ -260,9 +258,9 @@ impl Orchestrator {
             // Appended together with the batch's other sagas, in one statement, below.
             let pending = appends
                 .entry(w.saga_id)
-                .or_insert_with(|| (loaded.version, Vec::new()));
+                .or_insert_with(|| (version, Vec::new()));
             pending.1.extend(new_events);
-            next.version = loaded.version + events.len() as i64;
+            next.version = version + events.len() as i64;
             next.state.version = next.version;
             for e in &events {
                 match e {

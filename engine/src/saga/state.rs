@@ -495,15 +495,27 @@ pub fn decide(
     now: DateTime<Utc>,
     jitter: &mut dyn FnMut() -> f64,
 ) -> Result<Vec<SagaEvent>, String> {
+    evolve(saga, state.clone(), input, now, jitter).map(|(_, events)| events)
+}
+
+/// [`decide`], taking the state and returning it with the events applied (at `now`), which
+/// saves the caller a copy of the state and a second fold of the events.
+pub fn evolve(
+    saga: &Saga,
+    state: SagaState,
+    input: &SagaInput,
+    now: DateTime<Utc>,
+    jitter: &mut dyn FnMut() -> f64,
+) -> Result<(SagaState, Vec<SagaEvent>), String> {
     let mut d = Decider {
         saga,
-        state: state.clone(),
+        state,
         out: Vec::new(),
         now,
         jitter,
     };
     d.decide(input)?;
-    Ok(d.out)
+    Ok((d.state, d.out))
 }
 
 struct Decider<'a> {
