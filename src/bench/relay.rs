@@ -168,7 +168,8 @@ async fn through_relay(
 }
 
 /// The floor under the embedded transport: one statement per batch moves rows from the
-/// outbox into the log, offsets from row numbers, no envelopes decoded.
+/// outbox into the log, in the order of the outbox's key, offsets from row numbers, no
+/// envelopes decoded.
 async fn raw_postgres(pool: &PgPool, args: &RelayArgs) -> anyhow::Result<f64> {
     fill_outbox(pool, args.messages).await?;
     let (progress, guard) = Progress::start("raw/postgres", Some(args.messages as u64));
@@ -177,10 +178,12 @@ async fn raw_postgres(pool: &PgPool, args: &RelayArgs) -> anyhow::Result<f64> {
     loop {
         let moved = sqlx::query(
             "WITH moved AS (
-                 DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1)
-                 RETURNING id, topic, partition_key, message_id, envelope)
+                 DELETE FROM outbox WHERE (shard, id) IN (
+                     SELECT shard, id FROM outbox ORDER BY shard, id LIMIT $1)
+                 RETURNING shard, id, topic, partition_key, message_id, envelope)
              INSERT INTO message_log (topic, partition, \"offset\", partition_key, message_id, envelope)
-             SELECT topic, 0, $2 + row_number() OVER (ORDER BY id), partition_key, message_id, envelope FROM moved",
+             SELECT topic, 0, $2 + row_number() OVER (ORDER BY shard, id), partition_key, message_id, envelope
+             FROM moved",
         )
         .bind(args.batch_size)
         .bind(moved_total)
