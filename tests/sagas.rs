@@ -15,6 +15,7 @@ use common::engine::{
 };
 use common::transport::{kafka, postgres};
 use sagaflow::config::Component;
+use sagaflow_engine::envelope::Envelope;
 use sagaflow_engine::saga::{Backoff, Invoke, Orchestrator, SagaDefinition};
 use sagaflow_engine::transport::Transport;
 use sagaflow_sagas::inventory::{Inventory, InventoryCommand};
@@ -219,38 +220,47 @@ struct Transfer {
     hold_id: Uuid,
 }
 
+/// Each deposit starts a transfer saga.
+fn transfer_of_deposit(event: &AccountEvent, envelope: &Envelope) -> Option<Transfer> {
+    match event {
+        AccountEvent::FundsDeposited { amount_cents } => Some(Transfer {
+            customer: envelope.stream_id.strip_prefix("account-")?.parse().ok()?,
+            deposit_cents: *amount_cents,
+            hold_id: Uuid::now_v7(),
+        }),
+        _ => None,
+    }
+}
+
+fn reserve_gift(t: &Transfer) -> Invoke<Inventory> {
+    Invoke::new(
+        "GIFT",
+        InventoryCommand::Reserve {
+            order_id: t.hold_id,
+            quantity: Quantity::new(1).unwrap(),
+        },
+    )
+}
+
+fn release_gift(t: &Transfer) -> Invoke<Inventory> {
+    Invoke::new(
+        "GIFT",
+        InventoryCommand::Release {
+            order_id: t.hold_id,
+        },
+    )
+}
+
 /// Three steps, the third always fails: step 2 then step 1 are compensated.
 async fn a_saga_defined_in_a_test_compensates_in_reverse(
     pool: PgPool,
     transport: Arc<dyn Transport>,
 ) {
     let saga = SagaDefinition::<Transfer>::new("test_three_steps")
-        .started_by::<Account>(|event, envelope| match event {
-            AccountEvent::FundsDeposited { amount_cents } => Some(Transfer {
-                customer: envelope.stream_id.strip_prefix("account-")?.parse().ok()?,
-                deposit_cents: *amount_cents,
-                hold_id: Uuid::now_v7(),
-            }),
-            _ => None,
-        })
+        .started_by::<Account>(transfer_of_deposit)
         .step("reserve_gift")
-        .invoke::<Inventory>(|t| {
-            Invoke::new(
-                "GIFT",
-                InventoryCommand::Reserve {
-                    order_id: t.hold_id,
-                    quantity: Quantity::new(1).unwrap(),
-                },
-            )
-        })
-        .compensate::<Inventory>(|t| {
-            Invoke::new(
-                "GIFT",
-                InventoryCommand::Release {
-                    order_id: t.hold_id,
-                },
-            )
-        })
+        .invoke::<Inventory>(reserve_gift)
+        .compensate::<Inventory>(release_gift)
         .step("hold_funds")
         .invoke::<Account>(|t| {
             Invoke::new(
@@ -337,32 +347,10 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
 async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool: PgPool) {
     let transport = postgres(&pool);
     let saga = SagaDefinition::<Transfer>::new("test_alarm")
-        .started_by::<Account>(|event, envelope| match event {
-            AccountEvent::FundsDeposited { amount_cents } => Some(Transfer {
-                customer: envelope.stream_id.strip_prefix("account-")?.parse().ok()?,
-                deposit_cents: *amount_cents,
-                hold_id: Uuid::now_v7(),
-            }),
-            _ => None,
-        })
+        .started_by::<Account>(transfer_of_deposit)
         .step("reserve_gift")
-        .invoke::<Inventory>(|t| {
-            Invoke::new(
-                "GIFT",
-                InventoryCommand::Reserve {
-                    order_id: t.hold_id,
-                    quantity: Quantity::new(1).unwrap(),
-                },
-            )
-        })
-        .compensate::<Inventory>(|t| {
-            Invoke::new(
-                "GIFT",
-                InventoryCommand::Release {
-                    order_id: t.hold_id,
-                },
-            )
-        })
+        .invoke::<Inventory>(reserve_gift)
+        .compensate::<Inventory>(release_gift)
         .timeout(Duration::from_secs(5))
         .step("hold_funds")
         .invoke::<Account>(|t| {

@@ -63,11 +63,13 @@ pub async fn connect_with(
     options: PgConnectOptions,
     max_connections: u32,
 ) -> Result<PgPool, sqlx::Error> {
+    pool_options(max_connections).connect_with(options).await
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
 }
 
 /// A pool of at most `max_connections` sessions, opened when first needed, on the options of
@@ -84,10 +86,7 @@ pub fn keyed_pool(pool: &PgPool, max_connections: u32) -> PgPool {
         .as_ref()
         .clone()
         .options([("enable_seqscan", "off")]);
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options)
+    pool_options(max_connections).connect_lazy_with(options)
 }
 
 /// Makes the rest of the transaction run its prepared statements on the plan the session

@@ -660,17 +660,10 @@ impl<A: Aggregate> CommandBatch<A> {
         metadata: &Metadata,
     ) -> Result<Result<Decided, A::Error>, BatchError> {
         let stream = stream_id::<A>(id);
-        let mut loaded = match self.states.remove(&stream) {
-            Some(l) => l,
-            None => {
-                let cached = self.repo.stripe(&stream).lock().await.remove(&stream);
-                let start = cached.unwrap_or(Loaded {
-                    version: 0,
-                    state: A::default(),
-                });
-                replay_on(&mut *tx, &stream, start).await?
-            }
-        };
+        if !self.states.contains_key(&stream) {
+            self.load(tx, [id]).await?;
+        }
+        let mut loaded = self.states.remove(&stream).expect("loaded above");
         let decided = match loaded.state.handle(command) {
             Ok(events) => events,
             Err(rejection) => {

@@ -375,6 +375,7 @@ async fn a_flush_after_another_writer_moved_a_stream_is_a_conflict_and_writes_no
 
 #[sqlx::test(migrations = "../migrations")]
 async fn a_batch_loads_its_aggregates_with_the_tails_other_writers_appended(pool: PgPool) {
+    let other = Arc::new(repo(&pool));
     let repo = Arc::new(repo(&pool));
     // This process caches "a" at version 1; another process then moves "a" and writes "b".
     repo.execute(
@@ -385,7 +386,6 @@ async fn a_batch_loads_its_aggregates_with_the_tails_other_writers_appended(pool
     )
     .await
     .unwrap();
-    let other = repo_of(&pool);
     for (id, n) in [("a", 2), ("a", 3), ("b", 4)] {
         other
             .execute(
@@ -430,8 +430,4 @@ async fn a_batch_loads_its_aggregates_with_the_tails_other_writers_appended(pool
     batch.committed().await;
     let a = repo.load("a").await.unwrap();
     assert_eq!((a.version, a.state.value), (4, 16));
-}
-
-fn repo_of(pool: &PgPool) -> Arc<Repository<Counter>> {
-    Arc::new(repo(pool))
 }

@@ -431,7 +431,6 @@ async fn timeline(
     }))
 }
 
-/// Puts each stream's events back in version order, in the places its events hold.
 /// The event types a participant recorded for a reply, in words.
 fn recorded(events: &[super::messages::ReplyEvent]) -> String {
     if events.is_empty() {
@@ -441,6 +440,7 @@ fn recorded(events: &[super::messages::ReplyEvent]) -> String {
     types.join(", ")
 }
 
+/// Puts each stream's events back in version order, in the places its events hold.
 fn keep_stream_order(rows: &mut [TimelineRow]) {
     let mut slots: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, r) in rows.iter().enumerate() {

@@ -260,6 +260,12 @@ impl SagaState {
         }
     }
 
+    /// A command of the current step succeeded, recording `events`.
+    fn reply_succeeded(&mut self, events: &[ReplyEvent]) {
+        self.any_succeeded = true;
+        self.replies.extend(events.iter().cloned());
+    }
+
     /// A step (or its compensation) sent the commands of attempt `attempt` and waits for
     /// their replies until `deadline_at`.
     fn invoke(
@@ -326,10 +332,7 @@ impl SagaState {
             SagaEvent::ReplyReceived { index, outcome, .. } => {
                 self.pending.remove(index);
                 match outcome {
-                    ReplyOutcome::Succeeded { events } => {
-                        self.any_succeeded = true;
-                        self.replies.extend(events.iter().cloned());
-                    }
+                    ReplyOutcome::Succeeded { events } => self.reply_succeeded(events),
                     ReplyOutcome::Rejected { code, message } => {
                         self.rejection
                             .get_or_insert((code.clone(), message.clone()));
@@ -339,10 +342,11 @@ impl SagaState {
             SagaEvent::StepSucceeded {
                 step, data, reply, ..
             } => {
+                // Unless the decision that folded it applied it as a reply already.
                 if let Some(reply) = reply {
-                    self.pending.remove(&reply.index);
-                    self.any_succeeded = true;
-                    self.replies.extend(reply.events.iter().cloned());
+                    if self.pending.remove(&reply.index) {
+                        self.reply_succeeded(&reply.events);
+                    }
                 }
                 self.data = data.clone();
                 self.completed.push(*step);
@@ -798,43 +802,30 @@ impl Decider<'_> {
             },
             None => self.state.data.clone(),
         };
-        let succeeded = SagaEvent::StepSucceeded {
+        // The reply that completed the step, decided just before, is recorded in this event.
+        let reply = match self.out.last() {
+            Some(SagaEvent::ReplyReceived {
+                step: replied,
+                command_id,
+                index,
+                outcome: ReplyOutcome::Succeeded { events },
+                ..
+            }) if *replied == step => Some(CompletingReply {
+                command_id: *command_id,
+                index: *index,
+                events: events.clone(),
+            }),
+            _ => None,
+        };
+        if reply.is_some() {
+            self.out.pop();
+        }
+        self.emit(SagaEvent::StepSucceeded {
             step,
             name: self.name(step),
             data,
-            reply: None,
-        };
-        // The state holds the reply that completed the step already; the event carries it.
-        self.state.apply(&succeeded, self.now);
-        let folded = match (succeeded, self.out.last()) {
-            (
-                SagaEvent::StepSucceeded {
-                    step, name, data, ..
-                },
-                Some(SagaEvent::ReplyReceived {
-                    step: replied,
-                    command_id,
-                    index,
-                    outcome: ReplyOutcome::Succeeded { events },
-                    ..
-                }),
-            ) if *replied == step => {
-                let reply = CompletingReply {
-                    command_id: *command_id,
-                    index: *index,
-                    events: events.clone(),
-                };
-                self.out.pop();
-                SagaEvent::StepSucceeded {
-                    step,
-                    name,
-                    data,
-                    reply: Some(reply),
-                }
-            }
-            (succeeded, _) => succeeded,
-        };
-        self.out.push(folded);
+            reply,
+        });
         if step + 1 < self.saga.steps.len() {
             self.invoke_step(step + 1, 1)
         } else {
