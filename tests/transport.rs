@@ -462,6 +462,58 @@ async fn one_relay_leads_and_a_standby_takes_over(pool: PgPool, transport: Arc<d
     assert!(stats_b.published.load(std::sync::atomic::Ordering::Relaxed) >= 40);
 }
 
+/// A transaction writes an outbox row, as its first write, and stays open while rows with
+/// higher ids of the same shard commit and are relayed, batch after batch. The relay reads
+/// above the ids it has moved, but not above the open transaction's row: it is relayed once
+/// that transaction commits.
+async fn a_row_committed_after_later_rows_were_relayed_is_relayed(
+    pool: PgPool,
+    transport: Arc<dyn Transport>,
+) {
+    create_applied(&pool).await;
+    let transport = with_topics(transport, &[TOPIC]).await;
+    let running = Running::start(&pool, &transport);
+    let shard = outbox::shard_of("late");
+    let keys: Vec<String> = (0..)
+        .map(|k| format!("key-{k}"))
+        .filter(|k| outbox::shard_of(k) == shard)
+        .take(5)
+        .collect();
+    let mut late = pool.begin().await.unwrap();
+    let assigned: Option<String> =
+        sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned()::text")
+            .fetch_one(&mut *late)
+            .await
+            .unwrap();
+    assert_eq!(
+        assigned, None,
+        "the outbox row is the transaction's first write"
+    );
+    outbox::enqueue(&mut late, &[message("late", 1, json!({}))])
+        .await
+        .unwrap();
+    for v in 1..=10 {
+        let batch: Vec<OutboxMessage> = keys.iter().map(|k| message(k, v, json!({}))).collect();
+        commit(&pool, &batch).await;
+        wait_applied(&pool, 5 * v).await;
+    }
+    // Idle polls too, each a chance for the relay to look above the open row.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    late.commit().await.unwrap();
+    wait_applied(&pool, 51).await;
+    running.stop().await;
+    assert_eq!(
+        scalar(&pool, "SELECT count(*) FROM applied WHERE key = 'late'").await,
+        1
+    );
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM outbox").await, 0);
+    sqlx::query("DELETE FROM applied WHERE key = 'late'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_key_order(&pool, 5, 10).await;
+}
+
 /// Runs a contract test once per transport.
 macro_rules! on_both_transports {
     ($($name:ident),* $(,)?) => {$(
@@ -488,4 +540,5 @@ on_both_transports!(
     a_poison_message_is_parked_and_its_partition_moves_on,
     group_members_share_partitions_and_take_over,
     one_relay_leads_and_a_standby_takes_over,
+    a_row_committed_after_later_rows_were_relayed_is_relayed,
 );

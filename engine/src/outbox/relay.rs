@@ -134,6 +134,7 @@ impl Relay {
 
     async fn run_shard(&self, shard: i16, shutdown: CancellationToken) {
         let mut waiter = self.bell.waiter();
+        let mut floor = Floor::default();
         let mut lock: Option<PgConnection> = None;
         let mut backoff = Duration::from_millis(100);
         let mut last_lock_check = Instant::now();
@@ -174,7 +175,7 @@ impl Relay {
                 }
                 last_lock_check = Instant::now();
             }
-            match self.relay_batch(shard).await {
+            match self.relay_batch(shard, &mut floor).await {
                 Ok(0) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
@@ -216,16 +217,25 @@ impl Relay {
         }
     }
 
-    /// Moves one batch of the shard; returns how many messages were published.
-    pub async fn relay_batch(&self, shard: i16) -> Result<usize, RelayError> {
+    /// Moves one batch of the shard, reading above `floor` and raising it when it may;
+    /// returns how many messages were published.
+    async fn relay_batch(&self, shard: i16, floor: &mut Floor) -> Result<usize, RelayError> {
         let started = Instant::now();
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2")
-                .bind(shard)
-                .bind(self.config.batch_size)
-                .fetch_all(&self.pool)
-                .await?;
+        // The ids and the snapshot they were read in, from one statement.
+        let (ids, xmin, xmax): (Vec<i64>, i64, i64) = sqlx::query_as(
+            "SELECT ARRAY(SELECT id FROM outbox WHERE shard = $1 AND id > $2 ORDER BY id LIMIT $3),
+                    pg_snapshot_xmin(pg_current_snapshot())::text::int8,
+                    pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+        )
+        .bind(shard)
+        .bind(floor.below)
+        .bind(self.config.batch_size)
+        .fetch_one(&self.pool)
+        .await?;
+        let complete = ids.len() < self.config.batch_size as usize;
+        let risen = floor.ripe(xmin, complete, ids.last().copied());
         if ids.is_empty() {
+            floor.rise(risen, None);
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
@@ -282,6 +292,7 @@ impl Relay {
         tx.commit().await?;
         drop(spans);
         self.transport.published();
+        floor.rise(risen, ids.last().map(|&id| Candidate { id, xmax }));
         let n = batch.len();
         let m = metrics();
         m.relay_published.inc_by(n as u64);
@@ -306,6 +317,57 @@ impl Relay {
             "relayed batch"
         );
         Ok(n)
+    }
+}
+
+/// How far down a shard's poll has to look. The relay deletes what it moves, but until vacuum
+/// runs, a poll from the start of the shard walks the index entries of every row moved since:
+/// under load, most of its work. Reading above the floor skips them.
+///
+/// The floor is raised to an id only once no row at or below it can still commit. Outbox ids
+/// are drawn after the writing transaction has its transaction id (migration 0008), and in
+/// increasing order. So a row with an id below `id`, a row the poll saw committed, was written
+/// by a transaction that had its id when that poll's snapshot was taken: either it was visible
+/// to the poll, or it was running then, below the snapshot's `xmax`. Once the oldest running
+/// transaction (`xmin`) is at or past that `xmax`, every such row is visible; the batch that
+/// reads all visible rows up to `id` has moved them, and the floor rises to `id`. A
+/// long-running transaction elsewhere only holds the floor where it is.
+#[derive(Debug, Default)]
+struct Floor {
+    /// No row of the shard at or below this id is left or can still commit.
+    below: i64,
+    /// The id to raise the floor to once every transaction running at its poll has ended.
+    candidate: Option<Candidate>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// The highest id a poll read: it read every committed row between the floor and it.
+    id: i64,
+    /// That poll's snapshot `xmax`: the transactions that may still commit rows below `id`
+    /// are below it.
+    xmax: i64,
+}
+
+impl Floor {
+    /// The candidate the floor may rise to once this poll's batch is moved: the poll's snapshot
+    /// has no transaction left from the candidate's, and the poll read every committed row up
+    /// to the candidate (all it found, or up to an id at or past it).
+    fn ripe(&self, xmin: i64, complete: bool, last: Option<i64>) -> Option<i64> {
+        let c = self.candidate?;
+        (xmin >= c.xmax && (complete || last.is_some_and(|l| l >= c.id))).then_some(c.id)
+    }
+
+    /// After a poll's batch was moved: the floor rises to `ripe`, and the poll becomes the
+    /// next candidate unless an older one is still waiting.
+    fn rise(&mut self, ripe: Option<i64>, next: Option<Candidate>) {
+        if let Some(id) = ripe {
+            self.below = self.below.max(id);
+            self.candidate = None;
+        }
+        if self.candidate.is_none() {
+            self.candidate = next.filter(|c| c.id > self.below);
+        }
     }
 }
 
@@ -351,5 +413,36 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_waits_for_the_transactions_running_at_its_candidate() {
+        let mut floor = Floor::default();
+        // A full batch up to id 100, read while transactions from xid 50 to 59 ran.
+        let ripe = floor.ripe(50, false, Some(100));
+        floor.rise(ripe, Some(Candidate { id: 100, xmax: 60 }));
+        assert_eq!(floor.below, 0);
+        // Transaction 55 still runs: it may commit a row below 100.
+        let ripe = floor.ripe(55, true, Some(130));
+        assert_eq!(ripe, None);
+        floor.rise(ripe, Some(Candidate { id: 130, xmax: 70 }));
+        assert_eq!(floor.below, 0, "the waiting candidate is kept");
+        // All of them ended, but the poll was full and stopped short of 100.
+        assert_eq!(floor.ripe(60, false, Some(90)), None);
+        // The poll read everything up to 100: the floor rises once its batch moved.
+        let ripe = floor.ripe(60, false, Some(100));
+        assert_eq!(ripe, Some(100));
+        floor.rise(ripe, Some(Candidate { id: 150, xmax: 75 }));
+        assert_eq!(floor.below, 100);
+        // An empty poll with nothing left running below the candidate's xmax.
+        let ripe = floor.ripe(75, true, None);
+        floor.rise(ripe, None);
+        assert_eq!(floor.below, 150);
+        assert!(floor.candidate.is_none());
     }
 }
