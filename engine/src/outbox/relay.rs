@@ -221,17 +221,27 @@ impl Relay {
     /// returns how many messages were published.
     async fn relay_batch(&self, shard: i16, floor: &mut Floor) -> Result<usize, RelayError> {
         let started = Instant::now();
-        // The ids and the snapshot they were read in, from one statement.
-        let (ids, xmin, xmax): (Vec<i64>, i64, i64) = sqlx::query_as(
-            "SELECT ARRAY(SELECT id FROM outbox WHERE shard = $1 AND id > $2 ORDER BY id LIMIT $3),
-                    pg_snapshot_xmin(pg_current_snapshot())::text::int8,
-                    pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+        // The rows' ids and places, and the snapshot they were read in, from one statement.
+        let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT o.id, o.ctid::text, pg_snapshot_xmin(s.snapshot)::text::int8,
+                    pg_snapshot_xmax(s.snapshot)::text::int8
+             FROM (SELECT pg_current_snapshot() AS snapshot) s
+             LEFT JOIN LATERAL (
+                 SELECT id, ctid FROM outbox WHERE shard = $1 AND id > $2 ORDER BY id LIMIT $3
+             ) o ON true",
         )
         .bind(shard)
         .bind(floor.below)
         .bind(self.config.batch_size)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
+        let (xmin, xmax) = rows.first().map(|r| (r.2, r.3)).unwrap_or_default();
+        let mut found: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter_map(|(id, place, ..)| Some((id?, place?)))
+            .collect();
+        found.sort_unstable_by_key(|f| f.0);
+        let (ids, places): (Vec<i64>, Vec<String>) = found.into_iter().unzip();
         let complete = ids.len() < self.config.batch_size as usize;
         let risen = floor.ripe(xmin, complete, ids.last().copied());
         if ids.is_empty() {
@@ -239,12 +249,17 @@ impl Relay {
             return Ok(0);
         }
         let mut tx = self.pool.begin().await?;
+        // The rows are fetched by their place (a TID scan), and their ids are checked: a place
+        // can only hold another row if this one was moved (by a relay that still thought it
+        // led) and vacuumed meanwhile. `+ 0` keeps the planner off the key index, which would
+        // walk every deleted entry of the shard that vacuum has not removed yet.
         let rows = sqlx::query(
-            "DELETE FROM outbox WHERE shard = $1 AND id = ANY($2)
+            "DELETE FROM outbox WHERE ctid = ANY($3::text[]::tid[]) AND shard + 0 = $1 AND id + 0 = ANY($2)
              RETURNING id, topic, partition_key, envelope",
         )
         .bind(shard)
         .bind(&ids)
+        .bind(&places)
         .fetch_all(&mut *tx)
         .await?;
         let layout = self.transport.layout();
