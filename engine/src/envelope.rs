@@ -64,6 +64,35 @@ pub struct Envelope {
     pub metadata: Metadata,
 }
 
+impl Envelope {
+    /// Decodes an encoded envelope's header: every field but the payload, which must be
+    /// there and is checked to be JSON, but is skipped rather than built into a tree (it is
+    /// left `Null`). For a hop that passes the encoded bytes on, such as the relay.
+    pub fn decode_header(encoded: &str) -> Result<Envelope, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Header {
+            message_id: Uuid,
+            stream_id: String,
+            stream_version: i64,
+            event_type: String,
+            schema_version: i32,
+            #[allow(dead_code)]
+            payload: serde::de::IgnoredAny,
+            metadata: Metadata,
+        }
+        let h: Header = serde_json::from_str(encoded)?;
+        Ok(Envelope {
+            message_id: h.message_id,
+            stream_id: h.stream_id,
+            stream_version: h.stream_version,
+            event_type: h.event_type,
+            schema_version: h.schema_version,
+            payload: Value::Null,
+            metadata: h.metadata,
+        })
+    }
+}
+
 /// An event read back from the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedEvent {
@@ -71,4 +100,43 @@ pub struct RecordedEvent {
     #[serde(flatten)]
     pub envelope: Envelope,
     pub recorded_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_header_is_the_envelope_without_its_payload() {
+        let envelope = Envelope {
+            message_id: Uuid::now_v7(),
+            stream_id: "order-1".into(),
+            stream_version: 3,
+            event_type: "order_placed".into(),
+            schema_version: 2,
+            payload: json!({"lines": [{"sku": "A", "quantity": 1}], "note": "a \"quoted\" word"}),
+            metadata: Metadata {
+                causation_id: Some(Uuid::now_v7()),
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+                ..Metadata::new_root()
+            },
+        };
+        let header = Envelope::decode_header(&serde_json::to_string(&envelope).unwrap()).unwrap();
+        assert_eq!(
+            header,
+            Envelope {
+                payload: Value::Null,
+                ..envelope.clone()
+            }
+        );
+        // The payload must be there, and be JSON.
+        let mut without = serde_json::to_value(&envelope).unwrap();
+        without.as_object_mut().unwrap().remove("payload");
+        assert!(Envelope::decode_header(&without.to_string()).is_err());
+        let broken = serde_json::to_string(&envelope)
+            .unwrap()
+            .replace("\"lines\"", "lines");
+        assert!(Envelope::decode_header(&broken).is_err());
+    }
 }

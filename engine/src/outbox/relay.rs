@@ -267,7 +267,7 @@ impl Relay {
         for row in rows {
             let payload: String = row.get(3);
             let key: String = row.get(2);
-            let envelope: Envelope = match serde_json::from_str(&payload) {
+            let envelope = match Envelope::decode_header(&payload) {
                 Ok(e) => e,
                 Err(e) => {
                     // Only a bug writes such a row; park it visibly instead of stalling the shard.

@@ -79,11 +79,11 @@ pub enum Commanded {
 }
 
 /// One thing that happens to one saga.
-struct Work {
+struct Work<'a> {
     saga_id: Uuid,
     saga: Option<Arc<Saga>>,
     input: SagaInput,
-    cause: Option<Envelope>,
+    cause: Option<&'a Envelope>,
 }
 
 impl Orchestrator {
@@ -129,7 +129,7 @@ impl Orchestrator {
         self.sagas.get(name)
     }
 
-    fn classify(&self, m: &Delivery) -> Vec<Work> {
+    fn classify<'a>(&self, m: &'a Delivery) -> Vec<Work<'a>> {
         let envelope = &m.envelope;
         if envelope.event_type == REPLY_EVENT_TYPE {
             let saga_id = envelope
@@ -145,7 +145,7 @@ impl Orchestrator {
                         command_id: reply.command_id,
                         outcome: reply.outcome,
                     },
-                    cause: Some(envelope.clone()),
+                    cause: Some(envelope),
                 }],
                 _ => {
                     tracing::error!(message_id = %envelope.message_id, "reply without a saga id or of an unknown shape; ignored");
@@ -163,7 +163,7 @@ impl Orchestrator {
                         data,
                         correlation_id: envelope.metadata.correlation_id,
                     },
-                    cause: Some(envelope.clone()),
+                    cause: Some(envelope),
                 }),
                 Some(Err(e)) => {
                     tracing::error!(saga = saga.name, error = %e, "start event yields no saga data")
@@ -178,7 +178,7 @@ impl Orchestrator {
                         reason,
                         by_operator: false,
                     },
-                    cause: Some(envelope.clone()),
+                    cause: Some(envelope),
                 });
             }
         }
@@ -191,7 +191,7 @@ impl Orchestrator {
     async fn process(
         &self,
         tx: &mut PgConnection,
-        work: Vec<Work>,
+        work: Vec<Work<'_>>,
         rearm: bool,
     ) -> Result<Processed, HandlerError> {
         let mut states: BTreeMap<Uuid, Loaded> = BTreeMap::new();
@@ -234,11 +234,8 @@ impl Orchestrator {
             }
             let metadata = Metadata {
                 correlation_id: next.state.correlation_id,
-                causation_id: w.cause.as_ref().map(|c| c.message_id),
-                traceparent: w
-                    .cause
-                    .as_ref()
-                    .and_then(crate::telemetry::caused_traceparent),
+                causation_id: w.cause.map(|c| c.message_id),
+                traceparent: w.cause.and_then(crate::telemetry::caused_traceparent),
                 saga_id: Some(w.saga_id.to_string()),
                 ..Default::default()
             };
@@ -305,7 +302,7 @@ impl Orchestrator {
             .map(|(s, v, e)| (s.as_str(), *v, e.as_slice()))
             .collect();
         self.store
-            .append_many(&mut *tx, &batch)
+            .append_batch(&mut *tx, &batch)
             .await
             .map_err(|e| -> HandlerError {
                 match e {
@@ -526,7 +523,7 @@ impl Handler for Orchestrator {
     ) -> Result<(), HandlerError> {
         // Whatever a failed batch left behind is not committed state.
         self.batch.lock().await.clear();
-        let work: Vec<Work> = messages.iter().flat_map(|m| self.classify(m)).collect();
+        let work: Vec<Work<'_>> = messages.iter().flat_map(|m| self.classify(m)).collect();
         if work.is_empty() {
             return Ok(());
         }

@@ -136,7 +136,19 @@ impl EventStore {
         tx: &mut PgConnection,
         streams: &[(&str, i64, &[NewEvent])],
     ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
-        self.append_streams(tx, streams, None).await
+        self.append_streams(tx, streams, None, true).await
+    }
+
+    /// [`EventStore::append_many`] for a writer that keeps no copy of what it appended (the
+    /// orchestrator holds its sagas' state): the same checks, without building the recorded
+    /// events.
+    pub async fn append_batch(
+        &self,
+        tx: &mut PgConnection,
+        streams: &[(&str, i64, &[NewEvent])],
+    ) -> Result<(), AppendError> {
+        self.append_streams(tx, streams, None, false).await?;
+        Ok(())
     }
 
     /// [`EventStore::append`] that also writes each event to the outbox on `topic`, keyed by
@@ -165,14 +177,17 @@ impl EventStore {
         topics: &[&str],
     ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
         assert_eq!(streams.len(), topics.len(), "one topic per stream");
-        self.append_streams(tx, streams, Some(topics)).await
+        self.append_streams(tx, streams, Some(topics), true).await
     }
 
+    /// Appends `streams`; with `record`, returns each stream's recorded events, and otherwise
+    /// nothing (but still a conflict).
     async fn append_streams(
         &self,
         tx: &mut PgConnection,
         streams: &[(&str, i64, &[NewEvent])],
         topics: Option<&[&str]>,
+        record: bool,
     ) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
         let total: usize = streams.iter().map(|s| s.2.len()).sum();
         if total == 0 {
@@ -185,7 +200,10 @@ impl EventStore {
         let mut types = Vec::with_capacity(total);
         let mut schema_versions = Vec::with_capacity(total);
         let mut payloads = Vec::with_capacity(total);
-        let mut metadata = Vec::with_capacity(total);
+        // Events of one decision share their metadata: encoded once per run of equal ones.
+        let mut metadata_values: Vec<Value> = Vec::new();
+        let mut metadata_of = Vec::with_capacity(total);
+        let mut last_metadata: Option<&Metadata> = None;
         let mut event_topics: Vec<&str> = Vec::with_capacity(total);
         let mut shards = Vec::with_capacity(total);
         for (n, (stream, expected_version, events)) in streams.iter().enumerate() {
@@ -202,9 +220,15 @@ impl EventStore {
                 types.push(e.event_type.as_str());
                 schema_versions.push(e.schema_version);
                 payloads.push(&e.payload);
-                metadata.push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
+                if last_metadata != Some(&e.metadata) {
+                    metadata_values
+                        .push(serde_json::to_value(&e.metadata).expect("metadata serializes"));
+                    last_metadata = Some(&e.metadata);
+                }
+                metadata_of.push(metadata_values.len() - 1);
             }
         }
+        let metadata: Vec<&Value> = metadata_of.iter().map(|&i| &metadata_values[i]).collect();
         let query = if topics.is_some() {
             sqlx::query(APPEND_AND_PUBLISH)
         } else {
@@ -234,6 +258,9 @@ impl EventStore {
                 )
             })
             .collect();
+        if !record && inserted.len() == total {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::with_capacity(streams.len());
         for (stream, expected_version, events) in streams {
             let mut recorded = Vec::with_capacity(events.len());
@@ -254,6 +281,9 @@ impl EventStore {
                         actual,
                     });
                 };
+                if !record {
+                    continue;
+                }
                 recorded.push(RecordedEvent {
                     global_position,
                     recorded_at,

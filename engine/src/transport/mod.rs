@@ -62,6 +62,8 @@ pub struct OutgoingMessage {
     pub topic: String,
     pub partition: i32,
     pub key: String,
+    /// The envelope's header, for headers and tracing. From the relay it comes without its
+    /// payload (`Null`, see [`Envelope::decode_header`]): `payload` carries the message.
     pub envelope: Envelope,
     /// The envelope encoded once, as stored in the outbox: the bytes the transport sends.
     pub payload: String,
