@@ -16,7 +16,7 @@ use common::engine::{
 use common::transport::{kafka, postgres};
 use sagaflow::config::Component;
 use sagaflow_engine::envelope::Envelope;
-use sagaflow_engine::saga::{Backoff, Invoke, Orchestrator, SagaDefinition};
+use sagaflow_engine::saga::{Backoff, Invoke, Orchestrator, Saga, SagaDefinition};
 use sagaflow_engine::transport::Transport;
 use sagaflow_sagas::inventory::{Inventory, InventoryCommand};
 use sagaflow_sagas::order::OrderStatus;
@@ -221,6 +221,42 @@ struct Transfer {
 }
 
 /// Each deposit starts a transfer saga.
+/// An orchestrator that knows only one saga (its consumer and its deadline poller), beside an
+/// engine started without its own.
+struct OnlyOrchestrator {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl OnlyOrchestrator {
+    fn start(
+        pool: &PgPool,
+        transport: &Arc<dyn Transport>,
+        engine: &common::engine::Running,
+        saga: &Arc<Saga>,
+    ) -> Self {
+        let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let bell = engine.engine.app.bus.outbox_bell().clone();
+        let consumer = orchestrator.consumer(transport.clone(), bell.clone());
+        let tasks = vec![
+            tokio::spawn({
+                let stop = stop.clone();
+                async move { consumer.run(stop).await.unwrap() }
+            }),
+            tokio::spawn(orchestrator.run_deadlines(bell, stop.clone())),
+        ];
+        OnlyOrchestrator { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 fn transfer_of_deposit(event: &AccountEvent, envelope: &Envelope) -> Option<Transfer> {
     match event {
         AccountEvent::FundsDeposited { amount_cents } => Some(Transfer {
@@ -305,16 +341,7 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
         &everything_but(&[Component::Orchestrator]),
     )
     .await;
-    let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let consumer = orchestrator.consumer(
-        transport.clone(),
-        engine.engine.app.bus.outbox_bell().clone(),
-    );
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { consumer.run(stop).await.unwrap() }
-    });
+    let orchestrator = OnlyOrchestrator::start(&pool, &transport, &engine, &saga);
     engine.restock("GIFT", 5).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 40_00).await;
@@ -335,8 +362,7 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
     assert_eq!(compensated, ["hold_funds", "reserve_gift"]);
     assert_eq!(stock(&pool, "GIFT").await, (5, 0));
     assert_eq!(account(&pool, customer).await, (40_00, 0));
-    stop.cancel();
-    task.await.unwrap();
+    orchestrator.stop().await;
     engine.stop().await;
 }
 
@@ -372,15 +398,7 @@ async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool
         &everything_but(&[Component::Orchestrator, Component::ParticipantPayment]),
     )
     .await;
-    let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let bell = engine.engine.app.bus.outbox_bell().clone();
-    let consumer = orchestrator.consumer(transport.clone(), bell.clone());
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { consumer.run(stop).await.unwrap() }
-    });
-    let deadlines = tokio::spawn(orchestrator.clone().run_deadlines(bell, stop.clone()));
+    let orchestrator = OnlyOrchestrator::start(&pool, &transport, &engine, &saga);
     engine.restock("GIFT", 5).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 40_00).await;
@@ -447,9 +465,7 @@ async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool
         .unwrap();
     assert_eq!(rows, 0);
     assert_eq!(stock(&pool, "GIFT").await, (5, 0));
-    stop.cancel();
-    task.await.unwrap();
-    deadlines.await.unwrap();
+    orchestrator.stop().await;
     engine.stop().await;
 }
 
