@@ -298,8 +298,11 @@ impl Watcher {
                     continue;
                 }
                 let ended: Vec<Uuid> = match sqlx::query_scalar(
-                    "SELECT saga_id FROM sagas
-                     WHERE saga_id = ANY($1) AND state IN ('completed', 'compensated', 'failed')",
+                    // A join, not `saga_id = ANY($1)`: that one may be planned as a scan of
+                    // the whole table once the statement's generic plan is taken.
+                    "SELECT s.saga_id FROM UNNEST($1::uuid[]) AS w(saga_id)
+                     JOIN sagas s ON s.saga_id = w.saga_id
+                     WHERE s.state IN ('completed', 'compensated', 'failed')",
                 )
                 .bind(&ids)
                 .fetch_all(&pool)

@@ -57,13 +57,19 @@ pub enum StoreError {
 /// appenders that both saw the same head race on the unique key: the loser waits for the
 /// winner, and `DO NOTHING` keeps the loser's transaction usable, so it can report the actual
 /// version without a second connection.
+///
+/// Only a stream's first row checks the head (one index probe per stream, not per event): the
+/// rows after it can only follow it. If the first row fails, a later row may still be
+/// inserted, past the head; the append then reports a conflict and the caller rolls back, as
+/// it must after any conflict.
 const APPEND: &str = "
 INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
 SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
 FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[], $8::jsonb[])
      WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
                           payload, metadata, ord)
-WHERE (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected
+WHERE (t.stream_version > t.expected + 1
+       OR (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected)
 ORDER BY t.ord
 ON CONFLICT (stream_id, stream_version) DO NOTHING
 RETURNING message_id, global_position, recorded_at";
@@ -81,7 +87,8 @@ WITH t AS (
     INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
     SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
     FROM t
-    WHERE (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected
+    WHERE (t.stream_version > t.expected + 1
+           OR (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected)
     ORDER BY t.ord
     ON CONFLICT (stream_id, stream_version) DO NOTHING
     RETURNING global_position, stream_id, stream_version, message_id, event_type, schema_version, payload,

@@ -93,6 +93,26 @@ async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool
     }
     tx.rollback().await.unwrap();
     assert_eq!(count(&pool, "events").await, 0);
+
+    // Several events: only the first checks the head, so the others may go in past it; the
+    // append is still a conflict, with the stream's real head, and the rollback takes them.
+    let mut tx = pool.begin().await.unwrap();
+    store
+        .append(&mut tx, "c-1", 0, &[new_event(1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let events = [new_event(2), new_event(3), new_event(4)];
+    match store.append(&mut tx, "c-1", 4, &events).await {
+        Err(AppendError::Conflict {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (4, 1)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    tx.rollback().await.unwrap();
+    assert_eq!(store.stream_version("c-1").await.unwrap(), 1);
+    assert_eq!(count(&pool, "events").await, 1);
 }
 
 #[sqlx::test(migrations = "../migrations")]
