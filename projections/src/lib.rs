@@ -193,7 +193,8 @@ impl Projections {
                     self.pool.clone(),
                     self.transport.clone(),
                     p.handler(),
-                    ConsumerConfig::new(group_of(p.name()), &[p.topic()]),
+                    // A projector skips an event at or below its row's version itself.
+                    ConsumerConfig::new(group_of(p.name()), &[p.topic()]).handler_is_idempotent(),
                 )
             })
             .collect()

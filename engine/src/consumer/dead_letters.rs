@@ -28,7 +28,9 @@
 //!   to `parked` with its attempts added up.
 //!
 //! **A discarded message is never applied** by its group: discarding records its id in the
-//! group's `processed_messages`, so a later copy (another group's retry) is skipped.
+//! group's `processed_messages`, so a later copy (another group's retry) is skipped. A group
+//! that records no ids ([`super::ConsumerConfig::handler_is_idempotent`], the projectors)
+//! would apply such a copy; a projector folds every stored event of its streams anyway.
 //!
 //! The copy is appended at the end of its partition, after messages that arrived meanwhile:
 //! a retry does not restore the original order relative to later messages of the same key.

@@ -4,7 +4,10 @@
 //!   applied in one transaction that also advances the group's offset (compare-and-set on the
 //!   previous offset), so effects are exactly-once even though delivery is at-least-once.
 //! - **Redelivered messages are skipped** by message id (`processed_messages`), which covers a
-//!   relay that published a batch twice.
+//!   relay that published a batch twice. A group whose handler is idempotent by itself (a
+//!   projector: by stream version) can leave the ids out
+//!   ([`ConsumerConfig::handler_is_idempotent`]); a message delivered twice in one batch is
+//!   still handed over once.
 //! - **Per-key order.** A key lives in one partition; a partition is consumed by one member of
 //!   the group at a time, in offset order.
 //! - **Poison messages are parked.** A message whose handler keeps failing is retried with
@@ -82,6 +85,9 @@ pub struct ConsumerConfig {
     pub retry_backoff: Duration,
     /// How often partition ownership is rebalanced.
     pub rebalance_interval: Duration,
+    /// Record each applied message id in `processed_messages` and skip the ids found there.
+    /// On by default; see [`ConsumerConfig::handler_is_idempotent`].
+    pub skip_processed_ids: bool,
 }
 
 impl ConsumerConfig {
@@ -94,7 +100,18 @@ impl ConsumerConfig {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
             rebalance_interval: Duration::from_secs(2),
+            skip_processed_ids: true,
         }
+    }
+
+    /// For a handler that applies a redelivered message as a no-op by itself (a projector
+    /// compares each event's stream version with its row's): the group records no message
+    /// ids, which saves a row and its index entries per message. The handler then also
+    /// receives messages that the `processed_messages` table would have skipped, such as one
+    /// an operator discarded from the group's dead letters.
+    pub fn handler_is_idempotent(mut self) -> Self {
+        self.skip_processed_ids = false;
+        self
     }
 }
 
@@ -453,16 +470,20 @@ impl Consumer {
         let mut tx = self.pool.begin().await?;
         let all: Vec<&Delivery> = groups.values().flatten().collect();
         let ids: Vec<Uuid> = all.iter().map(|m| m.message_id()).collect();
-        let mut fresh: HashSet<Uuid> = sqlx::query_scalar(
-            "INSERT INTO processed_messages (consumer_group, message_id)
-             SELECT $1, UNNEST($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id",
-        )
-        .bind(&self.config.group)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let mut fresh: HashSet<Uuid> = if self.config.skip_processed_ids {
+            sqlx::query_scalar(
+                "INSERT INTO processed_messages (consumer_group, message_id)
+                 SELECT $1, UNNEST($2::uuid[]) ON CONFLICT DO NOTHING RETURNING message_id",
+            )
+            .bind(&self.config.group)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        } else {
+            ids.iter().copied().collect()
+        };
         let todo: Vec<Delivery> = all
             .iter()
             .filter(|m| fresh.remove(&m.message_id()))

@@ -109,3 +109,77 @@ async fn of_two_members_moving_the_same_offset_only_the_first_commits(pool: PgPo
         );
     }
 }
+
+/// Counts the messages handed over, by id.
+#[derive(Default)]
+struct Counting(std::sync::Mutex<HashMap<Uuid, usize>>);
+
+#[async_trait]
+impl Handler for Counting {
+    async fn handle(&self, _: &mut PgConnection, m: &Delivery) -> Result<(), HandlerError> {
+        *self.0.lock().unwrap().entry(m.message_id()).or_default() += 1;
+        Ok(())
+    }
+}
+
+fn delivery(partition: i32, offset: i64, message_id: Uuid) -> Delivery {
+    Delivery {
+        topic: "t".into(),
+        partition,
+        offset,
+        key: "k".into(),
+        envelope: crate::envelope::Envelope {
+            message_id,
+            stream_id: "s-1".into(),
+            stream_version: 1,
+            event_type: "e".into(),
+            schema_version: 1,
+            payload: serde_json::json!({}),
+            metadata: Default::default(),
+        },
+        decode_error: None,
+    }
+}
+
+/// A message delivered twice in a batch, or again in a later one, is handed over once; a
+/// group whose handler is idempotent by itself records no ids, gets the later copy, and
+/// still gets a copy within one batch once.
+#[sqlx::test(migrations = "../migrations")]
+async fn redeliveries_are_skipped_by_id_unless_the_handler_is_idempotent(pool: PgPool) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    for idempotent in [false, true] {
+        let group = if idempotent { "idempotent" } else { "by-id" };
+        let mut config = ConsumerConfig::new(group, &["t"]);
+        if idempotent {
+            config = config.handler_is_idempotent();
+        }
+        let handler = Arc::new(Counting::default());
+        let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
+        let consumer = Consumer::new(pool.clone(), transport, handler.clone(), config);
+
+        let first = BTreeMap::from([
+            (key(0), vec![delivery(0, 0, a), delivery(0, 1, a)]),
+            (key(1), vec![delivery(1, 0, b)]),
+        ]);
+        let positions = BTreeMap::from([(key(0), 0), (key(1), 0)]);
+        consumer.apply_together(&positions, &first).await.unwrap();
+        // The relay published `a` again, later.
+        let again = BTreeMap::from([(key(0), vec![delivery(0, 2, a)])]);
+        let positions = BTreeMap::from([(key(0), 2)]);
+        consumer.apply_together(&positions, &again).await.unwrap();
+
+        let counts = handler.0.lock().unwrap().clone();
+        let recorded: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE consumer_group = $1")
+                .bind(group)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if idempotent {
+            assert_eq!((counts[&a], counts[&b], recorded), (2, 1, 0));
+        } else {
+            assert_eq!((counts[&a], counts[&b], recorded), (1, 1, 2));
+        }
+        assert_eq!(consumer.committed_offset(&key(0)).await.unwrap(), 3);
+    }
+}
