@@ -287,6 +287,16 @@ fn release_gift(t: &Transfer) -> Invoke<Inventory> {
     )
 }
 
+fn hold_funds(t: &Transfer, amount_cents: i64) -> Invoke<Account> {
+    Invoke::new(
+        t.customer,
+        AccountCommand::Authorize {
+            order_id: t.hold_id,
+            amount_cents: AmountCents::new(amount_cents).unwrap(),
+        },
+    )
+}
+
 /// Three steps, the third always fails: step 2 then step 1 are compensated.
 async fn a_saga_defined_in_a_test_compensates_in_reverse(
     pool: PgPool,
@@ -298,15 +308,7 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
         .invoke::<Inventory>(reserve_gift)
         .compensate::<Inventory>(release_gift)
         .step("hold_funds")
-        .invoke::<Account>(|t| {
-            Invoke::new(
-                t.customer,
-                AccountCommand::Authorize {
-                    order_id: t.hold_id,
-                    amount_cents: AmountCents::new(t.deposit_cents / 2).unwrap(),
-                },
-            )
-        })
+        .invoke::<Account>(|t| hold_funds(t, t.deposit_cents / 2))
         .on_success(|t, events| {
             assert!(
                 matches!(events, [AccountEvent::PaymentAuthorized { .. }]),
@@ -379,15 +381,7 @@ async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool
         .compensate::<Inventory>(release_gift)
         .timeout(Duration::from_secs(5))
         .step("hold_funds")
-        .invoke::<Account>(|t| {
-            Invoke::new(
-                t.customer,
-                AccountCommand::Authorize {
-                    order_id: t.hold_id,
-                    amount_cents: AmountCents::new(t.deposit_cents).unwrap(),
-                },
-            )
-        })
+        .invoke::<Account>(|t| hold_funds(t, t.deposit_cents))
         .timeout(Duration::from_secs(8))
         .retry(Backoff::none())
         .build();

@@ -15,6 +15,16 @@ fn new_event(n: i64) -> NewEvent {
     }
 }
 
+/// The expected and actual versions of an append that must be a conflict.
+fn conflict(result: Result<Vec<RecordedEvent>, AppendError>) -> (i64, i64) {
+    match result {
+        Err(AppendError::Conflict {
+            expected, actual, ..
+        }) => (expected, actual),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
 async fn count(pool: &PgPool, table: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)
@@ -71,12 +81,10 @@ async fn a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
     tx.commit().await.unwrap();
 
     let mut tx = pool.begin().await.unwrap();
-    match store.append(&mut tx, "c-1", 1, &[new_event(3)]).await {
-        Err(AppendError::Conflict {
-            expected, actual, ..
-        }) => assert_eq!((expected, actual), (1, 2)),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    assert_eq!(
+        conflict(store.append(&mut tx, "c-1", 1, &[new_event(3)]).await),
+        (1, 2)
+    );
     tx.rollback().await.unwrap();
     assert_eq!(store.stream_version("c-1").await.unwrap(), 2);
 }
@@ -85,12 +93,10 @@ async fn a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
 async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
-    match store.append(&mut tx, "c-1", 5, &[new_event(1)]).await {
-        Err(AppendError::Conflict {
-            expected, actual, ..
-        }) => assert_eq!((expected, actual), (5, 0)),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    assert_eq!(
+        conflict(store.append(&mut tx, "c-1", 5, &[new_event(1)]).await),
+        (5, 0)
+    );
     tx.rollback().await.unwrap();
     assert_eq!(count(&pool, "events").await, 0);
 
@@ -104,12 +110,10 @@ async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool
     tx.commit().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     let events = [new_event(2), new_event(3), new_event(4)];
-    match store.append(&mut tx, "c-1", 4, &events).await {
-        Err(AppendError::Conflict {
-            expected, actual, ..
-        }) => assert_eq!((expected, actual), (4, 1)),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    assert_eq!(
+        conflict(store.append(&mut tx, "c-1", 4, &events).await),
+        (4, 1)
+    );
     tx.rollback().await.unwrap();
     assert_eq!(store.stream_version("c-1").await.unwrap(), 1);
     assert_eq!(count(&pool, "events").await, 1);
