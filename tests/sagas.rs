@@ -13,16 +13,18 @@ use common::engine::{
     account, everything, everything_but, order_status, saga_state, start_engine, stock,
     wait_terminal,
 };
-use common::transport::{kafka, postgres};
+use common::transport::{eventually, kafka, postgres};
 use sagaflow::config::Component;
 use sagaflow_engine::envelope::Envelope;
-use sagaflow_engine::saga::{Backoff, Invoke, Orchestrator, Saga, SagaDefinition};
+use sagaflow_engine::outbox::{self, OutboxMessage};
+use sagaflow_engine::saga::{load_saga, Backoff, Invoke, Orchestrator, Saga, SagaDefinition};
 use sagaflow_engine::transport::Transport;
 use sagaflow_sagas::inventory::{Inventory, InventoryCommand};
 use sagaflow_sagas::order::OrderStatus;
 use sagaflow_sagas::payment::{Account, AccountCommand, AccountEvent};
 use sagaflow_sagas::types::{AmountCents, Quantity};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -218,6 +220,9 @@ struct Transfer {
     customer: Uuid,
     deposit_cents: i64,
     hold_id: Uuid,
+    /// Set by `hold_funds` from its reply.
+    #[serde(default)]
+    held_cents: i64,
 }
 
 /// Each deposit starts a transfer saga.
@@ -263,6 +268,7 @@ fn transfer_of_deposit(event: &AccountEvent, envelope: &Envelope) -> Option<Tran
             customer: envelope.stream_id.strip_prefix("account-")?.parse().ok()?,
             deposit_cents: *amount_cents,
             hold_id: Uuid::now_v7(),
+            held_cents: 0,
         }),
         _ => None,
     }
@@ -309,11 +315,9 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
         .compensate::<Inventory>(release_gift)
         .step("hold_funds")
         .invoke::<Account>(|t| hold_funds(t, t.deposit_cents / 2))
-        .on_success(|t, events| {
-            assert!(
-                matches!(events, [AccountEvent::PaymentAuthorized { .. }]),
-                "{t:?}"
-            )
+        .on_success(|t, events| match events {
+            [AccountEvent::PaymentAuthorized { amount_cents, .. }] => t.held_cents = *amount_cents,
+            other => panic!("{t:?} got {other:?}"),
         })
         .compensate::<Account>(|t| {
             Invoke::new(
@@ -362,6 +366,22 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
     .await
     .unwrap();
     assert_eq!(compensated, ["hold_funds", "reserve_gift"]);
+    // A step's success records the saga data only when its replies changed it, and the
+    // saga read back from its stream has the changed data.
+    let recorded: Vec<(String, Option<Value>)> = sqlx::query_as(
+        "SELECT payload->>'name', payload->'data' FROM events
+         WHERE stream_id = $1 AND event_type = 'step_succeeded' ORDER BY stream_version",
+    )
+    .bind(format!("saga-{saga_id}"))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert_eq!(recorded[0], ("reserve_gift".to_owned(), None));
+    assert_eq!(recorded[1].0, "hold_funds");
+    assert_eq!(recorded[1].1.as_ref().unwrap()["held_cents"], 20_00);
+    let folded = load_saga(&pool, saga_id).await.unwrap().unwrap();
+    assert_eq!(folded.data["held_cents"], 20_00);
     assert_eq!(stock(&pool, "GIFT").await, (5, 0));
     assert_eq!(account(&pool, customer).await, (40_00, 0));
     orchestrator.stop().await;
@@ -535,3 +555,114 @@ async fn a_participant_stopped_for_a_minute(pool: PgPool, transport: Arc<dyn Tra
 }
 
 on_both_transports!(a_participant_stopped_for_a_minute);
+
+/// What the orchestrator's decisions have written so far: saga events, and commands sent.
+async fn saga_writes(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE stream_id LIKE 'saga-%'),
+                (SELECT count(*) FROM message_log WHERE topic LIKE '%.commands')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Publishes every start event and reply the orchestrator has consumed again, under the same
+/// message ids, and waits until it has consumed them too. Returns how many there were.
+async fn redeliver_orchestrator_inputs(pool: &PgPool) -> usize {
+    let inputs = "topic LIKE '%.order.events' OR topic LIKE '%.saga.replies'";
+    let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+        "SELECT topic, partition_key, envelope FROM message_log WHERE {inputs}"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let again: Vec<OutboxMessage> = rows
+        .iter()
+        .map(|(topic, key, envelope)| OutboxMessage {
+            // The physical topic is the test's prefix, a dot, and the logical topic.
+            topic: topic.split_once('.').unwrap().1.to_owned(),
+            partition_key: key.clone(),
+            envelope: serde_json::from_str::<Envelope>(envelope).unwrap(),
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &again).await.unwrap();
+    tx.commit().await.unwrap();
+    let published = 2 * rows.len() as i64;
+    eventually(
+        WAIT,
+        "the orchestrator consuming the redelivered messages",
+        || async {
+            let (logged, consumed): (i64, Option<i64>) = sqlx::query_as(&format!(
+                "SELECT (SELECT count(*) FROM message_log WHERE {inputs}),
+                    (SELECT sum(next_offset)::int8 FROM consumer_offsets
+                      WHERE consumer_group = 'orchestrator')"
+            ))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            logged == published && consumed == Some(published)
+        },
+    )
+    .await;
+    rows.len()
+}
+
+/// Every start event and reply the orchestrator consumed is delivered again under its own
+/// message id, once while a saga waits on a stopped participant and once after it completed.
+/// The orchestrator records no message ids, so only its decisions can tell a repeat: no saga
+/// event is written and no command is sent again.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_redelivered_start_or_reply_changes_no_saga(pool: PgPool) {
+    let transport = postgres(&pool);
+    let engine = start_engine(
+        &pool,
+        &transport,
+        &everything_but(&[Component::ParticipantPayment]),
+    )
+    .await;
+    engine.restock("LAMP", 5).await;
+    let customer = Uuid::now_v7();
+    engine.deposit(customer, 100_00).await;
+    let (order, saga) = engine.order(customer, &[("LAMP", 2, 10_00)]).await;
+    eventually(WAIT, "the saga waiting for its payment", || async {
+        let step: Option<String> =
+            sqlx::query_scalar("SELECT current_step FROM sagas WHERE saga_id = $1")
+                .bind(saga)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+                .flatten();
+        step.as_deref() == Some("authorize_payment")
+    })
+    .await;
+    let before = saga_writes(&pool).await;
+    // The order placed event and the stock reservation's reply.
+    assert_eq!(redeliver_orchestrator_inputs(&pool).await, 2);
+    assert_eq!(saga_writes(&pool).await, before);
+    assert_eq!(saga_state(&pool, saga).await.as_deref(), Some("running"));
+
+    let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
+    wait_terminal(&pool, &[saga], WAIT).await;
+    assert_eq!(saga_state(&pool, saga).await.as_deref(), Some("completed"));
+    let after = saga_writes(&pool).await;
+    assert!(redeliver_orchestrator_inputs(&pool).await > 2);
+    assert_eq!(saga_writes(&pool).await, after);
+
+    assert_eq!(
+        order_status(&pool, order).await,
+        Some(OrderStatus::Confirmed)
+    );
+    assert_eq!(stock(&pool, "LAMP").await, (5, 2));
+    assert_eq!(account(&pool, customer).await, (100_00 - 20_00, 0));
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_messages WHERE consumer_group = 'orchestrator'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, 0);
+    payment.stop().await;
+    engine.stop().await;
+}

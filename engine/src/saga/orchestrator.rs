@@ -109,6 +109,12 @@ impl Orchestrator {
     }
 
     /// The orchestrator's consumer (group `orchestrator`).
+    ///
+    /// The group records no message ids ([`ConsumerConfig::handler_is_idempotent`]): every
+    /// input is decided on the saga's committed state, where a repeat is a no-op by itself (a
+    /// start of a saga that exists, a reply to a command that is no longer awaited, an abort
+    /// of a saga that is no longer running), so a redelivered message writes nothing. That
+    /// saves a `processed_messages` row for each start event and each reply.
     pub fn consumer(
         self: &Arc<Self>,
         transport: Arc<dyn Transport>,
@@ -120,7 +126,7 @@ impl Orchestrator {
             self.pool.clone(),
             transport,
             self.clone(),
-            ConsumerConfig::new(ORCHESTRATOR_GROUP, &topics),
+            ConsumerConfig::new(ORCHESTRATOR_GROUP, &topics).handler_is_idempotent(),
         )
         .with_outbox_bell(outbox_bell)
     }

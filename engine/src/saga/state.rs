@@ -61,7 +61,11 @@ pub enum SagaEvent {
     StepSucceeded {
         step: usize,
         name: String,
-        data: Value,
+        /// The saga data after the step, when the step's replies changed it; absent, the data
+        /// stays as it was (most steps only need a reply to succeed, and a saga's data can
+        /// be large, so it is not stored again with every step).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
         /// The reply that completed the step, when it arrived as the step's last one: one
         /// event instead of `reply_received` followed by `step_succeeded`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,7 +352,9 @@ impl SagaState {
                         self.reply_succeeded(&reply.events);
                     }
                 }
-                self.data = data.clone();
+                if let Some(data) = data {
+                    self.data = data.clone();
+                }
                 self.completed.push(*step);
                 self.current = None;
                 self.deadline = None;
@@ -797,10 +803,10 @@ impl Decider<'_> {
     fn complete_step(&mut self, step: usize) -> Result<(), String> {
         let data = match &self.saga.steps[step].on_success {
             Some(f) => match f(&self.state.data, &self.state.replies) {
-                Ok(d) => d,
+                Ok(d) => (d != self.state.data).then_some(d),
                 Err(e) => return self.fail_step(step, "invalid_reply".into(), e, false),
             },
-            None => self.state.data.clone(),
+            None => None,
         };
         // The reply that completed the step, decided just before, is recorded in this event.
         let reply = match self.out.last() {
