@@ -622,6 +622,7 @@ async fn a_redelivered_start_or_reply_changes_no_saga(pool: PgPool) {
         &everything_but(&[Component::ParticipantPayment]),
     )
     .await;
+    let mut ended = engine.engine.app.orchestrator.ended();
     engine.restock("LAMP", 5).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 100_00).await;
@@ -646,9 +647,13 @@ async fn a_redelivered_start_or_reply_changes_no_saga(pool: PgPool) {
     let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
     wait_terminal(&pool, &[saga], WAIT).await;
     assert_eq!(saga_state(&pool, saga).await.as_deref(), Some("completed"));
+    // The saga's end is told once, after its commit, and not again for the repeats.
+    let told = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await;
+    assert_eq!(told.unwrap().unwrap(), saga);
     let after = saga_writes(&pool).await;
     assert!(redeliver_orchestrator_inputs(&pool).await > 2);
     assert_eq!(saga_writes(&pool).await, after);
+    assert!(ended.try_recv().is_err(), "told twice");
 
     assert_eq!(
         order_status(&pool, order).await,

@@ -175,7 +175,7 @@ async fn one_transport(
             .error_for_status()?;
     }
 
-    let watcher = Watcher::start(pool.clone());
+    let watcher = Watcher::start(pool.clone(), engine.app.orchestrator.ended());
     let label = if args.open_loop {
         "placed"
     } else {
@@ -266,9 +266,14 @@ async fn one_transport(
 /// The longest wait for sagas to end after the last order.
 const DRAIN: Duration = Duration::from_secs(120);
 
-/// Tells clients when their saga has ended: one query every few milliseconds for all the
-/// sagas clients wait for, rather than a poll per client. Latencies are taken from the
-/// sagas' own end times, so the interval only delays a client's next order.
+/// Tells clients when their saga has ended, from the orchestrator's [`Orchestrator::ended`]
+/// notices (the engine runs in this process), so that telling costs the database nothing.
+/// A query of every awaited saga's state still runs now and then, and at once when the
+/// notices were missed (a receiver that fell behind), so no client waits for a notice that
+/// came before it started waiting. Latencies are taken from the sagas' own end times, so
+/// this only decides when a client places its next order.
+///
+/// [`Orchestrator::ended`]: sagaflow_engine::saga::Orchestrator::ended
 #[derive(Clone)]
 struct Watcher {
     waiting: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, tokio::sync::oneshot::Sender<()>>>>,
@@ -276,53 +281,76 @@ struct Watcher {
 }
 
 impl Watcher {
-    const INTERVAL: Duration = Duration::from_millis(20);
+    /// How often every awaited saga's state is read from the database.
+    const POLL: Duration = Duration::from_millis(500);
 
-    fn start(pool: PgPool) -> Watcher {
+    fn start(pool: PgPool, mut ended: tokio::sync::broadcast::Receiver<Uuid>) -> Watcher {
+        use tokio::sync::broadcast::error::RecvError;
         let watcher = Watcher {
             waiting: Default::default(),
             stop: tokio_util::sync::CancellationToken::new(),
         };
         let w = watcher.clone();
         tokio::spawn(async move {
-            while !w.stop.is_cancelled() {
-                tokio::time::sleep(Self::INTERVAL).await;
-                let ids: Vec<Uuid> = w
-                    .waiting
-                    .lock()
-                    .expect("not poisoned")
-                    .keys()
-                    .copied()
-                    .collect();
-                if ids.is_empty() {
-                    continue;
+            let mut poll = tokio::time::interval(Self::POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = w.stop.cancelled() => break,
+                    notice = ended.recv() => match notice {
+                        Ok(id) => {
+                            w.resolve([id]);
+                            continue;
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => {
+                            w.stop.cancelled().await;
+                            break;
+                        }
+                    },
+                    _ = poll.tick() => {}
                 }
-                let ended: Vec<Uuid> = match sqlx::query_scalar(
-                    // A join, not `saga_id = ANY($1)`: that one may be planned as a scan of
-                    // the whole table once the statement's generic plan is taken.
-                    "SELECT s.saga_id FROM UNNEST($1::uuid[]) AS w(saga_id)
-                     JOIN sagas s ON s.saga_id = w.saga_id
-                     WHERE s.state IN ('completed', 'compensated', 'failed')",
-                )
-                .bind(&ids)
-                .fetch_all(&pool)
-                .await
-                {
-                    Ok(ended) => ended,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bench: cannot read saga states");
-                        continue;
-                    }
-                };
-                let mut waiting = w.waiting.lock().expect("not poisoned");
-                for id in ended {
-                    if let Some(tx) = waiting.remove(&id) {
-                        let _ = tx.send(());
-                    }
-                }
+                w.poll(&pool).await;
             }
         });
         watcher
+    }
+
+    fn resolve(&self, ended: impl IntoIterator<Item = Uuid>) {
+        let mut waiting = self.waiting.lock().expect("not poisoned");
+        for id in ended {
+            if let Some(tx) = waiting.remove(&id) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Reads the states of all awaited sagas and resolves those that ended.
+    async fn poll(&self, pool: &PgPool) {
+        let ids: Vec<Uuid> = self
+            .waiting
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        match sqlx::query_scalar(
+            // A join, not `saga_id = ANY($1)`: that one may be planned as a scan of the whole
+            // table once the statement's generic plan is taken.
+            "SELECT s.saga_id FROM UNNEST($1::uuid[]) AS w(saga_id)
+             JOIN sagas s ON s.saga_id = w.saga_id
+             WHERE s.state IN ('completed', 'compensated', 'failed')",
+        )
+        .bind(&ids)
+        .fetch_all(pool)
+        .await
+        {
+            Ok(ended) => self.resolve(ended),
+            Err(e) => tracing::warn!(error = %e, "bench: cannot read saga states"),
+        }
     }
 
     /// Resolves once saga `id` is in a terminal state.

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Mutex;
+use tokio::sync::{broadcast, Mutex};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -39,10 +39,15 @@ use crate::transport::{Delivery, Transport};
 /// The consumer group of the orchestrator.
 pub const ORCHESTRATOR_GROUP: &str = "orchestrator";
 
+/// How many ended saga ids an [`Orchestrator::ended`] receiver may fall behind.
+pub const ENDED_CAPACITY: usize = 16_384;
+
 #[derive(Clone)]
 struct Loaded {
     version: i64,
     state: SagaState,
+    /// Decided into a terminal state by the transaction in flight (not yet published).
+    ended: bool,
 }
 
 /// Drives the registered sagas. Cheap to share (`Arc`).
@@ -51,9 +56,13 @@ pub struct Orchestrator {
     pool: PgPool,
     store: EventStore,
     cache: Mutex<HashMap<Uuid, Loaded>>,
-    /// Sagas decided by the batch in flight; they reach `cache` after its commit.
+    /// Sagas decided by the consumer's batch in flight; they reach `cache` after its commit.
+    /// Only the consumer's handler uses it: the deadline poller and operators' commands
+    /// publish what they decided themselves, after their own commits.
     batch: Mutex<HashMap<Uuid, Loaded>>,
     cache_capacity: usize,
+    /// Ids of the sagas this process brought to a terminal state, sent after the commit.
+    ended: broadcast::Sender<Uuid>,
 }
 
 /// What [`Orchestrator::process`] decided, for the caller to publish after its commit.
@@ -95,6 +104,7 @@ impl Orchestrator {
             cache: Mutex::new(HashMap::new()),
             batch: Mutex::new(HashMap::new()),
             cache_capacity: 100_000,
+            ended: broadcast::channel(ENDED_CAPACITY).0,
         }
     }
 
@@ -129,6 +139,15 @@ impl Orchestrator {
             ConsumerConfig::new(ORCHESTRATOR_GROUP, &topics).handler_is_idempotent(),
         )
         .with_outbox_bell(outbox_bell)
+    }
+
+    /// Ids of the sagas that this process's orchestrator brings to a terminal state
+    /// (completed, compensated or failed), each sent once the transaction that ended it
+    /// committed. A saga ended by another process is not sent; a receiver that falls more
+    /// than [`ENDED_CAPACITY`] ids behind misses some (`RecvError::Lagged`) and must read
+    /// the `sagas` table to catch up.
+    pub fn ended(&self) -> broadcast::Receiver<Uuid> {
+        self.ended.subscribe()
     }
 
     pub fn saga(&self, name: &str) -> Option<&Arc<Saga>> {
@@ -232,8 +251,15 @@ impl Orchestrator {
                 continue;
             };
             let version = loaded.version;
+            let was_terminal = loaded.state.status.is_some_and(|s| s.is_terminal());
             let (state, events) = evolve(&saga, loaded.state, &w.input, now, &mut jitter)?;
-            let mut next = Loaded { version, state };
+            let ended =
+                loaded.ended || (!was_terminal && state.status.is_some_and(|s| s.is_terminal()));
+            let mut next = Loaded {
+                version,
+                state,
+                ended,
+            };
             if events.is_empty() {
                 states.insert(w.saga_id, next);
                 continue;
@@ -343,11 +369,8 @@ impl Orchestrator {
         Ok(Processed { states, decided })
     }
 
-    /// A saga's state: from the batch in flight, the cache, or its stream (read in `tx`).
+    /// A saga's state: from the cache, or its stream (read in `tx`).
     async fn load(&self, tx: &mut PgConnection, saga_id: Uuid) -> Result<Loaded, sqlx::Error> {
-        if let Some(l) = self.batch.lock().await.remove(&saga_id) {
-            return Ok(l);
-        }
         // A cached saga is taken as is: only the committed work of this process put it there,
         // and the append's version check catches any other writer (the batch then fails and
         // the saga is read afresh).
@@ -357,6 +380,7 @@ impl Orchestrator {
         let mut loaded = Loaded {
             version: 0,
             state: SagaState::default(),
+            ended: false,
         };
         let stream = saga_stream(saga_id);
         loop {
@@ -397,12 +421,10 @@ impl Orchestrator {
                 Ok(n) => {
                     if n > 0 {
                         outbox_bell.ring();
-                        self.publish_batch().await;
                     }
                     n
                 }
                 Err(e) => {
-                    self.batch.lock().await.clear();
                     tracing::warn!(error = %e, "deadline round failed; retrying");
                     0
                 }
@@ -446,10 +468,9 @@ impl Orchestrator {
             }
         }
         let n = work.len();
-        self.batch.lock().await.clear();
         let processed = self.process(&mut tx, work, true).await?;
-        self.batch.lock().await.extend(processed.states);
         tx.commit().await?;
+        self.publish(processed.states).await;
         Ok(n)
     }
 
@@ -498,12 +519,21 @@ impl Orchestrator {
         self.publish(decided).await;
     }
 
-    /// Puts committed states into the cache (terminal sagas leave it).
+    /// Puts committed states into the cache (terminal sagas leave it, and are sent to the
+    /// [`Orchestrator::ended`] receivers). A state older than the cached one is dropped: the
+    /// consumer and the deadline poller each publish after their own commit, so a later
+    /// decision on the same saga may have been published first.
     async fn publish(&self, decided: impl IntoIterator<Item = (Uuid, Loaded)>) {
         let mut cache = self.cache.lock().await;
         for (id, loaded) in decided {
             if loaded.state.status.is_some_and(|s| s.is_terminal()) {
                 cache.remove(&id);
+                if loaded.ended {
+                    let _ = self.ended.send(id);
+                }
+                continue;
+            }
+            if cache.get(&id).is_some_and(|c| c.version >= loaded.version) {
                 continue;
             }
             if cache.len() >= self.cache_capacity {
