@@ -514,6 +514,39 @@ async fn a_row_committed_after_later_rows_were_relayed_is_relayed(
     assert_key_order(&pool, 5, 10).await;
 }
 
+/// The server drops every session of the relay and the consumer (as a restart or an
+/// administrator would): they open new ones, and what is committed before and after is
+/// delivered in key order, each message once.
+async fn sessions_the_server_drops_are_replaced(pool: PgPool, transport: Arc<dyn Transport>) {
+    create_applied(&pool).await;
+    let transport = with_topics(transport, &[TOPIC]).await;
+    let running = Running::start(&pool, &transport);
+    let keys: Vec<String> = (0..20).map(|k| format!("key-{k}")).collect();
+    let versions = |range: std::ops::RangeInclusive<i64>| -> Vec<OutboxMessage> {
+        range
+            .flat_map(|v| keys.iter().map(move |k| message(k, v, json!({"v": v}))))
+            .collect()
+    };
+    commit(&pool, &versions(1..=5)).await;
+    wait_applied(&pool, 100).await;
+    let dropped = scalar(
+        &pool,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    assert!(dropped >= 2, "{dropped} sessions dropped");
+    // The test's own pooled sessions were dropped too: the pool checks those idle for a
+    // second before it hands them out again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    commit(&pool, &versions(6..=10)).await;
+    wait_applied(&pool, 200).await;
+    running.stop().await;
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM applied").await, 200);
+    assert_eq!(scalar(&pool, "SELECT count(*) FROM outbox").await, 0);
+    assert_key_order(&pool, 20, 10).await;
+}
+
 /// Runs a contract test once per transport.
 macro_rules! on_both_transports {
     ($($name:ident),* $(,)?) => {$(
@@ -541,4 +574,5 @@ on_both_transports!(
     group_members_share_partitions_and_take_over,
     one_relay_leads_and_a_standby_takes_over,
     a_row_committed_after_later_rows_were_relayed_is_relayed,
+    sessions_the_server_drops_are_replaced,
 );

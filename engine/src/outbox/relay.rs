@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -106,7 +107,8 @@ impl Relay {
     ) -> Self {
         let lock_options = pool.connect_options().as_ref().clone();
         Relay {
-            // One session per shard task, and one for the batch a shard moves meanwhile.
+            // One session per shard task, kept between its batches, and as many spare for a
+            // shard that replaces a broken one.
             pool: crate::db::keyed_pool(&pool, 2 * OUTBOX_SHARDS as u32),
             lock_options,
             transport,
@@ -136,6 +138,9 @@ impl Relay {
         let mut waiter = self.bell.waiter();
         let mut floor = Floor::default();
         let mut lock: Option<PgConnection> = None;
+        // The session the shard's polls and batches run on, kept between them: the pool
+        // pings every connection it takes back, a round trip per poll and per batch.
+        let mut session: Option<PoolConnection<Postgres>> = None;
         let mut backoff = Duration::from_millis(100);
         let mut last_lock_check = Instant::now();
         while !shutdown.is_cancelled() {
@@ -175,7 +180,18 @@ impl Relay {
                 }
                 last_lock_check = Instant::now();
             }
-            match self.relay_batch(shard, &mut floor).await {
+            let conn = match session.as_mut() {
+                Some(conn) => conn,
+                None => match self.pool.acquire().await {
+                    Ok(conn) => session.insert(conn),
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "relay cannot reach the database");
+                        sleep_or_cancel(self.config.standby_retry, &shutdown).await;
+                        continue;
+                    }
+                },
+            };
+            match self.relay_batch(shard, &mut floor, conn).await {
                 Ok(0) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
@@ -185,6 +201,8 @@ impl Relay {
                 }
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
+                    // Whatever broke, the next batch starts on a session the pool checked.
+                    session = None;
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     metrics().relay_failures.inc();
                     tracing::warn!(shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; rows kept");
@@ -219,7 +237,12 @@ impl Relay {
 
     /// Moves one batch of the shard, reading above `floor` and raising it when it may;
     /// returns how many messages were published.
-    async fn relay_batch(&self, shard: i16, floor: &mut Floor) -> Result<usize, RelayError> {
+    async fn relay_batch(
+        &self,
+        shard: i16,
+        floor: &mut Floor,
+        conn: &mut PgConnection,
+    ) -> Result<usize, RelayError> {
         let started = Instant::now();
         // The rows' ids and places, and the snapshot they were read in, from one statement.
         let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
@@ -233,7 +256,7 @@ impl Relay {
         .bind(shard)
         .bind(floor.below)
         .bind(self.config.batch_size)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         let (xmin, xmax) = rows.first().map(|r| (r.2, r.3)).unwrap_or_default();
         let mut found: Vec<(i64, String)> = rows
@@ -248,7 +271,7 @@ impl Relay {
             floor.rise(risen, None);
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         // The rows are fetched by their place (a TID scan), and their ids are checked: a place
         // can only hold another row if this one was moved (by a relay that still thought it
         // led) and vacuumed meanwhile. `+ 0` keeps the planner off the key index, which would
