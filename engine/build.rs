@@ -1,4 +1,4 @@
 // Embedded migrations (sqlx::migrate!) must be rebuilt when a migration changes.
 fn main() {
-    println!("cargo:rerun-if-changed=../migrations");
+    println!("cargo:rerun-if-changed=migrations");
 }

@@ -1,8 +1,8 @@
--- Read models kept by the projectors (sagaflow-projections). Each table has one row per stream
--- of one aggregate type, and `version` is the stream version the row reflects: a row at version
--- v is always the fold of that stream's events 1..=v, so a projector applies event v only on top
--- of v-1, skips what a row already reflects, and reads a missing tail from `events`. Writers
--- never move a row backwards (upserts are guarded by `version`).
+-- The shop's read models, kept by its projectors (sagaflow-projections). Each table has one row
+-- per stream of one aggregate type, and `version` is the stream version the row reflects: a row
+-- at version v is always the fold of that stream's events 1..=v, so a projector applies event v
+-- only on top of v-1, skips what a row already reflects, and reads a missing tail from `events`.
+-- Writers never move a row backwards (upserts are guarded by `version`).
 
 -- Orders (stream `order-<order_id>`).
 CREATE TABLE read_orders (
@@ -39,18 +39,3 @@ CREATE TABLE read_accounts (
     updated_at    timestamptz NOT NULL,
     version       bigint      NOT NULL CHECK (version > 0)
 ) WITH (fillfactor = 80);
-
--- The last rebuild of each projection. A projection without a row was never rebuilt. While a
--- rebuild runs, its process holds a session advisory lock on the projection; a row left in
--- 'rebuilding' without that lock is a rebuild whose process stopped.
-CREATE TABLE projection_status (
-    name             text        PRIMARY KEY,
-    state            text        NOT NULL CHECK (state IN ('idle', 'rebuilding', 'failed')),
-    started_at       timestamptz,
-    finished_at      timestamptz,
-    -- Events of the store folded so far by the rebuild, and how many it had to fold.
-    events_processed bigint      NOT NULL DEFAULT 0,
-    events_total     bigint,
-    error            text,
-    updated_at       timestamptz NOT NULL DEFAULT now()
-);

@@ -15,7 +15,7 @@ fn order(customer: Uuid) -> Value {
     ]})
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_accepted_order_has_its_event_and_outbox_row(pool: PgPool) {
     let app = start(pool).await;
     let customer = Uuid::now_v7();
@@ -43,7 +43,7 @@ async fn an_accepted_order_has_its_event_and_outbox_row(pool: PgPool) {
     assert_eq!(outbox[0].2["message_id"], events[0]["message_id"]);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn domain_routes_and_the_generic_route_reach_the_same_aggregates(pool: PgPool) {
     let app = start(pool).await;
     let (s, _) = app
@@ -94,7 +94,7 @@ async fn domain_routes_and_the_generic_route_reach_the_same_aggregates(pool: PgP
     assert_eq!(app.count("outbox").await, 4);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn cancelling_an_order_and_confirming_it_afterwards(pool: PgPool) {
     let app = start(pool).await;
     let (_, body) = app.post("/orders", order(Uuid::now_v7())).await;
@@ -128,7 +128,7 @@ async fn cancelling_an_order_and_confirming_it_afterwards(pool: PgPool) {
 }
 
 /// Every kind of bad input: the right 4xx, the JSON error shape, and nothing written.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
     let app = start(pool).await;
     let (s, body) = app.post("/orders", order(Uuid::now_v7())).await;
@@ -224,7 +224,7 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_idempotency_key_returns_the_first_response_and_writes_nothing(pool: PgPool) {
     let app = start(pool).await;
     let body = order(Uuid::now_v7());
@@ -278,7 +278,7 @@ async fn an_idempotency_key_returns_the_first_response_and_writes_nothing(pool: 
 
 /// 50 concurrent commands on one aggregate through two engine instances sharing the database:
 /// each is accepted or gets a 409 after the bounded retries; versions are 1..N, no update lost.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn concurrent_commands_on_one_aggregate_lose_nothing(pool: PgPool) {
     let a = start(pool.clone()).await;
     let b = start(pool).await;
@@ -327,7 +327,7 @@ async fn concurrent_commands_on_one_aggregate_lose_nothing(pool: PgPool) {
     assert_eq!(restocked, 3 * accepted);
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn streams_are_read_in_pages(pool: PgPool) {
     let app = start(pool).await;
     for _ in 0..5 {

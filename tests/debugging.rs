@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,20 +12,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use common::engine::{
-    account, everything, everything_but, order_status, saga_state, stock, wait_terminal, Running,
+    account, everything, everything_but, order_status, saga_state, start_engine_with, stock,
+    wait_terminal, Component, Running, PAYMENT,
 };
 use common::transport::{eventually, postgres};
 use reqwest::StatusCode;
-use sagaflow::config::Component;
-use sagaflow::replay::{replay_stream, ReplayFormat};
-use sagaflow::{AppOptions, Engine};
-use sagaflow_engine::command::decode_envelope;
+use sagaflow::app::Options;
+use sagaflow::cli::{replay_stream, ReplayFormat};
 use sagaflow_engine::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
 use sagaflow_engine::envelope::{Envelope, Metadata};
 use sagaflow_engine::http::admin::{self, AdminToken};
-use sagaflow_engine::outbox::{self, OutboxMessage, RelayConfig};
+use sagaflow_engine::outbox::{self, OutboxMessage};
 use sagaflow_engine::saga::state::SagaEvent;
 use sagaflow_engine::saga::{Backoff, Invoke, Orchestrator, SagaDefinition, SagaState};
+use sagaflow_engine::store::decode_envelope;
 use sagaflow_engine::transport::{Delivery, Transport};
 use sagaflow_engine::{Aggregate, RecordedEvent};
 use sagaflow_sagas::inventory::{Inventory, InventoryCommand};
@@ -44,34 +43,16 @@ const TOKEN: &str = "s3cret-admin-token";
 
 /// The whole engine (`components`) with the admin token configured.
 async fn start(pool: &PgPool, transport: &Arc<dyn Transport>, components: &[Component]) -> Running {
-    let topics = sagaflow::all_topics();
-    transport
-        .ensure_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>())
-        .await
-        .unwrap();
-    let engine = Engine::start(
-        pool.clone(),
-        transport.clone(),
-        &components.iter().copied().collect::<HashSet<_>>(),
-        RelayConfig {
-            idle_poll: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            ..Default::default()
-        },
-        &AppOptions {
+    start_engine_with(
+        pool,
+        transport,
+        components,
+        Options {
             admin_token: AdminToken::new(Some(TOKEN)),
             ..Default::default()
         },
-    );
-    let addr = sagaflow::spawn_server(engine.app.router.clone())
-        .await
-        .unwrap();
-    Running {
-        engine,
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        pool: pool.clone(),
-    }
+    )
+    .await
 }
 
 async fn get(base: &str, path: &str) -> (StatusCode, Value) {
@@ -208,7 +189,7 @@ fn sagaflow_replay(pool: &PgPool, args: &[&str]) -> std::process::Output {
 /// Acceptance: a payment-declined order's timeline tells what happened, in order, with times;
 /// the state at every version of every stream it touched is the fold of its first n events;
 /// `sagaflow replay` prints the same states.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_declined_order_explains_itself(pool: PgPool) {
     let transport = postgres(&pool);
     let engine = start(&pool, &transport, &everything()).await;
@@ -465,7 +446,7 @@ async fn a_declined_order_explains_itself(pool: PgPool) {
 
 /// Upcasting: a `funds_deposited` written at schema v1 (`{"amount": n}`) straight into the
 /// store is read in its v2 shape by time travel, the command bus and replay.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_v1_event_is_read_in_its_current_shape_everywhere(pool: PgPool) {
     let transport = postgres(&pool);
     let engine = start(&pool, &transport, &[Component::Http]).await;
@@ -527,9 +508,16 @@ async fn a_v1_event_is_read_in_its_current_shape_everywhere(pool: PgPool) {
 
     // Replay shows the stored version and the state it makes.
     let mut out = Vec::new();
-    let at = replay_stream(&pool, &stream, None, ReplayFormat::JsonLines, &mut out)
-        .await
-        .unwrap();
+    let at = replay_stream(
+        &common::shop(),
+        &pool,
+        &stream,
+        None,
+        ReplayFormat::JsonLines,
+        &mut out,
+    )
+    .await
+    .unwrap();
     assert_eq!(at.state["balance_cents"], 50);
     let lines: Vec<Value> = String::from_utf8(out)
         .unwrap()
@@ -546,9 +534,16 @@ async fn a_v1_event_is_read_in_its_current_shape_everywhere(pool: PgPool) {
         (json!(1), json!(2), json!(1000))
     );
     let mut text = Vec::new();
-    replay_stream(&pool, &stream, Some(1), ReplayFormat::Text, &mut text)
-        .await
-        .unwrap();
+    replay_stream(
+        &common::shop(),
+        &pool,
+        &stream,
+        Some(1),
+        ReplayFormat::Text,
+        &mut text,
+    )
+    .await
+    .unwrap();
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains("schema v1, read as v2"), "{text}");
     assert!(text.contains("\"balance_cents\": 1000"), "{text}");
@@ -591,7 +586,7 @@ async fn applied(pool: &PgPool, group: &str, message_id: Uuid) -> i64 {
 
 /// Acceptance: a dead letter retried after its cause is fixed is applied exactly once, by the
 /// consumer that parked it only; a second retry is refused; a discarded one is never applied.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_dead_letter_retried_after_the_fix_is_applied_exactly_once(pool: PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE debug_switch (consumer text PRIMARY KEY, broken bool NOT NULL);
@@ -644,7 +639,7 @@ async fn a_dead_letter_retried_after_the_fix_is_applied_exactly_once(pool: PgPoo
         .collect();
     outbox::enqueue(&mut tx, &messages).await.unwrap();
     tx.commit().await.unwrap();
-    engine.engine.app.bus.outbox_bell().ring();
+    engine.service.bus.outbox_bell().ring();
 
     eventually(WAIT, "both messages parked by debug-flaky", || async {
         let parked: i64 = sqlx::query_scalar(
@@ -861,7 +856,7 @@ async fn dead_letter_for(pool: &PgPool, stream: &str, command: &str) -> Option<i
 /// sends it at once and the saga completes. Saga `gift_released`: its compensation is parked,
 /// the saga ends `failed`; after the fix, retry-step re-sends the compensation and the saga
 /// ends compensated. Both are found through `GET /sagas?state=&older_than=`.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn stuck_sagas_are_found_and_re_driven_by_retry_step(pool: PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE debug_broken (stream_id text NOT NULL, event_type text NOT NULL);
@@ -909,7 +904,7 @@ async fn stuck_sagas_are_found_and_re_driven_by_retry_step(pool: PgPool) {
         pool.clone(),
         vec![reserved.clone(), released.clone()],
     ));
-    let bell = engine.engine.app.bus.outbox_bell().clone();
+    let bell = engine.service.bus.outbox_bell().clone();
     let stop = CancellationToken::new();
     let consumer = orchestrator.consumer(transport.clone(), bell.clone());
     tokio::spawn({
@@ -921,14 +916,15 @@ async fn stuck_sagas_are_found_and_re_driven_by_retry_step(pool: PgPool) {
             .clone()
             .run_deadlines(bell.clone(), stop.clone()),
     );
-    let sagas_api = sagaflow::spawn_server(
-        sagaflow_engine::saga::http::router(pool.clone()).merge(admin::protect(
-            sagaflow_engine::saga::http::admin_router(orchestrator.clone(), bell),
-            AdminToken::new(Some(TOKEN)),
-        )),
+    let sagas_api = common::spawn_server(
+        sagaflow_engine::http::sagas::router(pool.clone())
+            .merge(admin::protect(
+                sagaflow_engine::http::sagas::admin_router(orchestrator.clone(), bell),
+                AdminToken::new(Some(TOKEN)),
+            ))
+            .into(),
     )
-    .await
-    .unwrap();
+    .await;
     let api = format!("http://{sagas_api}");
 
     engine.restock("GIFT-A", 3).await;
@@ -1128,16 +1124,11 @@ fn urlencode(s: &str) -> String {
 
 /// An operator aborts a running order saga: the completed steps are compensated and the
 /// order is rejected (a customer's cancel, by contrast, leaves the order cancelled).
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_operator_abort_compensates_and_rejects_the_order(pool: PgPool) {
     let transport = postgres(&pool);
     // No payment participant: the saga waits at authorize_payment.
-    let engine = start(
-        &pool,
-        &transport,
-        &everything_but(&[Component::ParticipantPayment]),
-    )
-    .await;
+    let engine = start(&pool, &transport, &everything_but(&[PAYMENT])).await;
     engine.restock("PLUM", 5).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 10_00).await;
@@ -1171,7 +1162,7 @@ async fn an_operator_abort_compensates_and_rejects_the_order(pool: PgPool) {
     );
     assert_eq!(body["saga"]["state"], "compensating");
     // The void waits for the payment participant; once it is back, the saga ends.
-    let payment = start(&pool, &transport, &[Component::ParticipantPayment]).await;
+    let payment = start(&pool, &transport, &[PAYMENT]).await;
     wait_terminal(&pool, &[saga_id], WAIT).await;
     assert_eq!(
         saga_state(&pool, saga_id).await.as_deref(),
@@ -1200,7 +1191,7 @@ async fn an_operator_abort_compensates_and_rejects_the_order(pool: PgPool) {
 
 /// Acceptance: every admin route answers 403 without a configured token, 401 without the
 /// right one, and never runs its action.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn admin_routes_need_the_token(pool: PgPool) {
     let routes: [(&'static str, String); 7] = [
         ("GET", "/admin/dead-letters".to_owned()),
@@ -1234,7 +1225,7 @@ async fn admin_routes_need_the_token(pool: PgPool) {
     }
     let guarded = common::start_with(
         pool.clone(),
-        AppOptions {
+        Options {
             admin_token: AdminToken::new(Some(TOKEN)),
             ..Default::default()
         },

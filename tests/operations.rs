@@ -5,14 +5,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::binary::Binary;
 use common::engine::{everything, start_engine, wait_terminal, Running};
 use common::transport::{eventually, postgres};
 use reqwest::StatusCode;
-use sagaflow::AppOptions;
+use sagaflow::app::Options;
 use sagaflow_engine::http::CommandLimits;
 use sagaflow_engine::transport::Transport;
 use serde_json::{json, Value};
@@ -113,7 +113,7 @@ async fn place_orders(engine: &Running, customer: Uuid, n: usize, skus: &[&str])
 
 /// After a workload in which some orders complete and some are compensated (out of stock),
 /// every series is there, and the scrape-time ones equal what the database says.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn metrics_agree_with_the_database_after_a_workload(pool: PgPool) {
     let transport = postgres(&pool);
     let engine = start_engine(&pool, &transport, &everything()).await;
@@ -255,7 +255,7 @@ async fn metrics_agree_with_the_database_after_a_workload(pool: PgPool) {
 
 /// A collector that cannot answer (the database gone) is reported as failed, and the scrape
 /// still answers quickly with the recorded series.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_scrape_without_a_database_answers_with_what_it_has(pool: PgPool) {
     let app = common::start(pool.clone()).await;
     pool.close().await;
@@ -340,10 +340,7 @@ fn captured_spans() -> Arc<Mutex<Vec<CapturedSpan>>> {
             // The per-message spans are at DEBUG under their own target.
             let filter = tracing_subscriber::filter::Targets::new()
                 .with_default(tracing::Level::INFO)
-                .with_target(
-                    sagaflow_engine::telemetry::TRACE_TARGET,
-                    tracing::Level::DEBUG,
-                );
+                .with_target(sagaflow_engine::trace::TRACE_TARGET, tracing::Level::DEBUG);
             let subscriber =
                 tracing_subscriber::registry().with(Capture(spans.clone()).with_filter(filter));
             tracing::subscriber::set_global_default(subscriber)
@@ -539,14 +536,14 @@ async fn one_trace_follows_an_order_from_the_request_to_the_end_of_its_saga(
 mod one_trace_follows_an_order_from_the_request_to_the_end_of_its_saga {
     use super::*;
 
-    #[sqlx::test(migrations = "./migrations")]
+    #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn postgres_transport(pool: PgPool) {
         let transport = postgres(&pool);
         super::one_trace_follows_an_order_from_the_request_to_the_end_of_its_saga(pool, transport)
             .await;
     }
 
-    #[sqlx::test(migrations = "./migrations")]
+    #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn kafka_transport(pool: PgPool) {
         super::one_trace_follows_an_order_from_the_request_to_the_end_of_its_saga(
             pool,
@@ -602,12 +599,12 @@ impl OutboxLock {
 
 /// At ten times the concurrency limit, the excess is refused at once with 503 and
 /// Retry-After, health and queries answer meanwhile, and every accepted command completes.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn overload_is_shed_at_once_while_health_and_queries_stay_responsive(pool: PgPool) {
     const LIMIT: usize = 4;
     let app = common::start_with(
         pool.clone(),
-        AppOptions {
+        Options {
             command_limits: CommandLimits {
                 max_in_flight: LIMIT,
                 timeout: Duration::from_secs(30),
@@ -701,11 +698,11 @@ async fn overload_is_shed_at_once_while_health_and_queries_stay_responsive(pool:
 /// A command still running at the timeout is answered 503 `command_timeout` with
 /// Retry-After; it may or may not have been applied, and its retry with the same
 /// `Idempotency-Key` is applied exactly once either way.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_command_past_its_timeout_is_answered_503(pool: PgPool) {
     let app = common::start_with(
         pool.clone(),
-        AppOptions {
+        Options {
             command_limits: CommandLimits {
                 max_in_flight: 8,
                 timeout: Duration::from_millis(500),
@@ -751,97 +748,10 @@ async fn a_command_past_its_timeout_is_answered_503(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // Graceful shutdown of the binary
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `sagaflow` binary serving a test database; its log goes to a file shown on failure.
-struct Binary {
-    child: Child,
-    base: String,
-    log: std::path::PathBuf,
-}
-
-impl Binary {
-    async fn start(pool: &PgPool, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("sagaflow-operations-{}.log", Uuid::new_v4()));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sagaflow"));
-        command
-            .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", common::database_url(pool))
-            .env("SAGAFLOW_DB_POOL_SIZE", "8")
-            .env("SAGAFLOW_TRANSPORT", "postgres")
-            .env("SAGAFLOW_PARTITIONS", "4")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("start the sagaflow binary");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "the binary ready", || async {
-            matches!(client.get(format!("{base}/readyz")).send().await,
-                Ok(r) if r.status() == StatusCode::OK)
-        })
-        .await;
-        Binary { child, base, log }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{signal}"), self.pid()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal}");
-    }
-
-    /// Waits at most `limit` for the process to exit; its status and how long it took.
-    async fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code(), started.elapsed());
-            }
-            assert!(
-                started.elapsed() < limit,
-                "still running {limit:?} after the signal; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
 /// SIGTERM while orders stream in: the process drains (readyz 503 while it does), exits 0
 /// within the bound, and after a restart every accepted order's saga completes; nothing
 /// accepted is lost.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn sigterm_during_load_exits_0_in_time_and_loses_nothing(pool: PgPool) {
     const BOUND: Duration = Duration::from_secs(20);
     let mut first = Binary::start(
@@ -978,7 +888,7 @@ async fn sigterm_during_load_exits_0_in_time_and_loses_nothing(pool: PgPool) {
 
 /// A drain that cannot finish within the bound (a command stuck on the database) ends the
 /// process with status 1 at the bound.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_shutdown_past_its_bound_exits_1(pool: PgPool) {
     let mut binary = Binary::start(
         &pool,
@@ -1009,11 +919,13 @@ async fn a_shutdown_past_its_bound_exits_1(pool: PgPool) {
 }
 
 /// `/readyz` is 200 with both checks, and 503 `draining` from the moment shutdown starts.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn readiness_reports_its_checks_and_draining(pool: PgPool) {
-    let app = sagaflow::build_app(pool.clone(), postgres(&pool), &AppOptions::default());
-    let readiness = app.readiness.clone();
-    let addr = sagaflow::spawn_server(app.router).await.unwrap();
+    let service = common::shop()
+        .build(pool.clone(), postgres(&pool), &Options::default())
+        .unwrap();
+    let readiness = service.readiness.clone();
+    let addr = common::spawn_server(service.router).await;
     let get = |path: &'static str| {
         let url = format!("http://{addr}{path}");
         async move {
@@ -1035,208 +947,4 @@ async fn readiness_reports_its_checks_and_draining(pool: PgPool) {
     let (s, b) = get("/healthz").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b, json!({"status": "ok"}));
-}
-
-// ---------------------------------------------------------------------------------------------
-// OpenAPI
-
-/// The paths the router really serves, read from its debug form (axum names every path
-/// there), without the fallback's.
-fn served_paths(router: &axum::Router) -> BTreeSet<String> {
-    let debug = format!("{router:?}");
-    debug
-        .split('"')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| s.starts_with('/') && !s.contains("__private__"))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A concrete path for a route's template.
-fn concrete(path: &str) -> String {
-    path.split('/')
-        .map(
-            |part| match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                Some("aggregate_type") => "inventory".to_owned(),
-                Some("id") => "1".to_owned(),
-                Some("name") => "orders".to_owned(),
-                Some("stream_id") => "inventory-SKU-1".to_owned(),
-                Some("sku") | Some("aggregate_id") => "SKU-1".to_owned(),
-                Some(_) => Uuid::new_v4().to_string(),
-                None => part.to_owned(),
-            },
-        )
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// An example value built from a schema's `example`s.
-fn example(schema: &Value, schemas: &Value) -> Value {
-    if let Some(r) = schema["$ref"].as_str() {
-        return example(&schemas[r.rsplit('/').next().unwrap()], schemas);
-    }
-    if let Some(e) = schema.get("example") {
-        return e.clone();
-    }
-    match schema["type"].as_str() {
-        Some("object") => Value::Object(
-            schema["properties"]
-                .as_object()
-                .map(|props| {
-                    props
-                        .iter()
-                        .map(|(k, v)| (k.clone(), example(v, schemas)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        ),
-        Some("array") => json!([example(&schema["items"], schemas)]),
-        _ => Value::Null,
-    }
-}
-
-/// `/openapi.json` lists exactly the routes the application serves (every path, with every
-/// method it answers), the documented request examples are accepted by the real routes, and
-/// real responses have the documented required fields.
-#[sqlx::test(migrations = "./migrations")]
-async fn the_openapi_document_lists_every_route(pool: PgPool) {
-    let transport = postgres(&pool);
-    let engine = start_engine(&pool, &transport, &everything()).await;
-    let router = engine.engine.app.router.clone();
-    let client = reqwest::Client::new();
-    let mut served = BTreeSet::new();
-    for path in served_paths(&router) {
-        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
-            let r = client
-                .request(
-                    method.parse().unwrap(),
-                    format!("{}{}", engine.base, concrete(&path)),
-                )
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            let body: Value = r.json().await.unwrap_or(Value::Null);
-            // 405: not this method; route_not_found: the fallback's own path.
-            if status != StatusCode::METHOD_NOT_ALLOWED
-                && body["error"]["code"] != "route_not_found"
-            {
-                served.insert((method.to_lowercase(), path.clone()));
-            }
-        }
-    }
-    assert!(served.len() >= 25, "{served:?}");
-    let doc: Value = client
-        .get(format!("{}/openapi.json", engine.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(doc["openapi"], "3.1.0");
-    let documented: BTreeSet<(String, String)> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(path, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .map(move |m| (m.clone(), path.clone()))
-        })
-        .collect();
-    let missing: Vec<_> = served.difference(&documented).collect();
-    let extra: Vec<_> = documented.difference(&served).collect();
-    assert!(
-        missing.is_empty(),
-        "served but not in /openapi.json: {missing:?}"
-    );
-    assert!(
-        extra.is_empty(),
-        "in /openapi.json but not served: {extra:?}"
-    );
-
-    // The request examples are what the routes accept.
-    let schemas = &doc["components"]["schemas"];
-    let customer = Uuid::new_v4();
-    for (path, body) in [
-        (
-            concrete("/commands/{aggregate_type}/{aggregate_id}"),
-            "GenericCommand",
-        ),
-        (concrete("/inventory/{sku}/restock"), "RestockBody"),
-        (format!("/accounts/{customer}/deposits"), "DepositBody"),
-    ] {
-        let (s, b) = engine.post(&path, example(&schemas[body], schemas)).await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{path}: {b}");
-    }
-    let mut order = example(&schemas["PlaceOrderBody"], schemas);
-    order["customer_id"] = json!(customer);
-    let (s, placed) = engine.post("/orders", order).await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{placed}");
-    let saga_id: Uuid = placed["saga_id"].as_str().unwrap().parse().unwrap();
-    wait_terminal(&pool, &[saga_id], Duration::from_secs(30)).await;
-    let (s, b) = engine
-        .post(
-            &format!("/orders/{}/cancel", placed["order_id"].as_str().unwrap()),
-            example(&schemas["CancelBody"], schemas),
-        )
-        .await;
-    assert!(
-        s == StatusCode::ACCEPTED || s == StatusCode::UNPROCESSABLE_ENTITY,
-        "{b}"
-    );
-    assert_ne!(b["error"]["code"], "invalid_body", "{b}");
-
-    // Real answers have every documented required field.
-    let check = |schema: &str, value: &Value| {
-        for field in schemas[schema]["required"].as_array().unwrap() {
-            let field = field.as_str().unwrap();
-            assert!(
-                value.get(field).is_some(),
-                "{schema} answer without {field}: {value}"
-            );
-        }
-    };
-    check("OrderAccepted", &placed);
-    let order_id = placed["order_id"].as_str().unwrap().to_owned();
-    let sku = example(&schemas["OrderLine"], schemas)["sku"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let order_path = format!("/orders/{order_id}");
-    let inventory_path = format!("/inventory/{sku}");
-    let account_path = format!("/accounts/{customer}");
-    let saga_path = format!("/sagas/{saga_id}");
-    let stream_path = format!("/streams/order-{order_id}/events");
-    for (path, schema) in [
-        (order_path.as_str(), "OrderView"),
-        (inventory_path.as_str(), "StockView"),
-        (account_path.as_str(), "AccountView"),
-        (saga_path.as_str(), "SagaView"),
-        (stream_path.as_str(), "StreamPage"),
-        ("/orders", "OrderPage"),
-        ("/sagas", "SagaPage"),
-        ("/healthz", "Health"),
-        ("/readyz", "Readiness"),
-    ] {
-        // Read models catch up asynchronously.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let value: Value = loop {
-            let r = client
-                .get(format!("{}{path}", engine.base))
-                .send()
-                .await
-                .unwrap();
-            if r.status() == StatusCode::OK {
-                break r.json().await.unwrap();
-            }
-            assert!(Instant::now() < deadline, "{path}: {}", r.status());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        check(schema, &value);
-    }
-    engine.stop().await;
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use common::transport::{eventually, kafka_brokers, kafka_on, postgres};
 use reqwest::StatusCode;
-use sagaflow::config::Component;
+use sagaflow::app::{Component, Components, Options};
 use sagaflow_engine::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
-use sagaflow_engine::outbox::RelayConfig;
+use sagaflow_engine::relay::RelayConfig;
 use sagaflow_engine::transport::{Delivery, Transport};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -45,7 +45,7 @@ fn start_verifier(
     pool: &PgPool,
     transport: Arc<dyn Transport>,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let topics = sagaflow::event_topics();
+    let topics = common::shop().event_topics();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut config = ConsumerConfig::new("verifier", &topics);
     config.rebalance_interval = Duration::from_millis(500);
@@ -240,13 +240,13 @@ async fn kill_9_of_the_leading_engine(pool: PgPool, transport: Arc<dyn Transport
 mod kill_9_of_the_leading_engine {
     use super::*;
 
-    #[sqlx::test(migrations = "./migrations")]
+    #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn postgres_transport(pool: PgPool) {
         let transport = postgres(&pool);
         super::kill_9_of_the_leading_engine(pool, transport).await;
     }
 
-    #[sqlx::test(migrations = "./migrations")]
+    #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn kafka_transport(pool: PgPool) {
         super::kill_9_of_the_leading_engine(pool, common::transport::kafka()).await;
     }
@@ -294,29 +294,28 @@ fn broker(args: &[&str]) -> bool {
 
 /// The broker is paused while 2,000 commands are accepted over HTTP and resumed 10 s later:
 /// all 2,000 are relayed, none lost, none applied twice.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_broker_outage_loses_and_doubles_nothing(pool: PgPool) {
     create_delivered(&pool).await;
     let broker = OwnBroker::start();
     let transport = kafka_on(&format!("127.0.0.1:{}", broker.port));
-    let topics = sagaflow::event_topics();
+    let app = common::shop();
+    let topics = app.event_topics();
     transport
         .ensure_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>())
         .await
         .unwrap();
-    let engine = sagaflow::Engine::start(
-        pool.clone(),
-        transport.clone(),
-        &[Component::Http, Component::Relay].into_iter().collect(),
+    let service = app
+        .build(pool.clone(), transport.clone(), &Options::default())
+        .unwrap();
+    let engine = service.start(
+        &Components::new([Component::Http, Component::Relay]),
         RelayConfig {
             max_backoff: Duration::from_secs(2),
             ..Default::default()
         },
-        &sagaflow::AppOptions::default(),
     );
-    let addr = sagaflow::spawn_server(engine.app.router.clone())
-        .await
-        .unwrap();
+    let addr = common::spawn_server(service.router.clone()).await;
     let (stop_verifier, verifier) = start_verifier(&pool, transport.clone());
 
     broker.pause();
@@ -523,13 +522,13 @@ async fn kill_9_with_orders_in_flight(pool: PgPool, transport: Arc<dyn Transport
 mod kill_9_with_orders_in_flight {
     use super::*;
 
-    #[sqlx::test(migrations = "./migrations")]
+    #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn postgres_transport(pool: PgPool) {
         let transport = postgres(&pool);
         super::kill_9_with_orders_in_flight(pool, transport).await;
     }
 
-    #[sqlx::test(migrations = "./migrations")]
+    #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn kafka_transport(pool: PgPool) {
         super::kill_9_with_orders_in_flight(pool, common::transport::kafka()).await;
     }

@@ -4,22 +4,21 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use reqwest::StatusCode;
-use sagaflow::config::Component;
-use sagaflow::{AppOptions, Engine};
+use sagaflow::app::Options;
 use sagaflow_engine::aggregate::Aggregate;
-use sagaflow_engine::command::decode_envelope;
 use sagaflow_engine::http::admin::AdminToken;
-use sagaflow_engine::outbox::{self, OutboxMessage, RelayConfig};
+use sagaflow_engine::outbox::{self, OutboxMessage};
+use sagaflow_engine::projection::RebuildOptions;
+use sagaflow_engine::store::decode_envelope;
 use sagaflow_engine::store::EventStore;
 use sagaflow_engine::RecordedEvent;
-use sagaflow_projections::RebuildOptions;
 use sagaflow_sagas::inventory::Inventory;
 use sagaflow_sagas::order::Order;
 use sagaflow_sagas::payment::Account;
@@ -27,32 +26,27 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use common::engine::{start_engine_with, Component, Running};
 use common::transport::eventually;
 use common::{error_code, TestApp};
 
 const TOKEN: &str = "secret";
 
 /// The whole application with the relay and the projectors running, admin token `secret`.
-async fn start_engine(pool: &PgPool) -> (TestApp, Engine) {
+async fn start_engine(pool: &PgPool) -> (TestApp, Running) {
     let transport = common::transport::postgres(pool);
-    let engine = Engine::start(
-        pool.clone(),
-        transport,
-        &HashSet::from([Component::Relay, Component::Projections]),
-        RelayConfig {
-            idle_poll: Duration::from_millis(100),
-            ..Default::default()
-        },
-        &AppOptions {
+    let engine = start_engine_with(
+        pool,
+        &transport,
+        &[Component::Relay, Component::Projections],
+        Options {
             admin_token: AdminToken::new(Some(TOKEN)),
             ..Default::default()
         },
-    );
-    let addr = sagaflow::spawn_server(engine.app.router.clone())
-        .await
-        .unwrap();
+    )
+    .await;
     let app = TestApp {
-        base: format!("http://{addr}"),
+        base: engine.base.clone(),
         client: reqwest::Client::new(),
         pool: pool.clone(),
     };
@@ -396,7 +390,7 @@ fn customers(n: usize) -> Vec<Uuid> {
 // ---------------------------------------------------------------------------------------------
 // Specifications
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn after_a_mixed_workload_every_read_model_equals_the_fold(pool: PgPool) {
     let (app, engine) = start_engine(&pool).await;
     let customers = customers(4);
@@ -442,7 +436,7 @@ async fn after_a_mixed_workload_every_read_model_equals_the_fold(pool: PgPool) {
     engine.stop().await;
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn rebuilds_while_500_orders_flow_in_miss_nothing_and_double_nothing(pool: PgPool) {
     let (app, engine) = start_engine(&pool).await;
     let customers = customers(8);
@@ -501,7 +495,7 @@ async fn rebuilds_while_500_orders_flow_in_miss_nothing_and_double_nothing(pool:
     engine.stop().await;
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn delivering_the_same_events_twice_changes_nothing(pool: PgPool) {
     let (app, engine) = start_engine(&pool).await;
     let customers = customers(3);
@@ -558,7 +552,7 @@ async fn delivering_the_same_events_twice_changes_nothing(pool: PgPool) {
     engine.stop().await;
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn paging_returns_every_order_once_while_new_orders_arrive(pool: PgPool) {
     let (app, engine) = start_engine(&pool).await;
     let customers = customers(2);
@@ -623,7 +617,7 @@ async fn paging_returns_every_order_once_while_new_orders_arrive(pool: PgPool) {
     engine.stop().await;
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn single_items_carry_an_etag_and_honour_if_none_match(pool: PgPool) {
     let (app, engine) = start_engine(&pool).await;
     let customer = Uuid::now_v7();
@@ -723,7 +717,7 @@ async fn single_items_carry_an_etag_and_honour_if_none_match(pool: PgPool) {
     engine.stop().await;
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn unknown_ids_are_404_and_bad_queries_400(pool: PgPool) {
     let app = common::start(pool).await;
     let cases = [
@@ -810,7 +804,7 @@ async fn unknown_ids_are_404_and_bad_queries_400(pool: PgPool) {
     assert_eq!(body, json!({"orders": [], "next_after": null}));
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn admin_routes_need_the_token_and_name_a_projection(pool: PgPool) {
     // No token configured: closed.
     let closed = common::start(pool.clone()).await;
@@ -873,14 +867,16 @@ async fn admin_routes_need_the_token_and_name_a_projection(pool: PgPool) {
     );
 
     // While a rebuild runs (here: started, and held, by another process), a second is 409.
-    let job = sagaflow_projections::begin_rebuild(
-        pool.clone(),
-        "orders",
-        RebuildOptions::default(),
-        Arc::new(|_: &_| {}),
-    )
-    .await
-    .unwrap();
+    let job = common::shop()
+        .projection_named("orders")
+        .unwrap()
+        .begin_rebuild(
+            pool.clone(),
+            RebuildOptions::default(),
+            Arc::new(|_: &_| {}),
+        )
+        .await
+        .unwrap();
     let (s, body) = admin_post(&app, "/admin/projections/orders/rebuild").await;
     assert_eq!(
         (s, error_code(&body)),
@@ -897,7 +893,7 @@ async fn admin_routes_need_the_token_and_name_a_projection(pool: PgPool) {
     engine.stop().await;
 }
 
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn the_cli_rebuilds_a_projection_while_the_engine_runs(pool: PgPool) {
     let (app, engine) = start_engine(&pool).await;
     let customers = customers(2);

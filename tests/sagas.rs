@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use common::engine::{
     account, everything, everything_but, order_status, saga_state, start_engine, stock,
-    wait_terminal,
+    wait_terminal, Component, PAYMENT,
 };
 use common::transport::{eventually, kafka, postgres};
-use sagaflow::config::Component;
 use sagaflow_engine::envelope::Envelope;
 use sagaflow_engine::outbox::{self, OutboxMessage};
 use sagaflow_engine::saga::{load_saga, Backoff, Invoke, Orchestrator, Saga, SagaDefinition};
@@ -120,12 +119,7 @@ async fn every_path_ends_with_the_right_state(pool: PgPool, transport: Arc<dyn T
 
     // Cancelled while running: the payment participant is down, so the saga waits at
     // authorize_payment; the cancel compensates what was done.
-    let without_payment = start_engine(
-        &pool,
-        &transport,
-        &everything_but(&[Component::ParticipantPayment]),
-    )
-    .await;
+    let without_payment = start_engine(&pool, &transport, &everything_but(&[PAYMENT])).await;
     let (cancelled, cancelled_saga) = without_payment.order(rich, &[("APPLE", 2, 5_00)]).await;
     common::transport::eventually(WAIT, "the saga waiting for the payment", || async {
         stock(&pool, "APPLE").await == (10, 5)
@@ -150,7 +144,7 @@ async fn every_path_ends_with_the_right_state(pool: PgPool, transport: Arc<dyn T
     .await;
     assert_eq!(stock(&pool, "APPLE").await, (10, 5));
     // The payment participant comes back: it authorizes, then voids, in that order.
-    let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
+    let payment = start_engine(&pool, &transport, &[PAYMENT]).await;
     wait_terminal(&pool, &[cancelled_saga], WAIT).await;
     assert_eq!(
         saga_state(&pool, cancelled_saga).await.as_deref(),
@@ -242,7 +236,7 @@ impl OnlyOrchestrator {
     ) -> Self {
         let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
         let stop = tokio_util::sync::CancellationToken::new();
-        let bell = engine.engine.app.bus.outbox_bell().clone();
+        let bell = engine.service.bus.outbox_bell().clone();
         let consumer = orchestrator.consumer(transport.clone(), bell.clone());
         let tasks = vec![
             tokio::spawn({
@@ -391,7 +385,7 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
 /// A deadline row is an alarm that may ring early, never late: a step with a later deadline
 /// than the one before leaves the row alone, the early alarm is set to the real deadline when
 /// it rings, and the step times out at its own deadline, once.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool: PgPool) {
     let transport = postgres(&pool);
     let saga = SagaDefinition::<Transfer>::new("test_alarm")
@@ -409,7 +403,7 @@ async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool
     let engine = start_engine(
         &pool,
         &transport,
-        &everything_but(&[Component::Orchestrator, Component::ParticipantPayment]),
+        &everything_but(&[Component::Orchestrator, PAYMENT]),
     )
     .await;
     let orchestrator = OnlyOrchestrator::start(&pool, &transport, &engine, &saga);
@@ -488,13 +482,13 @@ macro_rules! on_both_transports {
         mod $name {
             use super::*;
 
-            #[sqlx::test(migrations = "./migrations")]
+            #[sqlx::test(migrator = "common::MIGRATOR")]
             async fn postgres_transport(pool: PgPool) {
                 let transport = postgres(&pool);
                 super::$name(pool, transport).await;
             }
 
-            #[sqlx::test(migrations = "./migrations")]
+            #[sqlx::test(migrator = "common::MIGRATOR")]
             async fn kafka_transport(pool: PgPool) {
                 super::$name(pool, kafka()).await;
             }
@@ -511,12 +505,7 @@ on_both_transports!(
 /// The payment participant is down for 60 s while orders arrive: they are accepted, and
 /// afterwards every saga finishes (confirmed, or compensated after its timeout); none is stuck.
 async fn a_participant_stopped_for_a_minute(pool: PgPool, transport: Arc<dyn Transport>) {
-    let engine = start_engine(
-        &pool,
-        &transport,
-        &everything_but(&[Component::ParticipantPayment]),
-    )
-    .await;
+    let engine = start_engine(&pool, &transport, &everything_but(&[PAYMENT])).await;
     engine.restock("BOOK", 100).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 1_000_00).await;
@@ -526,7 +515,7 @@ async fn a_participant_stopped_for_a_minute(pool: PgPool, transport: Arc<dyn Tra
         orders.push(engine.order(customer, &[("BOOK", 1 + i % 3, 10_00)]).await);
     }
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(stopped_at.elapsed())).await;
-    let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
+    let payment = start_engine(&pool, &transport, &[PAYMENT]).await;
     let sagas: Vec<Uuid> = orders.iter().map(|o| o.1).collect();
     wait_terminal(&pool, &sagas, Duration::from_secs(180)).await;
     let mut confirmed_qty = 0;
@@ -613,16 +602,11 @@ async fn redeliver_orchestrator_inputs(pool: &PgPool) -> usize {
 /// message id, once while a saga waits on a stopped participant and once after it completed.
 /// The orchestrator records no message ids, so only its decisions can tell a repeat: no saga
 /// event is written and no command is sent again.
-#[sqlx::test(migrations = "./migrations")]
+#[sqlx::test(migrator = "common::MIGRATOR")]
 async fn a_redelivered_start_or_reply_changes_no_saga(pool: PgPool) {
     let transport = postgres(&pool);
-    let engine = start_engine(
-        &pool,
-        &transport,
-        &everything_but(&[Component::ParticipantPayment]),
-    )
-    .await;
-    let mut ended = engine.engine.app.orchestrator.ended();
+    let engine = start_engine(&pool, &transport, &everything_but(&[PAYMENT])).await;
+    let mut ended = engine.service.orchestrator.ended();
     engine.restock("LAMP", 5).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 100_00).await;
@@ -644,7 +628,7 @@ async fn a_redelivered_start_or_reply_changes_no_saga(pool: PgPool) {
     assert_eq!(saga_writes(&pool).await, before);
     assert_eq!(saga_state(&pool, saga).await.as_deref(), Some("running"));
 
-    let payment = start_engine(&pool, &transport, &[Component::ParticipantPayment]).await;
+    let payment = start_engine(&pool, &transport, &[PAYMENT]).await;
     wait_terminal(&pool, &[saga], WAIT).await;
     assert_eq!(saga_state(&pool, saga).await.as_deref(), Some("completed"));
     // The saga's end is told once, after its commit, and not again for the repeats.

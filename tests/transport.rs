@@ -11,7 +11,8 @@ use common::transport::{eventually, kafka, postgres, with_topics};
 use sagaflow_engine::command::{CommandBus, CommandBusConfig};
 use sagaflow_engine::consumer::{Consumer, ConsumerConfig, ConsumerStats, Handler, HandlerError};
 use sagaflow_engine::envelope::{Envelope, Metadata};
-use sagaflow_engine::outbox::{self, OutboxMessage, Relay, RelayConfig};
+use sagaflow_engine::outbox::{self, OutboxMessage};
+use sagaflow_engine::relay::{Relay, RelayConfig};
 use sagaflow_engine::transport::{Delivery, OutgoingMessage, Transport};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -393,7 +394,7 @@ async fn one_relay_leads_and_a_standby_takes_over(pool: PgPool, transport: Arc<d
     let (stats_a, stats_b) = (relay_a.stats(), relay_b.stats());
     let task_a = tokio::spawn(relay_a.run(stop_a.clone()));
     let all_shards = (1u64 << outbox::OUTBOX_SHARDS) - 1;
-    let leading = |s: &sagaflow_engine::outbox::RelayStats| {
+    let leading = |s: &sagaflow_engine::relay::RelayStats| {
         s.leading.load(std::sync::atomic::Ordering::Relaxed)
     };
     eventually(
@@ -553,13 +554,13 @@ macro_rules! on_both_transports {
         mod $name {
             use super::*;
 
-            #[sqlx::test(migrations = "./migrations")]
+            #[sqlx::test(migrator = "common::MIGRATOR")]
             async fn postgres_transport(pool: PgPool) {
                 let transport = postgres(&pool);
                 super::$name(pool, transport).await;
             }
 
-            #[sqlx::test(migrations = "./migrations")]
+            #[sqlx::test(migrator = "common::MIGRATOR")]
             async fn kafka_transport(pool: PgPool) {
                 super::$name(pool, kafka()).await;
             }

@@ -34,9 +34,13 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Send + Sync + 'sta
 
 /// A command the aggregate decides on. Commands are serde enums declared with
 /// `#[serde(tag = "command", content = "payload", rename_all = "snake_case")]`, which is exactly
-/// the body of `POST /commands/{aggregate_type}/{aggregate_id}`.
-/// Commands are also serialized: sagas send them to participants through the outbox.
-pub trait DomainCommand: Serialize + DeserializeOwned + Send + Sync + 'static {
+/// the body of `POST /commands/{aggregate_type}/{aggregate_id}`; their
+/// [`ToSchema`](utoipa::ToSchema) is that body's schema in the OpenAPI document, so a request
+/// built from it is one the route accepts. Commands are also serialized: sagas send them to
+/// participants through the outbox.
+pub trait DomainCommand:
+    Serialize + DeserializeOwned + utoipa::ToSchema + Send + Sync + 'static
+{
     /// The command's name, for logs and metrics.
     fn name(&self) -> &'static str;
 }
@@ -78,11 +82,24 @@ pub trait Aggregate: Default + Clone + Serialize + Send + Sync + 'static {
     /// Validates the textual aggregate id taken from a URL before anything is loaded. The
     /// default accepts any non-empty id of at most 200 characters without control characters.
     fn validate_id(id: &str) -> Result<(), String> {
-        if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
             Err(format!("invalid {} id", Self::TYPE))
         } else {
             Ok(())
         }
+    }
+
+    /// The schema of the ids [`Aggregate::validate_id`] accepts, for the OpenAPI document: an
+    /// aggregate that narrows the rule describes it here too, so that every id the document
+    /// allows is one the routes accept.
+    fn id_schema() -> utoipa::openapi::Schema {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(200))
+            .pattern(Some(r"^[^\x00-\x1f\x7f-\x9f]+$"))
+            .examples([serde_json::json!("id-1")])
+            .into()
     }
 }
 

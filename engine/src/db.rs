@@ -1,14 +1,25 @@
 //! Connecting to PostgreSQL: create the database if it is missing, apply the migrations.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
-/// The numbered migrations of `migrations/`, embedded at build time.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+/// The engine's own migrations (its tables only), embedded at build time. An application
+/// applies them with every part's as one history ([`crate::app::App::migrator`]).
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Migrations whose text changed after databases applied them, with the checksum those
+/// databases recorded: `0003_read_models` created the projection runtime's table too, until
+/// each part owned its tables (`0009_projection_status` of the engine creates it now, if it is
+/// missing).
+const REWRITTEN: &[(i64, &str)] = &[(
+    3,
+    "9323ba3a9f63a3d75d77c78bff26b7410eaac226137855ebccd48693d08dfc61d95fb0fb88e8043eb0c97ca98f69c63f",
+)];
 
 const DUPLICATE_DATABASE: &str = "42P04";
 const UNIQUE_VIOLATION: &str = "23505";
@@ -129,8 +140,58 @@ pub async fn begin_reusing_plans(
     pool.begin_with(format!("BEGIN; {REUSE_PLANS}")).await
 }
 
-/// Applies the pending migrations. Safe to run from several processes at once (sqlx takes an
-/// advisory lock).
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+/// Applies the pending migrations of `migrator`. Safe to run from several processes at once
+/// (sqlx takes an advisory lock). A database whose history recorded a migration that was
+/// rewritten since (see `REWRITTEN`) has that record updated first, in one statement.
+pub async fn migrate(
+    pool: &PgPool,
+    migrator: &Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    accept_rewritten(pool, migrator).await?;
+    migrator.run(pool).await
+}
+
+/// Updates the recorded checksum of each rewritten migration of `migrator` that a database
+/// applied in its earlier text.
+async fn accept_rewritten(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(());
+    }
+    for (version, old) in REWRITTEN {
+        let Some(now) = migrator.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        let old: Vec<u8> = (0..old.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&old[i..i + 2], 16).expect("a hex checksum"))
+            .collect();
+        let updated = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $3 WHERE version = $1 AND checksum = $2",
+        )
+        .bind(version)
+        .bind(&old)
+        .bind(now.checksum.as_ref())
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if updated > 0 {
+            tracing::info!(
+                version,
+                description = %now.description,
+                "accepted the rewritten text of an applied migration"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A migrator of `migrations` (sorted by version), which apply in one history.
+pub fn migrator_of(migrations: Vec<Migration>) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
 }

@@ -32,6 +32,8 @@ struct Inner {
     wake: Notify,
     remote: Notify,
     listening: AtomicBool,
+    /// Set once the task forwarding rings to `pg_notify` runs.
+    forwarding: AtomicBool,
 }
 
 /// Rings a channel. Cloning shares the bell.
@@ -41,7 +43,8 @@ pub struct Doorbell {
 }
 
 impl Doorbell {
-    /// A bell on `channel`; spawns the task that forwards rings to `pg_notify`.
+    /// A bell on `channel`. Building it starts nothing: the task that forwards rings to
+    /// `pg_notify` starts with the first ring, the listening connection with the first waiter.
     pub fn new(pool: PgPool, channel: &'static str) -> Self {
         let inner = Arc::new(Inner {
             channel,
@@ -51,37 +54,7 @@ impl Doorbell {
             wake: Notify::new(),
             remote: Notify::new(),
             listening: AtomicBool::new(false),
-        });
-        let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move {
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let pool = inner.pool.clone();
-                let channel = inner.channel;
-                let origin = inner.origin.clone();
-                // Wait for a ring without keeping the bell alive.
-                let notified = async { inner.remote.notified().await };
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                }
-                drop(inner);
-                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(channel)
-                    .bind(&origin)
-                    .execute(&pool)
-                    .await
-                {
-                    if pool.is_closed() {
-                        return;
-                    }
-                    tracing::debug!(channel, error = %e, "pg_notify failed; waiters fall back to polling");
-                }
-                // Every NOTIFY is a transaction that takes the notification queue's lock at
-                // commit; under load one per few milliseconds wakes other processes as well
-                // as one per commit, at a fraction of the cost.
-                tokio::time::sleep(REMOTE_RING_INTERVAL).await;
-            }
+            forwarding: AtomicBool::new(false),
         });
         Doorbell { inner }
     }
@@ -91,6 +64,9 @@ impl Doorbell {
     pub fn ring(&self) {
         self.inner.rings.fetch_add(1, Ordering::SeqCst);
         self.inner.wake.notify_waiters();
+        if !self.inner.forwarding.swap(true, Ordering::SeqCst) {
+            tokio::spawn(forward(Arc::downgrade(&self.inner)));
+        }
         self.inner.remote.notify_one();
     }
 
@@ -103,6 +79,39 @@ impl Doorbell {
             inner: self.inner.clone(),
             seen: self.inner.rings.load(Ordering::SeqCst),
         }
+    }
+}
+
+/// Forwards this bell's rings to other processes with `pg_notify`, coalesced, until the bell
+/// is dropped.
+async fn forward(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let pool = inner.pool.clone();
+        let channel = inner.channel;
+        let origin = inner.origin.clone();
+        // Wait for a ring without keeping the bell alive.
+        let notified = async { inner.remote.notified().await };
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+        }
+        drop(inner);
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(channel)
+            .bind(&origin)
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::debug!(channel, error = %e, "pg_notify failed; waiters fall back to polling");
+        }
+        // Every NOTIFY is a transaction that takes the notification queue's lock at commit;
+        // under load one per few milliseconds wakes other processes as well as one per
+        // commit, at a fraction of the cost.
+        tokio::time::sleep(REMOTE_RING_INTERVAL).await;
     }
 }
 

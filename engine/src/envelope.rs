@@ -4,10 +4,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Tracing and saga context carried with every message.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Metadata {
     /// Shared by everything caused, directly or not, by one external request.
     pub correlation_id: Uuid,
@@ -36,12 +37,15 @@ impl Metadata {
 
     /// Metadata for a message caused by `cause`: same correlation and trace, new causation.
     /// Inside a consumer's handler the trace context names the span applying `cause` as the
-    /// parent (see [`crate::telemetry::caused_traceparent`]).
+    /// parent (see [`crate::trace::caused_traceparent`]).
     pub fn caused_by(cause: &Envelope) -> Self {
         Metadata {
             correlation_id: cause.metadata.correlation_id,
             causation_id: Some(cause.message_id),
-            traceparent: crate::telemetry::caused_traceparent(cause),
+            traceparent: crate::trace::caused_traceparent(
+                cause.message_id,
+                cause.metadata.traceparent.as_deref(),
+            ),
             saga_id: cause.metadata.saga_id.clone(),
             saga_step: cause.metadata.saga_step.clone(),
             attempt: cause.metadata.attempt,
@@ -50,7 +54,7 @@ impl Metadata {
 }
 
 /// A message as stored and transported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Envelope {
     /// UUIDv7; unique across the whole system, the key of consumer de-duplication.
     pub message_id: Uuid,
@@ -94,7 +98,7 @@ impl Envelope {
 }
 
 /// An event read back from the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecordedEvent {
     pub global_position: i64,
     #[serde(flatten)]
@@ -138,5 +142,48 @@ mod tests {
             .unwrap()
             .replace("\"lines\"", "lines");
         assert!(Envelope::decode_header(&broken).is_err());
+    }
+
+    const HEADER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn envelope(traceparent: Option<&str>) -> Envelope {
+        Envelope {
+            message_id: Uuid::now_v7(),
+            stream_id: "s-1".into(),
+            stream_version: 1,
+            event_type: "e".into(),
+            schema_version: 1,
+            payload: serde_json::json!({}),
+            metadata: Metadata {
+                traceparent: traceparent.map(str::to_owned),
+                ..Metadata::new_root()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caused_message_is_a_child_of_the_consuming_span() {
+        let cause = envelope(Some(HEADER));
+        let caused = crate::trace::in_consumer("group-a".into(), async {
+            Metadata::caused_by(&cause).traceparent.unwrap()
+        })
+        .await;
+        let c = crate::trace::TraceContext::parse(&caused).unwrap();
+        assert_eq!(c.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(
+            c.span_id,
+            crate::trace::consume_span_id(cause.message_id, "group-a")
+        );
+        assert_ne!(
+            c.span_id,
+            crate::trace::consume_span_id(cause.message_id, "group-b")
+        );
+        assert_ne!(c.span_id, crate::trace::publish_span_id(cause.message_id));
+        // Outside a consumer the cause's context is kept as it is.
+        assert_eq!(
+            Metadata::caused_by(&cause).traceparent.as_deref(),
+            Some(HEADER)
+        );
+        assert_eq!(Metadata::caused_by(&envelope(None)).traceparent, None);
     }
 }

@@ -2,93 +2,23 @@
 //! event, read straight from the event store (never through the command bus's cache), with
 //! every stored payload upcast to its current schema on the way.
 //!
-//! A stream's kind is the prefix of its id before the first `-`: `order-…`, `inventory-…`,
-//! `account-…` fold into the aggregate registered under that type, `saga-…` into
-//! [`SagaState`].
+//! A stream's type is the prefix of its id before the first `-` (`order-…` folds into the
+//! aggregate registered as `order`); the [`Registry`] knows every registered type.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-use crate::aggregate::{Aggregate, DomainEvent};
-use crate::command::{decode, decode_envelope};
 use crate::envelope::RecordedEvent;
-use crate::http::CommandRegistry;
-use crate::saga::state::{SagaEvent, SagaState};
+use crate::fold::StreamFold;
+use crate::registry::Registry;
 use crate::store::{EventStore, StoreError};
-
-/// The stream-id prefix of saga streams.
-pub const SAGA_STREAM_TYPE: &str = "saga";
-
-/// A fold over one stream's events with its type erased.
-pub trait StreamFold: Send {
-    /// Evolves the state by one stored event (upcast to the current schema first).
-    fn apply(&mut self, event: &RecordedEvent) -> Result<(), StoreError>;
-    /// The state so far, as JSON.
-    fn state(&self) -> Value;
-    /// The schema version new events of `event_type` are written at.
-    fn current_schema_version(&self, event_type: &str) -> i32;
-}
-
-/// Folds the events of aggregate type `A`.
-pub struct AggregateFold<A: Aggregate>(A);
-
-impl<A: Aggregate> Default for AggregateFold<A> {
-    fn default() -> Self {
-        AggregateFold(A::default())
-    }
-}
-
-impl<A: Aggregate> StreamFold for AggregateFold<A> {
-    fn apply(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
-        self.0.apply(&decode::<A>(event)?);
-        Ok(())
-    }
-
-    fn state(&self) -> Value {
-        serde_json::to_value(&self.0).expect("aggregate states serialize")
-    }
-
-    fn current_schema_version(&self, event_type: &str) -> i32 {
-        A::Event::schema_version(event_type)
-    }
-}
-
-/// Folds a saga's own stream (`saga-<id>`).
-#[derive(Default)]
-pub struct SagaFold(SagaState);
-
-impl StreamFold for SagaFold {
-    fn apply(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
-        self.0.apply(
-            &decode_envelope::<SagaEvent>(&event.envelope)?,
-            event.recorded_at,
-        );
-        self.0.version = event.envelope.stream_version;
-        Ok(())
-    }
-
-    fn state(&self) -> Value {
-        serde_json::to_value(&self.0).expect("saga states serialize")
-    }
-
-    fn current_schema_version(&self, event_type: &str) -> i32 {
-        SagaEvent::schema_version(event_type)
-    }
-}
 
 /// The aggregate type a stream id names: its prefix before the first `-` (the whole id if it
 /// has none).
 pub fn stream_type(stream_id: &str) -> &str {
     stream_id.split_once('-').map_or(stream_id, |(t, _)| t)
-}
-
-/// A fresh fold for streams of `aggregate_type`, if it is a registered aggregate or `saga`.
-pub fn fold_for(registry: &CommandRegistry, aggregate_type: &str) -> Option<Box<dyn StreamFold>> {
-    if aggregate_type == SAGA_STREAM_TYPE {
-        return Some(Box::new(SagaFold::default()));
-    }
-    registry.by_type(aggregate_type).map(|r| r.fold())
 }
 
 /// Why a replay could not produce what was asked.
@@ -120,7 +50,7 @@ impl From<sqlx::Error> for ReplayError {
 }
 
 /// A stream's state as of one version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StateAt {
     pub stream_id: String,
     pub aggregate_type: String,
@@ -139,22 +69,19 @@ pub struct StateAt {
 /// exactly the committed events `1..=version`, whatever any cache holds.
 pub async fn replay(
     store: &EventStore,
-    registry: &CommandRegistry,
+    registry: &Registry,
     stream_id: &str,
     at_version: Option<i64>,
     mut visit: impl FnMut(&RecordedEvent, &dyn StreamFold),
 ) -> Result<StateAt, ReplayError> {
     const PAGE: i64 = 1000;
     let aggregate_type = stream_type(stream_id);
-    let mut fold = fold_for(registry, aggregate_type).ok_or_else(|| {
-        let mut known = registry.types();
-        known.push(SAGA_STREAM_TYPE);
-        known.sort_unstable();
-        ReplayError::UnknownType {
+    let mut fold = registry
+        .fold_for(aggregate_type)
+        .ok_or_else(|| ReplayError::UnknownType {
             aggregate_type: aggregate_type.to_owned(),
-            known: known.join(", "),
-        }
-    })?;
+            known: registry.stream_types().join(", "),
+        })?;
     if at_version.is_some_and(|v| v < 1) {
         return Err(ReplayError::InvalidVersion);
     }

@@ -1,9 +1,16 @@
-//! Given / when / then tests for aggregates:
+//! Given / when / then tests for aggregates, without a database:
 //!
-//! ```ignore
-//! given::<Inventory>([restocked(10)])
-//!     .when(InventoryCommand::Reserve { order_id, quantity: qty(4) })
-//!     .then([InventoryEvent::StockReserved { order_id, quantity: 4 }]);
+//! ```
+//! # use sagaflow_engine::doc_fixtures::{Wallet, WalletCommand, WalletEvent};
+//! use sagaflow_engine::testing::given;
+//!
+//! let hold = || "payout-1".to_owned();
+//! given::<Wallet>([WalletEvent::Deposited { cents: 10 }])
+//!     .when(WalletCommand::Hold { hold: hold(), cents: 4 })
+//!     .then([WalletEvent::Held { hold: hold(), cents: 4 }]);
+//! given::<Wallet>([WalletEvent::Deposited { cents: 10 }])
+//!     .when(WalletCommand::Hold { hold: hold(), cents: 40 })
+//!     .then_error("not_enough");
 //! ```
 
 use std::fmt::Debug;

@@ -7,17 +7,17 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
-use sagaflow_engine::http::{ApiError, PathParams};
+use sagaflow_engine::http::{ApiError, ErrorBody, PathParams};
 use sagaflow_sagas::payment::AccountEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::projector::{ProjectionError, Projector, StoredEvent, Versioned};
-use crate::query::{self, QueryState};
+use sagaflow_engine::http::query::{self, QueryState};
+use sagaflow_engine::projection::{ProjectionError, Projector, StoredEvent, Versioned};
 
 /// The accounts projection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -149,16 +149,17 @@ impl Projector for AccountsProjection {
         .await?;
         Ok(())
     }
+}
 
-    fn routes(&self, state: QueryState) -> Router {
-        Router::new()
-            .route("/accounts/{customer_id}", get(get_account))
-            .with_state(state)
-    }
+/// The query routes of this read model.
+pub fn routes(state: QueryState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(get_account))
+        .with_state(state)
 }
 
 /// The body of `GET /accounts/{customer_id}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AccountView {
     pub customer_id: Uuid,
     pub balance_cents: i64,
@@ -170,6 +171,21 @@ pub struct AccountView {
     pub version: i64,
 }
 
+/// A customer's account from the read model, with `ETag: "account-<customer_id>@<version>"`.
+#[utoipa::path(
+    get,
+    path = "/accounts/{customer_id}",
+    tag = "accounts",
+    params(
+        ("customer_id" = Uuid, Path, description = "The customer"),
+        ("if-none-match" = Option<String>, Header, description = "A tag of an earlier answer: 304 if the account has not changed"),
+    ),
+    responses(
+        (status = 200, description = "the account", body = AccountView),
+        (status = 304, description = "not changed since the tag"),
+        (status = 404, description = "`account_not_found`", body = ErrorBody),
+    )
+)]
 async fn get_account(
     State(state): State<QueryState>,
     PathParams(customer_id): PathParams<Uuid>,

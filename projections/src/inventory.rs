@@ -7,17 +7,17 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
-use sagaflow_engine::http::{ApiError, PathParams};
+use sagaflow_engine::http::{ApiError, ErrorBody, PathParams};
 use sagaflow_sagas::inventory::InventoryEvent;
 use sagaflow_sagas::types::Sku;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::projector::{ProjectionError, Projector, StoredEvent, Versioned};
-use crate::query::{self, QueryState};
+use sagaflow_engine::http::query::{self, QueryState};
+use sagaflow_engine::projection::{ProjectionError, Projector, StoredEvent, Versioned};
 
 /// The inventory projection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -135,16 +135,17 @@ impl Projector for InventoryProjection {
         .await?;
         Ok(())
     }
+}
 
-    fn routes(&self, state: QueryState) -> Router {
-        Router::new()
-            .route("/inventory/{sku}", get(get_stock))
-            .with_state(state)
-    }
+/// The query routes of this read model.
+pub fn routes(state: QueryState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(get_stock))
+        .with_state(state)
 }
 
 /// The body of `GET /inventory/{sku}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StockView {
     pub sku: String,
     pub on_hand: i64,
@@ -156,6 +157,21 @@ pub struct StockView {
     pub version: i64,
 }
 
+/// A SKU's stock from the read model, with `ETag: "inventory-<sku>@<version>"`.
+#[utoipa::path(
+    get,
+    path = "/inventory/{sku}",
+    tag = "inventory",
+    params(
+        ("sku" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "SKU-1", description = "The SKU"),
+        ("if-none-match" = Option<String>, Header, description = "A tag of an earlier answer: 304 if the stock has not changed"),
+    ),
+    responses(
+        (status = 200, description = "the stock", body = StockView),
+        (status = 304, description = "not changed since the tag"),
+        (status = 404, description = "`sku_not_found`", body = ErrorBody),
+    )
+)]
 async fn get_stock(
     State(state): State<QueryState>,
     PathParams(sku): PathParams<String>,

@@ -14,19 +14,19 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
-use sagaflow_engine::http::{ApiError, PathParams, QueryParams};
+use sagaflow_engine::http::{ApiError, ErrorBody, PathParams, QueryParams};
 use sagaflow_sagas::order::{OrderEvent, OrderLine, OrderStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, QueryBuilder, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::projector::{ProjectionError, Projector, StoredEvent, Versioned};
-use crate::query::{self, QueryState};
+use sagaflow_engine::http::query::{self, QueryState};
+use sagaflow_engine::projection::{ProjectionError, Projector, StoredEvent, Versioned};
 
 /// The orders projection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -233,21 +233,23 @@ impl Projector for OrdersProjection {
         .await?;
         Ok(())
     }
+}
 
-    fn routes(&self, state: QueryState) -> Router {
-        Router::new()
-            .route("/orders", get(list_orders))
-            .route("/orders/{order_id}", get(get_order))
-            .with_state(state)
-    }
+/// The query routes of this read model.
+pub fn routes(state: QueryState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
+        .with_state(state)
 }
 
 /// The body of `GET /orders/{order_id}`, and of each order in a page.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct OrderView {
     pub order_id: Uuid,
     pub customer_id: Uuid,
     /// `pending`, `confirmed`, `rejected` or `cancelled`.
+    #[schema(pattern = "^(pending|confirmed|rejected|cancelled)$")]
     pub status: String,
     pub reason: Option<String>,
     /// `[{"sku", "quantity", "unit_price_cents"}]`, as placed.
@@ -276,6 +278,21 @@ fn view_of(r: &sqlx::postgres::PgRow) -> Result<OrderView, sqlx::Error> {
     })
 }
 
+/// An order from the read model, with `ETag: "order-<order_id>@<version>"`.
+#[utoipa::path(
+    get,
+    path = "/orders/{order_id}",
+    tag = "orders",
+    params(
+        ("order_id" = Uuid, Path, description = "The order"),
+        ("if-none-match" = Option<String>, Header, description = "A tag of an earlier answer: 304 if the order has not changed"),
+    ),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 304, description = "not changed since the tag"),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+    )
+)]
 async fn get_order(
     State(state): State<QueryState>,
     PathParams(order_id): PathParams<Uuid>,
@@ -303,12 +320,21 @@ async fn get_order(
 
 /// The query of `GET /orders`; every value is parsed by hand so that an empty one counts as
 /// absent and a bad one names itself in the `400`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only orders in this status: `pending`, `confirmed`, `rejected` or `cancelled`.
+    #[param(pattern = "^(pending|confirmed|rejected|cancelled)?$")]
     status: Option<String>,
+    /// Only this customer's orders.
+    #[param(value_type = Option<Uuid>)]
     customer_id: Option<String>,
+    /// Orders per page, 1 to 500 (50 by default).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// The `next_after` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     after: Option<String>,
 }
 
@@ -318,7 +344,7 @@ pub const MAX_PAGE: i64 = 500;
 pub const DEFAULT_PAGE: i64 = 50;
 
 /// The body of `GET /orders`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderPage {
     pub orders: Vec<OrderView>,
     /// Pass as `after` for the next page; `null` when there are no more orders.
@@ -339,6 +365,15 @@ fn uuid_param(name: &str, v: Option<String>) -> Result<Option<Uuid>, ApiError> {
         .transpose()
 }
 
+/// Orders, keyset-paged by order id (oldest first), with `X-Projection-Position`.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    params(ListQuery),
+    responses((status = 200, description = "a page of orders", body = OrderPage,
+        headers(("x-projection-position" = i64, description = "messages the read model has consumed"))))
+)]
 async fn list_orders(
     State(state): State<QueryState>,
     QueryParams(q): QueryParams<ListQuery>,

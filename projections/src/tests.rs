@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use sagaflow_engine::aggregate::{encode_event, Aggregate};
 use sagaflow_engine::command::{
-    decode_envelope, CommandBus, CommandBusConfig, CommandContext, Repository, StoredResponse,
+    CommandBus, CommandBusConfig, CommandContext, Repository, StoredResponse,
 };
-use sagaflow_engine::store::EventStore;
+use sagaflow_engine::store::{decode_envelope, EventStore};
 use sagaflow_engine::transport::Delivery;
 use sagaflow_engine::RecordedEvent;
 use sagaflow_sagas::inventory::{Inventory, InventoryCommand};
@@ -23,8 +23,46 @@ use uuid::Uuid;
 use crate::accounts::{AccountRow, AccountsProjection};
 use crate::inventory::{InventoryProjection, StockRow};
 use crate::orders::{OrderRow, OrdersProjection};
-use crate::projector::{fold, Folded, Projector, ProjectorHandler, StoredEvent, Versioned};
-use crate::rebuild::{self, RebuildError, RebuildOptions};
+use sagaflow_engine::projection::projector::{fold, Folded};
+use sagaflow_engine::projection::rebuild::{self, RebuildError, RebuildJob, RebuildOptions};
+use sagaflow_engine::projection::{
+    ProgressFn, Projector, ProjectorHandler, StoredEvent, Versioned,
+};
+use sagaflow_engine::App;
+
+/// The shop's migrations with the engine's, for every test database.
+pub(crate) static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        shop_app()
+            .migrator()
+            .expect("the shop's migrations fit together")
+    });
+
+/// The whole shop, as the binary installs it.
+fn shop_app() -> App {
+    App::new("shop-test", "0").install(crate::shop)
+}
+
+/// The names of the shop's read models.
+fn names() -> Vec<&'static str> {
+    shop_app().projection_names()
+}
+
+/// Starts rebuilding the shop's read model `name`.
+async fn begin_rebuild(
+    pool: PgPool,
+    name: &str,
+    options: RebuildOptions,
+    on_progress: ProgressFn,
+) -> Result<RebuildJob, RebuildError> {
+    let Some(projection) = shop_app().projection_named(name) else {
+        return Err(RebuildError::UnknownProjection {
+            name: name.to_owned(),
+            known: names().join(", "),
+        });
+    };
+    projection.begin_rebuild(pool, options, on_progress).await
+}
 
 // ---------------------------------------------------------------------------------------------
 // Support
@@ -379,8 +417,8 @@ async fn snapshot(pool: &PgPool) -> Vec<String> {
 }
 
 async fn rebuild_all(pool: &PgPool, options: RebuildOptions) {
-    for name in crate::names() {
-        let job = crate::begin_rebuild(pool.clone(), name, options.clone(), Arc::new(|_: &_| {}))
+    for name in names() {
+        let job = begin_rebuild(pool.clone(), name, options.clone(), Arc::new(|_: &_| {}))
             .await
             .unwrap();
         job.run.await.unwrap();
@@ -560,7 +598,7 @@ fn folding_skips_what_a_row_reflects_and_reports_a_gap() {
 // ---------------------------------------------------------------------------------------------
 // The live handler
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn live_batches_equal_the_fold_and_redelivery_changes_nothing(pool: PgPool) {
     mixed_workload(&pool, 1, 25).await;
     let events = all_events(&pool).await;
@@ -589,7 +627,7 @@ async fn live_batches_equal_the_fold_and_redelivery_changes_nothing(pool: PgPool
     assert_eq!(snapshot(&pool).await, before);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn a_row_behind_or_missing_is_completed_from_the_store(pool: PgPool) {
     mixed_workload(&pool, 2, 20).await;
     let events = all_events(&pool).await;
@@ -622,7 +660,7 @@ async fn a_row_behind_or_missing_is_completed_from_the_store(pool: PgPool) {
 
 /// SKUs are case-sensitive and sort differently under different collations: one batch of
 /// such streams is applied stream by stream, whatever the database's collation.
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn streams_whose_ids_differ_only_in_case_or_punctuation_stay_apart(pool: PgPool) {
     let domain = Domain::new(&pool);
     for (i, sku) in ["SKU-b", "SKU-B", "sku-A", "SKU.a", "SKU_a", "SKU-a"]
@@ -651,7 +689,7 @@ async fn streams_whose_ids_differ_only_in_case_or_punctuation_stay_apart(pool: P
     assert_eq!(on_hand, 6 * 6);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn a_write_never_moves_a_row_backwards(pool: PgPool) {
     let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6); // what timestamptz holds
     let row = |version, on_hand| Versioned {
@@ -673,7 +711,7 @@ async fn a_write_never_moves_a_row_backwards(pool: PgPool) {
     assert_eq!(rows(&pool, &p, &["inventory-S"]).await, vec![row(6, 60)]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn a_stream_missing_from_the_store_is_an_error_not_a_skip(pool: PgPool) {
     mixed_workload(&pool, 3, 3).await;
     let mut e = all_events(&pool).await.pop().unwrap();
@@ -694,7 +732,7 @@ async fn a_stream_missing_from_the_store_is_an_error_not_a_skip(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // Rebuild
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn a_rebuild_replaces_wrong_rows_with_the_fold(pool: PgPool) {
     mixed_workload(&pool, 4, 40).await;
     deliver(&pool, &deliveries(&all_events(&pool).await)).await;
@@ -721,9 +759,9 @@ async fn a_rebuild_replaces_wrong_rows_with_the_fold(pool: PgPool) {
         writers: 2,
         max_states: 4,
     };
-    for name in crate::names() {
+    for name in names() {
         let progress = seen.clone();
-        let job = crate::begin_rebuild(
+        let job = begin_rebuild(
             pool.clone(),
             name,
             options.clone(),
@@ -759,11 +797,11 @@ async fn a_rebuild_replaces_wrong_rows_with_the_fold(pool: PgPool) {
     assert!(last.rows_written >= rows, "every row's write was reported");
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool) {
     mixed_workload(&pool, 5, 5).await;
-    let noop: crate::ProgressFn = Arc::new(|_: &_| {});
-    let job = crate::begin_rebuild(
+    let noop: ProgressFn = Arc::new(|_: &_| {});
+    let job = begin_rebuild(
         pool.clone(),
         "inventory",
         RebuildOptions::default(),
@@ -776,7 +814,7 @@ async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool
         0,
         "emptied at the start"
     );
-    let second = crate::begin_rebuild(
+    let second = begin_rebuild(
         pool.clone(),
         "inventory",
         RebuildOptions::default(),
@@ -785,7 +823,7 @@ async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool
     .await;
     assert!(matches!(second, Err(RebuildError::AlreadyRunning(_))));
     // Other projections are not blocked.
-    let other = crate::begin_rebuild(
+    let other = begin_rebuild(
         pool.clone(),
         "accounts",
         RebuildOptions::default(),
@@ -802,7 +840,7 @@ async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool
     );
 
     // A rebuild whose process went away (its job dropped, its lock session closed).
-    let job = crate::begin_rebuild(
+    let job = begin_rebuild(
         pool.clone(),
         "inventory",
         RebuildOptions::default(),
@@ -823,7 +861,7 @@ async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool
     }
     assert_eq!(state, "failed");
     // It can be rebuilt again.
-    crate::begin_rebuild(
+    begin_rebuild(
         pool.clone(),
         "inventory",
         RebuildOptions::default(),
@@ -837,7 +875,7 @@ async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool
     rebuild_all(&pool, RebuildOptions::default()).await;
     assert_read_models_equal_the_fold(&pool).await;
 
-    let unknown = crate::begin_rebuild(pool.clone(), "nope", RebuildOptions::default(), noop).await;
+    let unknown = begin_rebuild(pool.clone(), "nope", RebuildOptions::default(), noop).await;
     assert!(matches!(
         unknown,
         Err(RebuildError::UnknownProjection { .. })
@@ -846,7 +884,7 @@ async fn one_rebuild_at_a_time_and_an_abandoned_one_shows_as_failed(pool: PgPool
 
 /// The live handler keeps applying while a rebuild runs, over many rounds: at the end both
 /// writers' rows agree with the fold, whoever wrote each row last.
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrator = "crate::tests::MIGRATOR")]
 async fn live_batches_interleaved_with_rebuilds_equal_the_fold(pool: PgPool) {
     let mut delivered: usize = 0;
     for round in 0..6u64 {
@@ -859,8 +897,8 @@ async fn live_batches_interleaved_with_rebuilds_equal_the_fold(pool: PgPool) {
             writers: 2,
             max_states: 1_000,
         };
-        let name = crate::names()[round as usize % 3];
-        let job = crate::begin_rebuild(pool.clone(), name, options, Arc::new(|_: &_| {}))
+        let name = names()[round as usize % 3];
+        let job = begin_rebuild(pool.clone(), name, options, Arc::new(|_: &_| {}))
             .await
             .unwrap();
         let rebuild = tokio::spawn(job.run);

@@ -19,14 +19,17 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use sagaflow_engine::command::CommandOutcome;
-use sagaflow_engine::http::{accepted_body, run_command, ApiError, CommandRequest, PathParams};
+use sagaflow_engine::http::{
+    accepted_body, run_command, AcceptedCommand, ApiError, CommandRequest, ErrorBody, PathParams,
+};
 use sagaflow_engine::Aggregate;
 
 use crate::inventory::{Inventory, InventoryCommand};
@@ -36,21 +39,21 @@ use crate::types::{AmountCents, Quantity};
 use crate::Domain;
 
 /// Body of `POST /inventory/{sku}/restock`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockBody {
     pub quantity: Quantity,
 }
 
 /// Body of `POST /accounts/{customer_id}/deposits`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DepositBody {
     pub amount_cents: AmountCents,
 }
 
 /// Body of `POST /orders`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
     pub customer_id: Uuid,
@@ -58,23 +61,66 @@ pub struct PlaceOrderBody {
 }
 
 /// Body of `POST /orders/{order_id}/cancel`; the whole body is optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
+    /// Why the customer cancels.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub reason: Option<String>,
 }
 
-pub(crate) fn routes(domain: Domain) -> Router {
-    Router::new()
-        .route("/inventory/{sku}/restock", post(restock))
-        .route("/accounts/{customer_id}/deposits", post(deposit))
-        .route("/orders", post(place_order))
-        .route("/orders/{order_id}/cancel", post(cancel_order))
-        .route("/orders/{order_id}/saga", get(order_saga))
+/// The answer to `POST /orders`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderAccepted {
+    /// The order's id, minted by the route.
+    pub order_id: Uuid,
+    /// The id of its fulfillment saga (known before the saga starts).
+    pub saga_id: Uuid,
+    /// `order-<order_id>`.
+    pub stream_id: String,
+    /// The stream's version after the order was placed.
+    pub version: i64,
+}
+
+/// The answer to `GET /orders/{order_id}/saga`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderSaga {
+    pub order_id: Uuid,
+    pub saga_id: Uuid,
+    /// The saga's state; `null` until the saga started.
+    pub state: Option<String>,
+    pub links: OrderSagaLinks,
+}
+
+/// Where to look next.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderSagaLinks {
+    pub saga: String,
+    pub timeline: String,
+    pub order_state: String,
+}
+
+/// The domain's command routes (see the module documentation), over `domain`.
+pub fn routes(domain: Domain) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(restock))
+        .routes(routes!(deposit))
+        .routes(routes!(place_order))
+        .routes(routes!(cancel_order))
+        .routes(routes!(order_saga))
         .with_state(domain)
 }
 
+/// Adds units to a SKU's stock.
+#[utoipa::path(
+    post,
+    path = "/inventory/{sku}/restock",
+    tag = "inventory",
+    params(("sku" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,64}$", example = "SKU-1", description = "The SKU")),
+    request_body = RestockBody,
+    responses((status = 202, description = "accepted", body = AcceptedCommand))
+)]
 async fn restock(
     State(domain): State<Domain>,
     PathParams(sku): PathParams<String>,
@@ -89,6 +135,15 @@ async fn restock(
     run_command(&domain.inventory, &sku, request, false, accepted_body).await
 }
 
+/// Deposits money on a customer's account.
+#[utoipa::path(
+    post,
+    path = "/accounts/{customer_id}/deposits",
+    tag = "accounts",
+    params(("customer_id" = Uuid, Path, description = "The customer")),
+    request_body = DepositBody,
+    responses((status = 202, description = "accepted", body = AcceptedCommand))
+)]
 async fn deposit(
     State(domain): State<Domain>,
     PathParams(customer_id): PathParams<Uuid>,
@@ -101,8 +156,19 @@ async fn deposit(
     run_command(&domain.accounts, &id, request, false, accepted_body).await
 }
 
-/// Mints the order id (UUIDv7). A repeat with the same `Idempotency-Key` answers the first
-/// response, so it names the same order and places nothing.
+/// Places an order, which starts its fulfillment saga. Mints the order id (UUIDv7); a repeat
+/// with the same `Idempotency-Key` answers the first response, so it names the same order and
+/// places nothing.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    request_body = PlaceOrderBody,
+    responses(
+        (status = 202, description = "placed", body = OrderAccepted),
+        (status = 422, description = "`invalid_body`, or the domain's rejection: `empty_order`, `too_many_lines`, `duplicate_sku`, `amount_too_large`", body = ErrorBody),
+    )
+)]
 async fn place_order(
     State(domain): State<Domain>,
     request: CommandRequest<PlaceOrderBody>,
@@ -113,12 +179,13 @@ async fn place_order(
         lines: b.lines,
     });
     let respond = move |outcome: &CommandOutcome| {
-        json!({
-            "order_id": order_id,
-            "saga_id": crate::order_fulfillment::saga_id_of(order_id),
-            "stream_id": outcome.stream_id,
-            "version": outcome.version,
+        serde_json::to_value(OrderAccepted {
+            order_id,
+            saga_id: crate::order_fulfillment::saga_id_of(order_id),
+            stream_id: outcome.stream_id.clone(),
+            version: outcome.version,
         })
+        .expect("answers serialize")
     };
     run_command(
         &domain.orders,
@@ -130,6 +197,19 @@ async fn place_order(
     .await
 }
 
+/// Cancels a pending order; its saga compensates what it did.
+#[utoipa::path(
+    post,
+    path = "/orders/{order_id}/cancel",
+    tag = "orders",
+    params(("order_id" = Uuid, Path, description = "The order")),
+    request_body(content = Option<CancelBody>, description = "optional: why"),
+    responses(
+        (status = 202, description = "cancelled (or already cancelled)", body = AcceptedCommand),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+        (status = 422, description = "`order_not_pending`: the order was confirmed or rejected; `invalid_reason`", body = ErrorBody),
+    )
+)]
 async fn cancel_order(
     State(domain): State<Domain>,
     PathParams(order_id): PathParams<Uuid>,
@@ -147,10 +227,20 @@ mod tests;
 
 /// The order's fulfillment saga: its id (derived from the order id, so it is known before the
 /// saga starts), its state in the saga read model, and where to look next.
+#[utoipa::path(
+    get,
+    path = "/orders/{order_id}/saga",
+    tag = "orders",
+    params(("order_id" = Uuid, Path, description = "The order")),
+    responses(
+        (status = 200, description = "the order's saga", body = OrderSaga),
+        (status = 404, description = "`order_not_found`", body = ErrorBody),
+    )
+)]
 async fn order_saga(
     State(domain): State<Domain>,
     PathParams(order_id): PathParams<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderSaga>, ApiError> {
     let bus = domain.orders.bus();
     let stream =
         sagaflow_engine::aggregate::stream_id::<crate::order::Order>(&order_id.to_string());
@@ -161,15 +251,15 @@ async fn order_saga(
         ));
     }
     let saga_id = crate::order_fulfillment::saga_id_of(order_id);
-    let saga = sagaflow_engine::saga::http::find_saga(bus.pool(), saga_id).await?;
-    Ok(Json(json!({
-        "order_id": order_id,
-        "saga_id": saga_id,
-        "state": saga.map(|s| s.state),
-        "links": {
-            "saga": format!("/sagas/{saga_id}"),
-            "timeline": format!("/sagas/{saga_id}/timeline"),
-            "order_state": format!("/streams/{stream}/state"),
+    let saga = sagaflow_engine::saga::read_model::find(bus.pool(), saga_id).await?;
+    Ok(Json(OrderSaga {
+        order_id,
+        saga_id,
+        state: saga.map(|s| s.state),
+        links: OrderSagaLinks {
+            saga: format!("/sagas/{saga_id}"),
+            timeline: format!("/sagas/{saga_id}/timeline"),
+            order_state: format!("/streams/{stream}/state"),
         },
-    })))
+    }))
 }

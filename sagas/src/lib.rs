@@ -1,11 +1,14 @@
-//! sagaflow-sagas: the order / inventory / payment domain of sagaflow.
+//! sagaflow-sagas: the order / inventory / payment domain of the shop, sagaflow's first user.
 //!
 //! Three aggregates, each in the module named after its concept: [`order::Order`] (placed,
 //! then confirmed, rejected or cancelled once), [`inventory::Inventory`] (stock per SKU, never
 //! negative, reserved per order) and [`payment::Account`] (money per customer, held per order,
 //! never held beyond the balance). [`types`] holds the validated values their commands carry,
-//! and [`http`] the domain's command routes.
+//! [`order_fulfillment`] the saga, and [`http`] the domain's command routes. [`install`]
+//! registers all of it with an application; the shop's read models are in
+//! `sagaflow-projections`, whose `shop` installs the whole shop.
 
+pub mod bench;
 pub mod http;
 pub mod inventory;
 pub mod order;
@@ -15,15 +18,27 @@ pub mod types;
 
 use std::sync::Arc;
 
-use axum::Router;
-use sagaflow_engine::command::{CommandBus, Repository};
-use sagaflow_engine::http::CommandRegistry;
+use sagaflow_engine::app::Services;
+use sagaflow_engine::command::Repository;
+use sagaflow_engine::App;
 
 use inventory::Inventory;
 use order::Order;
 use payment::Account;
 
-/// The domain's repositories. Cloning shares them (and their caches of loaded aggregates).
+/// Registers the domain with `app`: the three aggregates, each also a saga participant, the
+/// order fulfillment saga, the domain's command routes and its benchmark workload.
+pub fn install(app: App) -> App {
+    app.participant::<Order>()
+        .participant::<Inventory>()
+        .participant::<Account>()
+        .saga(order_fulfillment::order_fulfillment())
+        .routes(|services| http::routes(Domain::of(services)))
+        .bench_workload(bench::ShopWorkload)
+}
+
+/// The domain's repositories, shared with the rest of the process (the generic command route
+/// and the participants serialize commands for one stream in the same queue).
 #[derive(Clone)]
 pub struct Domain {
     pub orders: Arc<Repository<Order>>,
@@ -32,31 +47,12 @@ pub struct Domain {
 }
 
 impl Domain {
-    pub fn new(bus: &CommandBus) -> Self {
+    /// The domain's repositories in a built application.
+    pub fn of(services: &Services) -> Self {
         Domain {
-            orders: Arc::new(Repository::new(bus.clone())),
-            inventory: Arc::new(Repository::new(bus.clone())),
-            accounts: Arc::new(Repository::new(bus.clone())),
+            orders: services.repository::<Order>(),
+            inventory: services.repository::<Inventory>(),
+            accounts: services.repository::<Account>(),
         }
     }
-
-    /// Makes `order`, `inventory` and `account` reachable through the engine's generic route
-    /// `POST /commands/{aggregate_type}/{aggregate_id}`, sharing these repositories (so the
-    /// generic and the domain routes serialize commands for one stream in one queue).
-    pub fn register(&self, registry: &mut CommandRegistry) {
-        registry
-            .register(self.orders.clone())
-            .register(self.inventory.clone())
-            .register(self.accounts.clone());
-    }
-}
-
-/// The sagas of the domain, for the orchestrator.
-pub fn sagas() -> Vec<Arc<sagaflow_engine::saga::Saga>> {
-    vec![order_fulfillment::order_fulfillment()]
-}
-
-/// The domain's command routes (see [`http`]), with their state applied.
-pub fn router(domain: &Domain) -> Router {
-    http::routes(domain.clone())
 }

@@ -56,6 +56,22 @@ macro_rules! bounded_i64 {
                 value.0
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    )))
+                    .minimum(Some(Self::MIN))
+                    .maximum(Some(Self::MAX))
+                    .description(Some($rule))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
@@ -122,6 +138,41 @@ impl From<Sku> for String {
     fn from(s: Sku) -> String {
         s.0
     }
+}
+
+impl utoipa::PartialSchema for Sku {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::RefOr::T(sku_schema())
+    }
+}
+
+impl utoipa::ToSchema for Sku {}
+
+/// The schema of a SKU: what [`Sku::check`] accepts.
+pub(crate) fn sku_schema() -> utoipa::openapi::Schema {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .pattern(Some("^[A-Za-z0-9_.-]{1,64}$"))
+        .description(Some(
+            "A stock keeping unit: 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-'",
+        ))
+        .examples([serde_json::json!("SKU-1")])
+        .into()
+}
+
+/// The schema of a UUID in the one form stream ids use (see [`check_canonical_uuid`]).
+pub(crate) fn canonical_uuid_schema(what: &str) -> utoipa::openapi::Schema {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Uuid,
+        )))
+        .pattern(Some(
+            "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        ))
+        .description(Some(format!("{what}: a UUID in lowercase hyphenated form")))
+        .examples([serde_json::json!("0193a0c4-0000-7000-8000-000000000001")])
+        .into()
 }
 
 impl fmt::Display for Sku {

@@ -1,24 +1,40 @@
 //! A whole engine in this process (HTTP, relay, orchestrator, participants, projectors) on a
 //! given transport, and the domain helpers the saga tests use.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sagaflow::config::Component;
-use sagaflow::{AppOptions, Engine};
-use sagaflow_engine::outbox::RelayConfig;
+pub use sagaflow::app::Component;
+use sagaflow::app::{Components, Options, Running as Started, Service};
+use sagaflow_engine::relay::RelayConfig;
 use sagaflow_engine::transport::Transport;
-use sagaflow_sagas::order::OrderStatus;
+use sagaflow_sagas::inventory::Inventory;
+use sagaflow_sagas::order::{Order, OrderStatus};
+use sagaflow_sagas::payment::Account;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::transport::eventually;
 
+/// The shop's participants, as components.
+pub const PAYMENT: Component = Component::Participant("account");
+pub const INVENTORY: Component = Component::Participant("inventory");
+pub const ORDER: Component = Component::Participant("order");
+
+/// The relay settings of the tests: quick polls and short backoffs.
+pub fn test_relay() -> RelayConfig {
+    RelayConfig {
+        idle_poll: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
 pub struct Running {
-    pub engine: Engine,
+    pub service: Service,
+    started: Started,
     pub base: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
@@ -30,28 +46,30 @@ pub async fn start_engine(
     transport: &Arc<dyn Transport>,
     components: &[Component],
 ) -> Running {
-    let topics = sagaflow::all_topics();
+    start_engine_with(pool, transport, components, Options::default()).await
+}
+
+/// [`start_engine`] with options.
+pub async fn start_engine_with(
+    pool: &PgPool,
+    transport: &Arc<dyn Transport>,
+    components: &[Component],
+    options: Options,
+) -> Running {
+    let app = super::shop();
+    let topics = app.topics();
     transport
         .ensure_topics(&topics.iter().map(String::as_str).collect::<Vec<_>>())
         .await
         .expect("topics");
-    let components: HashSet<Component> = components.iter().copied().collect();
-    let engine = Engine::start(
-        pool.clone(),
-        transport.clone(),
-        &components,
-        RelayConfig {
-            idle_poll: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(1),
-            ..Default::default()
-        },
-        &AppOptions::default(),
-    );
-    let addr = sagaflow::spawn_server(engine.app.router.clone())
-        .await
-        .unwrap();
+    let service = app
+        .build(pool.clone(), transport.clone(), &options)
+        .expect("the shop fits together");
+    let started = service.start(&Components::new(components.iter().copied()), test_relay());
+    let addr = super::spawn_server(service.router.clone()).await;
     Running {
-        engine,
+        service,
+        started,
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),
         pool: pool.clone(),
@@ -59,11 +77,11 @@ pub async fn start_engine(
 }
 
 pub fn everything() -> Vec<Component> {
-    Component::ALL.to_vec()
+    super::shop().components().iter().copied().collect()
 }
 
 pub fn everything_but(excluded: &[Component]) -> Vec<Component> {
-    Component::ALL
+    everything()
         .into_iter()
         .filter(|c| !excluded.contains(c))
         .collect()
@@ -118,47 +136,38 @@ impl Running {
     }
 
     pub async fn stop(self) {
-        self.engine.stop().await;
+        self.started.stop().await;
     }
+}
+
+/// A fresh copy of the shop over `pool`, for reading aggregates from the event store.
+fn fresh(pool: &PgPool) -> Service {
+    super::shop()
+        .build(
+            pool.clone(),
+            super::transport::postgres(pool),
+            &Options::default(),
+        )
+        .expect("the shop fits together")
 }
 
 /// (on_hand, reserved) from the event store.
 pub async fn stock(pool: &PgPool, sku: &str) -> (i64, i64) {
-    let app = sagaflow::build_app(
-        pool.clone(),
-        super::transport::postgres(pool),
-        &AppOptions::default(),
-    );
-    let inv = app.domain.inventory.load(sku).await.unwrap().state;
+    let repo = fresh(pool).repository::<Inventory>().unwrap();
+    let inv = repo.load(sku).await.unwrap().state;
     (inv.on_hand(), inv.reserved())
 }
 
 /// (balance, held) from the event store.
 pub async fn account(pool: &PgPool, customer: Uuid) -> (i64, i64) {
-    let app = sagaflow::build_app(
-        pool.clone(),
-        super::transport::postgres(pool),
-        &AppOptions::default(),
-    );
-    let acc = app
-        .domain
-        .accounts
-        .load(&customer.to_string())
-        .await
-        .unwrap()
-        .state;
+    let repo = fresh(pool).repository::<Account>().unwrap();
+    let acc = repo.load(&customer.to_string()).await.unwrap().state;
     (acc.balance_cents(), acc.held_cents())
 }
 
 pub async fn order_status(pool: &PgPool, order_id: Uuid) -> Option<OrderStatus> {
-    let app = sagaflow::build_app(
-        pool.clone(),
-        super::transport::postgres(pool),
-        &AppOptions::default(),
-    );
-    app.domain
-        .orders
-        .load(&order_id.to_string())
+    let repo = fresh(pool).repository::<Order>().unwrap();
+    repo.load(&order_id.to_string())
         .await
         .unwrap()
         .state

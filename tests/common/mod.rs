@@ -2,12 +2,45 @@
 //! fresh database per test.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+
 use reqwest::StatusCode;
+use sagaflow::app::Options;
+use sagaflow::App;
 use serde_json::Value;
 use sqlx::PgPool;
 
+pub mod binary;
 pub mod engine;
+pub mod schema;
 pub mod transport;
+
+/// The shop's migrations with the engine's: what every test database gets.
+pub static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| {
+        shop()
+            .migrator()
+            .expect("the shop's migrations fit together")
+    });
+
+/// The whole shop, installed as the binary installs it.
+pub fn shop() -> App {
+    App::new("sagaflow", "test").install(sagaflow_projections::shop)
+}
+
+/// Serves `router` on an ephemeral loopback port in the background.
+pub async fn spawn_server(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a local address");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "test server stopped");
+        }
+    });
+    addr
+}
 
 pub struct TestApp {
     pub base: String,
@@ -17,14 +50,14 @@ pub struct TestApp {
 
 /// Serves the whole application over `pool` on an ephemeral port, on the embedded transport.
 pub async fn start(pool: PgPool) -> TestApp {
-    start_with(pool, sagaflow::AppOptions::default()).await
+    start_with(pool, Options::default()).await
 }
 
-pub async fn start_with(pool: PgPool, options: sagaflow::AppOptions) -> TestApp {
-    let app = sagaflow::build_app(pool.clone(), transport::postgres(&pool), &options);
-    let addr = sagaflow::spawn_server(app.router)
-        .await
-        .expect("bind a loopback port");
+pub async fn start_with(pool: PgPool, options: Options) -> TestApp {
+    let service = shop()
+        .build(pool.clone(), transport::postgres(&pool), &options)
+        .expect("the shop fits together");
+    let addr = spawn_server(service.router).await;
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::new(),

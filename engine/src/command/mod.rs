@@ -9,6 +9,7 @@
 //! retry storm; conflicts only arise between processes.
 
 mod idempotency;
+pub(crate) mod metrics;
 #[cfg(test)]
 mod tests;
 
@@ -23,15 +24,15 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::aggregate::{
-    decode_event_at, encode_event, events_topic, stream_id, Aggregate, DomainEvent,
-};
+use crate::aggregate::{encode_event, events_topic, stream_id, Aggregate, DomainEvent};
 use crate::doorbell::Doorbell;
-use crate::envelope::{Envelope, Metadata, RecordedEvent};
-use crate::outbox::{self, OUTBOX_CHANNEL};
+use crate::envelope::{Metadata, RecordedEvent};
+use crate::hash::fnv1a;
+use crate::outbox::OUTBOX_CHANNEL;
 use crate::store::{
-    read_stream_on, read_streams_on, AppendError, EventStore, NewEvent, StoreError,
+    decode, read_stream_on, read_streams_on, AppendError, EventStore, NewEvent, StoreError,
 };
+use metrics::metrics;
 
 /// Settings of the command bus.
 #[derive(Debug, Clone)]
@@ -62,6 +63,8 @@ pub struct CommandBus {
     config: Arc<CommandBusConfig>,
     outbox_bell: Doorbell,
     commits: tokio::sync::mpsc::Sender<CommitRequest>,
+    /// The committer's end of `commits`, until the first command starts the committer.
+    idle_committer: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<CommitRequest>>>>,
 }
 
 /// One command's events, waiting to be appended by a committer.
@@ -161,11 +164,32 @@ fn take_ready(
 }
 
 impl CommandBus {
+    /// A bus over `pool`. Building it starts nothing: the committer task that appends the
+    /// commands' events starts with the first command.
     pub fn new(pool: PgPool, config: CommandBusConfig) -> Self {
         let outbox_bell = Doorbell::new(pool.clone(), OUTBOX_CHANNEL);
         let store = EventStore::new(pool);
-        let (commits, mut receiver) = tokio::sync::mpsc::channel::<CommitRequest>(1024);
-        let (committer_store, bell) = (store.clone(), outbox_bell.clone());
+        let (commits, receiver) = tokio::sync::mpsc::channel::<CommitRequest>(1024);
+        CommandBus {
+            outbox_bell,
+            store,
+            config: Arc::new(config),
+            commits,
+            idle_committer: Arc::new(std::sync::Mutex::new(Some(receiver))),
+        }
+    }
+
+    /// Starts the committer if no command started it yet.
+    fn start_committer(&self) {
+        let Some(mut receiver) = self
+            .idle_committer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let (committer_store, bell) = (self.store.clone(), self.outbox_bell.clone());
         tokio::spawn(async move {
             let appending = Arc::new(tokio::sync::Semaphore::new(1));
             let in_flight = Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT));
@@ -197,12 +221,6 @@ impl CommandBus {
                 });
             }
         });
-        CommandBus {
-            outbox_bell,
-            store,
-            config: Arc::new(config),
-            commits,
-        }
     }
 
     /// Appends `events` to `stream` at `expected` with their outbox rows (topic `topic`), in a
@@ -215,6 +233,7 @@ impl CommandBus {
         events: Vec<NewEvent>,
         topic: String,
     ) -> Result<Vec<RecordedEvent>, AppendError> {
+        self.start_committer();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = CommitRequest {
             stream: stream.to_owned(),
@@ -332,7 +351,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     fn stripe(&self, stream: &str) -> &Stripe<A> {
-        let i = (outbox::fnv1a(stream.as_bytes()) % self.stripes.len() as u64) as usize;
+        let i = (fnv1a(stream.as_bytes()) % self.stripes.len() as u64) as usize;
         &self.stripes[i]
     }
 
@@ -472,7 +491,7 @@ impl<A: Aggregate> Repository<A> {
                 .bus
                 .group_commit(stream, loaded.version, new_events, events_topic::<A>())
                 .await?;
-            crate::metrics::metrics()
+            metrics()
                 .append_seconds
                 .with_label_values(&[A::TYPE])
                 .observe(started.elapsed().as_secs_f64());
@@ -521,7 +540,7 @@ impl<A: Aggregate> Repository<A> {
             idem.store_response(&mut tx, &response).await?;
         }
         tx.commit().await?;
-        crate::metrics::metrics()
+        metrics()
             .append_seconds
             .with_label_values(&[A::TYPE])
             .observe(started.elapsed().as_secs_f64());
@@ -801,21 +820,4 @@ fn evict_one_if_full<A>(cache: &mut HashMap<String, Loaded<A>>, capacity: usize)
             cache.remove(&k);
         }
     }
-}
-
-/// Decodes a stored event into the aggregate's event type.
-pub fn decode<A: Aggregate>(e: &RecordedEvent) -> Result<A::Event, StoreError> {
-    decode_envelope::<A::Event>(&e.envelope)
-}
-
-/// Decodes an envelope into an event enum, upcasting a payload of an older schema version
-/// first (see [`DomainEvent::upcast`]).
-pub fn decode_envelope<E: DomainEvent>(e: &Envelope) -> Result<E, StoreError> {
-    decode_event_at(&e.event_type, e.schema_version, &e.payload).map_err(|source| {
-        StoreError::Decode {
-            message_id: e.message_id,
-            event_type: e.event_type.clone(),
-            source,
-        }
-    })
 }

@@ -10,7 +10,7 @@ struct Counter {
     value: i64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "command", content = "payload", rename_all = "snake_case")]
 enum CounterCommand {
     Add { n: i64 },
@@ -86,7 +86,7 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
         .unwrap()
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
     let repo = repo(&pool);
     let ctx = CommandContext::default();
@@ -112,7 +112,7 @@ async fn executes_and_writes_events_with_their_outbox_rows(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_rejection_writes_nothing(pool: PgPool) {
     let repo = repo(&pool);
     let ctx = CommandContext::default();
@@ -128,7 +128,7 @@ async fn a_rejection_writes_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "outbox").await, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_stale_cache_is_refreshed_by_the_conflict_and_decided_again(pool: PgPool) {
     // Two repositories over one database behave like two engine processes.
     let (a, b) = (repo(&pool), repo(&pool));
@@ -152,7 +152,7 @@ async fn a_stale_cache_is_refreshed_by_the_conflict_and_decided_again(pool: PgPo
     assert_eq!((loaded.version, loaded.state.value), (3, 100));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn concurrent_commands_from_two_processes_lose_no_update(pool: PgPool) {
     let config = CommandBusConfig {
         max_attempts: 3,
@@ -193,7 +193,7 @@ async fn concurrent_commands_from_two_processes_lose_no_update(pool: PgPool) {
     assert_eq!(a.load("hot").await.unwrap().state.value, applied);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn an_idempotency_key_replays_the_first_response_and_writes_nothing(pool: PgPool) {
     let repo = repo(&pool);
     let idem = IdempotencyRequest::new("key-1", "POST", "/x", b"{}");
@@ -233,7 +233,7 @@ async fn an_idempotency_key_replays_the_first_response_and_writes_nothing(pool: 
     assert_eq!(count(&pool, "events").await, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn concurrent_requests_with_one_key_apply_once(pool: PgPool) {
     let a = Arc::new(repo(&pool));
     let b = Arc::new(repo(&pool));
@@ -260,7 +260,7 @@ async fn concurrent_requests_with_one_key_apply_once(pool: PgPool) {
     assert_eq!(count(&pool, "events").await, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_command_that_decides_nothing_writes_nothing(pool: PgPool) {
     let repo = repo(&pool);
     let outcome = repo
@@ -276,7 +276,7 @@ async fn a_command_that_decides_nothing_writes_nothing(pool: PgPool) {
     assert_eq!(count(&pool, "events").await, 0);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_batch_decides_on_its_own_events_and_appends_them_in_one_flush(pool: PgPool) {
     let repo = Arc::new(repo(&pool));
     repo.execute(
@@ -336,7 +336,7 @@ async fn a_batch_decides_on_its_own_events_and_appends_them_in_one_flush(pool: P
     assert_eq!((a.version, a.state.value), (3, 90));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_flush_after_another_writer_moved_a_stream_is_a_conflict_and_writes_nothing(
     pool: PgPool,
 ) {
@@ -373,7 +373,7 @@ async fn a_flush_after_another_writer_moved_a_stream_is_a_conflict_and_writes_no
     assert_eq!(count(&pool, "outbox").await, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_batch_loads_its_aggregates_with_the_tails_other_writers_appended(pool: PgPool) {
     let other = Arc::new(repo(&pool));
     let repo = Arc::new(repo(&pool));

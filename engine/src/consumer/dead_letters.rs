@@ -1,16 +1,8 @@
-//! The operator's side of `dead_letters`: list the messages consumers parked, retry them, or
-//! discard them.
+//! `dead_letters`: the messages consumers parked, and the operator's side of them: list,
+//! retry, discard (served over HTTP by the admin routes of [`crate::http`]).
 //!
-//! | route | answers |
-//! |---|---|
-//! | `GET /admin/dead-letters?status=&consumer=&limit=&after=` | [`DeadLetterPage`], oldest first |
-//! | `GET /admin/dead-letters/{id}` | one [`DeadLetter`] |
-//! | `POST /admin/dead-letters/{id}/retry` | 200 with the row, now `retried`; the message is delivered again |
-//! | `POST /admin/dead-letters/{id}/discard` | 200 with the row, now `discarded` |
-//!
-//! Only a `parked` row can be retried or discarded (409 `dead_letter_not_parked` otherwise);
-//! an unknown id is 404. The routes are returned by [`router`] unprotected: the application
-//! wraps them with [`crate::http::admin::protect`].
+//! Only a `parked` row can be retried or discarded ([`DeadLetterError::NotParked`]
+//! otherwise).
 //!
 //! **A retried message is applied once.** Retrying puts the parked envelope back in the
 //! outbox, unchanged (same `message_id`, topic and key), in the transaction that moves the
@@ -35,24 +27,19 @@
 //! The copy is appended at the end of its partition, after messages that arrived meanwhile:
 //! a retry does not restore the original order relative to later messages of the same key.
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::doorbell::Doorbell;
 use crate::envelope::Envelope;
-use crate::http::{ApiError, PathParams, QueryParams};
 use crate::outbox::{self, OutboxMessage};
-use crate::transport::TopicLayout;
+use crate::transport::{Delivery, TopicLayout};
 
 /// A parked message as an operator sees it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     /// The consumer group that parked it.
@@ -82,11 +69,13 @@ const COLUMNS: &str = "id, consumer_group AS consumer, topic, partition, \"offse
     partition_key, envelope->>'stream_id' AS stream_id, envelope->>'event_type' AS event_type,
     error, attempts, first_failed_at, last_failed_at, status, resolved_at, envelope";
 
-const STATUSES: [&str; 3] = ["parked", "retried", "discarded"];
+/// The statuses a row can be in.
+pub const STATUSES: [&str; 3] = ["parked", "retried", "discarded"];
 
 /// The most dead letters one page holds.
 pub const MAX_PAGE: i64 = 500;
-const DEFAULT_PAGE: i64 = 50;
+/// Dead letters in a page when the caller does not say.
+pub const DEFAULT_PAGE: i64 = 50;
 
 /// Why a dead letter cannot be retried or discarded.
 #[derive(Debug, thiserror::Error)]
@@ -105,25 +94,6 @@ pub enum DeadLetterError {
     },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-impl From<DeadLetterError> for ApiError {
-    fn from(e: DeadLetterError) -> Self {
-        let message = e.to_string();
-        match e {
-            DeadLetterError::NotFound(_) => ApiError::not_found("dead_letter_not_found", message),
-            DeadLetterError::NotParked { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "dead_letter_not_parked", message)
-            }
-            DeadLetterError::Undecodable { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "dead_letter_undecodable", message)
-            }
-            DeadLetterError::ForeignTopic { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "dead_letter_foreign_topic", message)
-            }
-            DeadLetterError::Database(e) => e.into(),
-        }
-    }
 }
 
 /// One dead letter.
@@ -219,67 +189,22 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<DeadLetter, DeadLetterErr
     Ok(find(pool, id).await?.expect("the row exists"))
 }
 
-#[derive(Clone)]
-struct AdminState {
-    pool: PgPool,
-    layout: TopicLayout,
-    outbox_bell: Doorbell,
-}
-
-/// The dead-letter admin routes, over the deployment's topic `layout` (to find a parked
-/// message's logical topic) and the `outbox_bell` (rung after a retry).
-pub fn router(pool: PgPool, layout: TopicLayout, outbox_bell: Doorbell) -> Router {
-    Router::new()
-        .route("/admin/dead-letters", get(list))
-        .route("/admin/dead-letters/{id}", get(get_one))
-        .route("/admin/dead-letters/{id}/retry", post(retry_route))
-        .route("/admin/dead-letters/{id}/discard", post(discard_route))
-        .with_state(AdminState {
-            pool,
-            layout,
-            outbox_bell,
-        })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// `parked`, `retried` or `discarded`; every status when absent.
-    status: Option<String>,
-    consumer: Option<String>,
-    limit: Option<i64>,
-    /// The `next_after` of the previous page.
-    after: Option<i64>,
-}
-
-/// A page of `GET /admin/dead-letters`, in id order (the order they were first parked).
-#[derive(Debug, Serialize)]
+/// A page of dead letters, in id order (the order they were first parked).
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterPage {
     pub dead_letters: Vec<DeadLetter>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<i64>,
 }
 
-async fn list(
-    State(state): State<AdminState>,
-    QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<DeadLetterPage>, ApiError> {
-    let status = q.status.filter(|s| !s.is_empty());
-    if let Some(s) = &status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("status must be one of {}", STATUSES.join(", ")),
-            ));
-        }
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+/// Up to `limit` dead letters with an id above `after`, of `status` and `consumer` when given.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    consumer: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> Result<DeadLetterPage, sqlx::Error> {
     let rows: Vec<DeadLetter> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM dead_letters
          WHERE ($1::text IS NULL OR status = $1)
@@ -287,46 +212,91 @@ async fn list(
            AND id > $3
          ORDER BY id LIMIT $4"
     ))
-    .bind(&status)
-    .bind(q.consumer.as_deref().filter(|c| !c.is_empty()))
-    .bind(q.after.unwrap_or(0))
+    .bind(status)
+    .bind(consumer)
+    .bind(after)
     .bind(limit)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await?;
     let next_after = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
-    Ok(Json(DeadLetterPage {
+    Ok(DeadLetterPage {
         dead_letters: rows,
         next_after,
-    }))
+    })
 }
 
-async fn get_one(
-    State(state): State<AdminState>,
-    PathParams(id): PathParams<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    find(&state.pool, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| DeadLetterError::NotFound(id).into())
+/// Parks `m`, which consumer group `group` could not apply after `attempts` attempts, in
+/// `tx` (the caller moves the group's offset past it in the same transaction). A message the
+/// group had parked before goes back to `parked`, its attempts added up.
+pub(crate) async fn park(
+    tx: &mut PgConnection,
+    group: &str,
+    m: &Delivery,
+    error: &str,
+    attempts: u32,
+    first_failed_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let envelope = serde_json::to_value(&m.envelope).expect("envelopes serialize");
+    sqlx::query(
+        "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", message_id, partition_key,
+                                   envelope, error, attempts, first_failed_at, last_failed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+         ON CONFLICT (consumer_group, message_id) DO UPDATE
+         SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts,
+             last_failed_at = now(), status = 'parked'",
+    )
+    .bind(group)
+    .bind(&m.topic)
+    .bind(m.partition)
+    .bind(m.offset)
+    .bind(m.message_id())
+    .bind(&m.key)
+    .bind(&envelope)
+    .bind(error)
+    .bind(attempts as i32)
+    .bind(first_failed_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
-async fn retry_route(
-    State(state): State<AdminState>,
-    PathParams(id): PathParams<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    let row = retry(&state.pool, &state.layout, id).await?;
-    state.outbox_bell.ring();
-    tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter retried");
-    Ok(Json(row))
+/// Parks an outbox row whose envelope cannot be read (only a bug writes one) under `group`,
+/// in `tx`, so that it is visible instead of stalling its shard. JSON that is not an envelope
+/// is kept as it is; anything else as a JSON string.
+pub(crate) async fn park_unreadable(
+    tx: &mut PgConnection,
+    group: &str,
+    topic: &str,
+    outbox_id: i64,
+    key: &str,
+    payload: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let payload: Value =
+        serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_owned()));
+    sqlx::query(
+        "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", message_id, partition_key,
+                                   envelope, error, attempts, first_failed_at, last_failed_at)
+         VALUES ($1, $2, -1, $3, gen_random_uuid(), $4, $5, $6, 1, now(), now())",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(outbox_id)
+    .bind(key)
+    .bind(&payload)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
-async fn discard_route(
-    State(state): State<AdminState>,
-    PathParams(id): PathParams<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    let row = discard(&state.pool, id).await?;
-    tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter discarded");
-    Ok(Json(row))
+/// How many rows there are of each `(consumer_group, status)`.
+pub async fn count_by_group_and_status(
+    pool: &PgPool,
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT consumer_group, status, count(*) FROM dead_letters GROUP BY 1, 2")
+        .fetch_all(pool)
+        .await
 }

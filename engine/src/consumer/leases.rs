@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::outbox::fnv1a;
+use crate::hash::fnv1a;
 
 fn lock_key(s: &str) -> i32 {
     (fnv1a(s.as_bytes()) & 0x7fff_ffff) as i32

@@ -18,6 +18,7 @@
 
 pub mod dead_letters;
 mod leases;
+pub(crate) mod metrics;
 #[cfg(test)]
 mod tests;
 
@@ -34,10 +35,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::doorbell::Doorbell;
-use crate::metrics::metrics;
-use crate::telemetry;
+use crate::trace::{self, SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
 use crate::transport::{Delivery, Position, Transport};
 use leases::Leases;
+use metrics::metrics;
 
 /// An error of a handler. Any error rolls the batch back; the message is retried and, after
 /// `max_attempts`, parked.
@@ -67,6 +68,23 @@ pub trait Handler: Send + Sync + 'static {
     /// rollback): the moment to publish in-memory state that must only reflect committed
     /// work, such as cached aggregates.
     async fn after_commit(&self) {}
+
+    /// How the handling of `message` is traced: as a saga step (a participant running a
+    /// step's command, the orchestrator applying its reply) or as any other message (the
+    /// default).
+    fn hop(&self, message: &Delivery) -> Hop {
+        let _ = message;
+        Hop::Message
+    }
+}
+
+/// What a consumer's handling of one message is, for its span's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// A `consume_message` span.
+    Message,
+    /// A `saga_step` span.
+    SagaStep,
 }
 
 #[derive(Debug, Clone)]
@@ -539,10 +557,10 @@ impl Consumer {
     ) -> Result<Vec<tracing::Span>, ConsumeError> {
         let spans = todo
             .iter()
-            .map(|m| telemetry::consume_span(&self.config.group, m))
+            .map(|m| consume_span(&self.config.group, self.handler.hop(m), m))
             .collect();
         if !todo.is_empty() {
-            telemetry::in_consumer(self.group_name.clone(), self.handler.handle_batch(tx, todo))
+            trace::in_consumer(self.group_name.clone(), self.handler.handle_batch(tx, todo))
                 .await
                 .map_err(ConsumeError::Handler)?;
         }
@@ -551,7 +569,7 @@ impl Consumer {
 
     fn count_failure(&self) {
         metrics()
-            .consumer_failures
+            .failures
             .with_label_values(&[&self.config.group])
             .inc();
     }
@@ -560,18 +578,17 @@ impl Consumer {
     fn record_applied(&self, applied: &[Delivery], duplicates: usize, started: Instant) {
         let m = metrics();
         let group = self.config.group.as_str();
-        m.consumer_batch_seconds
+        m.batch_seconds
             .with_label_values(&[group])
             .observe(started.elapsed().as_secs_f64());
-        m.consumer_messages
+        m.messages
             .with_label_values(&[group, "applied"])
             .inc_by(applied.len() as u64);
         if duplicates > 0 {
-            m.consumer_messages
+            m.messages
                 .with_label_values(&[group, "duplicate"])
                 .inc_by(duplicates as u64);
         }
-        crate::metrics::observe_applied(group, applied);
     }
 
     /// Moves the offset from `expected` to `next`, or fails if another member moved it.
@@ -651,33 +668,21 @@ impl Consumer {
         first_failed_at: DateTime<Utc>,
     ) -> Result<(), ConsumeError> {
         let mut tx = self.pool.begin().await?;
-        let envelope = serde_json::to_value(&m.envelope).expect("envelopes serialize");
-        sqlx::query(
-            "INSERT INTO dead_letters (consumer_group, topic, partition, \"offset\", message_id, partition_key,
-                                       envelope, error, attempts, first_failed_at, last_failed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
-             ON CONFLICT (consumer_group, message_id) DO UPDATE
-             SET error = EXCLUDED.error, attempts = dead_letters.attempts + EXCLUDED.attempts,
-                 last_failed_at = now(), status = 'parked'",
+        dead_letters::park(
+            &mut tx,
+            &self.config.group,
+            m,
+            error,
+            attempts,
+            first_failed_at,
         )
-        .bind(&self.config.group)
-        .bind(&m.topic)
-        .bind(m.partition)
-        .bind(m.offset)
-        .bind(m.message_id())
-        .bind(&m.key)
-        .bind(&envelope)
-        .bind(error)
-        .bind(attempts as i32)
-        .bind(first_failed_at)
-        .execute(&mut *tx)
         .await?;
         self.commit_offset(&mut tx, key, expected, m.offset + 1)
             .await?;
         tx.commit().await?;
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         metrics()
-            .consumer_dead_lettered
+            .dead_lettered
             .with_label_values(&[&self.config.group])
             .inc();
         tracing::error!(group = %self.config.group, topic = %m.topic, partition = m.partition, offset = m.offset,
@@ -708,7 +713,7 @@ enum ConsumeError {
 }
 
 /// How far one partition of a group is behind the transport.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,
@@ -752,6 +757,44 @@ pub async fn group_lag(
         }
     }
     Ok(out)
+}
+
+/// The span of consumer group `group` applying `m`: `saga_step` or `consume_message` as the
+/// handler says; `saga_id`, `saga_step` and `attempt` are recorded when the message carries
+/// them. It closes when dropped.
+fn consume_span(group: &str, hop: Hop, m: &Delivery) -> tracing::Span {
+    if !trace::hop_spans_enabled() {
+        return tracing::Span::none();
+    }
+    let e = &m.envelope;
+    let context = e
+        .metadata
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse);
+    macro_rules! span {
+        ($name:literal) => {
+            tracing::debug_span!(
+                target: TRACE_TARGET,
+                $name,
+                consumer_group = group,
+                message_id = %e.message_id,
+                event_type = %e.event_type,
+                correlation_id = %e.metadata.correlation_id,
+                causation_id = e.metadata.causation_id.map(display),
+                trace_id = context.map(|c| display(TraceIdHex(c.trace_id))),
+                span_id = context.map(|_| display(SpanIdHex(trace::consume_span_id(e.message_id, group)))),
+                parent_span_id = context.map(|_| display(SpanIdHex(trace::publish_span_id(e.message_id)))),
+                saga_id = e.metadata.saga_id.as_deref(),
+                saga_step = e.metadata.saga_step.as_deref(),
+                attempt = e.metadata.attempt,
+            )
+        };
+    }
+    match hop {
+        Hop::SagaStep => span!("saga_step"),
+        Hop::Message => span!("consume_message"),
+    }
 }
 
 fn to_positions(positions: &BTreeMap<PartitionKey, i64>) -> Vec<Position> {

@@ -25,7 +25,7 @@ fn key(partition: i32) -> PartitionKey {
     ("t".to_string(), partition)
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn offsets_of_a_batch_move_together_and_only_from_the_positions_read(pool: PgPool) {
     let consumer = member(&pool);
     let (a, b) = (key(0), key(1));
@@ -69,7 +69,7 @@ async fn offsets_of_a_batch_move_together_and_only_from_the_positions_read(pool:
 
 /// Two members that both believe they own a partition (one about to lose its lease) apply
 /// the same batch: the second to commit fails, for an existing and for a new partition.
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn of_two_members_moving_the_same_offset_only_the_first_commits(pool: PgPool) {
     let first = member(&pool);
     let mut tx = pool.begin().await.unwrap();
@@ -144,7 +144,7 @@ fn delivery(partition: i32, offset: i64, message_id: Uuid) -> Delivery {
 /// A message delivered twice in a batch, or again in a later one, is handed over once; a
 /// group whose handler is idempotent by itself records no ids, gets the later copy, and
 /// still gets a copy within one batch once.
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn redeliveries_are_skipped_by_id_unless_the_handler_is_idempotent(pool: PgPool) {
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     for idempotent in [false, true] {

@@ -8,8 +8,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
 
 use super::ApiError;
 
@@ -44,7 +44,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// Puts every route of `router` behind the admin token.
-pub fn protect(router: Router, token: AdminToken) -> Router {
+pub fn protect(router: OpenApiRouter, token: AdminToken) -> OpenApiRouter {
     router.route_layer(middleware::from_fn_with_state(token, require_admin))
 }
 

@@ -3,11 +3,28 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::aggregate::DomainError;
 use crate::command::CommandError;
 use crate::store::StoreError;
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code (`invalid_body`, `insufficient_stock`, …).
+    pub code: String,
+    /// For a human.
+    pub message: String,
+}
 
 /// An error response: a status, a stable snake_case code and a human-readable message.
 #[derive(Debug, Clone)]
@@ -38,8 +55,15 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    /// The answer's body, as JSON.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        serde_json::to_value(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+            },
+        })
+        .expect("errors serialize")
     }
 }
 

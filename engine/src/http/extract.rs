@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use crate::command::IdempotencyRequest;
 use crate::envelope::Metadata;
-use crate::telemetry::TraceContext;
+use crate::trace::TraceContext;
 
 /// Bodies larger than this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -68,7 +68,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandRequest<T> {
 
 /// Parses a JSON body: syntax errors are 400 `malformed_json`, well-formed JSON of the wrong
 /// shape (missing fields, wrong types, out-of-range values) is 422 `invalid_body`.
-/// An empty body reads as JSON `null`, so routes whose body is optional take an `Option`.
+/// An empty body reads as JSON `null`, so routes whose body is optional take an `Option` (and
+/// take a literal `null` too).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return serde_json::from_slice(b"null").map_err(|_| {
@@ -82,8 +83,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ),
         Category::Data => ApiError::unprocessable("invalid_body", e.to_string()),
     })?;
-    // serde lets a struct be written as an array of its fields; a body must be an object.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    // serde lets a struct be written as an array of its fields; a body must be an object, or
+    // `null` for a route whose body is optional (it parsed, so `T` takes it).
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') && first != Some(&b'n') {
         return Err(ApiError::unprocessable(
             "invalid_body",
             "request body must be a JSON object",

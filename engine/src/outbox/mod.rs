@@ -1,14 +1,15 @@
 //! The transactional outbox: messages are written in the same transaction as the events (or
 //! saga state) that caused them, so nothing is published that was not committed and nothing
-//! committed is lost. The relay (one per shard) moves them to the transport.
+//! committed is lost. The relay ([`crate::relay`], one per shard) moves them to the
+//! transport.
 
-pub mod relay;
-
-pub use relay::{Relay, RelayConfig, RelayStats, OUTBOX_CHANNEL};
-
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use crate::envelope::Envelope;
+use crate::hash::fnv1a;
+
+/// The notification channel rung after a transaction wrote outbox rows.
+pub const OUTBOX_CHANNEL: &str = "sagaflow_outbox";
 
 /// Number of outbox shards. Fixed for the life of a database: a key always maps to the same
 /// shard, which is what keeps per-key order across relays.
@@ -28,14 +29,11 @@ pub fn shard_of(key: &str) -> i16 {
     (fnv1a(key.as_bytes()) % OUTBOX_SHARDS as u64) as i16
 }
 
-/// 64-bit FNV-1a: stable across processes and releases (unlike `std`'s `DefaultHasher`).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+/// Rows waiting in the outbox (all shards).
+pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
 }
 
 /// Writes `messages` to the outbox inside the caller's transaction, in the given order.

@@ -1,20 +1,37 @@
 //! The saga DSL: a business process written top to bottom as typed steps.
 //!
-//! ```ignore
-//! SagaDefinition::<OrderSaga>::new("order_fulfillment")
-//!     .started_by::<Order>(|e, _| match e { OrderEvent::OrderPlaced { .. } => Some(..), _ => None })
-//!     .step("reserve_stock")
-//!         .invoke_each::<Inventory>(|s| s.lines.iter().map(|l| Invoke::new(&l.sku, Reserve { .. })).collect())
-//!         .compensate_each::<Inventory>(|s| /* Release for every line */)
+//! ```
+//! # use sagaflow_engine::doc_fixtures::{Wallet, WalletCommand, WalletEvent};
+//! use std::time::Duration;
+//!
+//! use sagaflow_engine::saga::{Backoff, Invoke, SagaDefinition};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Payout {
+//!     from: String,
+//!     to: String,
+//!     cents: u64,
+//! }
+//!
+//! let saga = SagaDefinition::<Payout>::new("payout")
+//!     .started_by::<Wallet>(|event, envelope| match event {
+//!         WalletEvent::PayoutRequested { to, cents } => Some(Payout {
+//!             from: envelope.stream_id.strip_prefix("wallet-")?.to_owned(),
+//!             to: to.clone(),
+//!             cents: *cents,
+//!         }),
+//!         _ => None,
+//!     })
+//!     .step("hold")
+//!         .invoke::<Wallet>(|p| Invoke::new(&p.from, WalletCommand::Hold { hold: p.to.clone(), cents: p.cents }))
+//!         .compensate::<Wallet>(|p| Invoke::new(&p.from, WalletCommand::Release { hold: p.to.clone() }))
 //!         .timeout(Duration::from_secs(10))
 //!         .retry(Backoff::exponential(Duration::from_millis(200), 3))
-//!     .step("authorize_payment")
-//!         .invoke::<Account>(|s| Invoke::new(s.customer_id, Authorize { .. }))
-//!         .on_success(|s, events| /* events: &[AccountEvent], checked by the compiler */)
-//!         .compensate::<Account>(|s| Invoke::new(s.customer_id, Void { .. }))
-//!     .step("confirm_order")
-//!         .invoke::<Order>(|s| Invoke::new(s.order_id, OrderCommand::Confirm))
-//!     .on_compensated::<Order>(|s, why| Some(Invoke::new(s.order_id, Reject { reason: why.code.clone() })))
+//!     .step("credit")
+//!         .invoke::<Wallet>(|p| Invoke::new(&p.to, WalletCommand::Deposit { cents: p.cents }))
+//!     .build();
+//! assert_eq!(saga.commanded_types(), ["wallet"]);
 //! ```
 //!
 //! The types carry the checks: a step's `invoke` fixes the participant's aggregate type, so its
@@ -31,8 +48,8 @@ use uuid::Uuid;
 
 use super::messages::ReplyEvent;
 use crate::aggregate::{decode_event, events_topic, Aggregate};
-use crate::command::decode_envelope;
 use crate::envelope::Envelope;
+use crate::store::decode_envelope;
 
 /// Saga data: whatever the process needs to remember, stored as JSON in the saga's events.
 pub trait SagaData: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -122,6 +139,10 @@ type FinalFn = Box<dyn Fn(&Value, &Failure) -> Result<Option<Invocation>, String
 /// One step, type-erased.
 pub struct StepDef {
     pub name: &'static str,
+    /// The aggregate type its commands go to.
+    pub invokes: &'static str,
+    /// The aggregate type its compensation's commands go to, if it has one.
+    pub compensates: Option<&'static str>,
     pub(crate) invoke: InvokeFn,
     pub(crate) on_success: Option<SuccessFn>,
     pub(crate) compensate: Option<InvokeFn>,
@@ -140,6 +161,12 @@ impl StepDef {
 /// A saga definition, ready for the orchestrator.
 pub struct Saga {
     pub name: &'static str,
+    /// The aggregate type whose events start it (`started_by`).
+    pub started_by: Option<&'static str>,
+    /// The aggregate types whose events abort it (`aborted_by`).
+    pub aborted_by: Vec<&'static str>,
+    /// The aggregate type the command sent after compensating goes to (`on_compensated`).
+    pub final_command_to: Option<&'static str>,
     pub(crate) start_topic: Option<String>,
     pub(crate) start: Option<StartFn>,
     pub(crate) abort_topics: Vec<String>,
@@ -176,6 +203,20 @@ impl Saga {
     /// The reason if `envelope` aborts a running instance of this saga.
     pub fn try_abort(&self, envelope: &Envelope) -> Option<String> {
         self.aborts.iter().find_map(|f| f(envelope))
+    }
+
+    /// Every aggregate type this saga sends commands to (steps, compensations, the final
+    /// command), sorted: each must be served by a participant.
+    pub fn commanded_types(&self) -> Vec<&'static str> {
+        let mut types: Vec<&'static str> = self
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(s.invokes).chain(s.compensates))
+            .chain(self.final_command_to)
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        types
     }
 
     pub(crate) fn final_command(
@@ -229,6 +270,9 @@ impl<D: SagaData> SagaDefinition<D> {
         SagaDefinition {
             saga: Saga {
                 name,
+                started_by: None,
+                aborted_by: Vec::new(),
+                final_command_to: None,
                 start_topic: None,
                 start: None,
                 abort_topics: Vec::new(),
@@ -246,6 +290,7 @@ impl<D: SagaData> SagaDefinition<D> {
         mut self,
         start: impl Fn(&A::Event, &Envelope) -> Option<D> + Send + Sync + 'static,
     ) -> Self {
+        self.saga.started_by = Some(A::TYPE);
         self.saga.start_topic = Some(events_topic::<A>());
         self.saga.start = Some(Box::new(move |envelope| {
             if !is_stream_of::<A>(envelope) {
@@ -263,6 +308,7 @@ impl<D: SagaData> SagaDefinition<D> {
         mut self,
         abort: impl Fn(&A::Event) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
+        self.saga.aborted_by.push(A::TYPE);
         self.saga.abort_topics.push(events_topic::<A>());
         self.saga.aborts.push(Box::new(move |envelope| {
             if !is_stream_of::<A>(envelope) {
@@ -284,6 +330,7 @@ impl<D: SagaData> SagaDefinition<D> {
         mut self,
         f: impl Fn(&D, &Failure) -> Option<Invoke<A>> + Send + Sync + 'static,
     ) -> Self {
+        self.saga.final_command_to = Some(A::TYPE);
         self.saga.on_compensated = Some(Box::new(move |data, failure| {
             let d = from_data::<D>(data)?;
             f(&d, failure).map(Invoke::erase).transpose()
@@ -321,6 +368,8 @@ impl<D: SagaData> StepBuilder<D> {
             def: self.def,
             step: StepDef {
                 name: self.name,
+                invokes: A::TYPE,
+                compensates: None,
                 invoke: erase_invocations(f),
                 on_success: None,
                 compensate: None,
@@ -371,6 +420,7 @@ impl<D: SagaData, A: Aggregate> StepWith<D, A> {
         mut self,
         f: impl Fn(&D) -> Invoke<B> + Send + Sync + 'static,
     ) -> Self {
+        self.step.compensates = Some(B::TYPE);
         self.step.compensate = Some(erase_invocations::<D, B>(move |d| vec![f(d)]));
         self
     }
@@ -380,6 +430,7 @@ impl<D: SagaData, A: Aggregate> StepWith<D, A> {
         mut self,
         f: impl Fn(&D) -> Vec<Invoke<B>> + Send + Sync + 'static,
     ) -> Self {
+        self.step.compensates = Some(B::TYPE);
         self.step.compensate = Some(erase_invocations::<D, B>(f));
         self
     }

@@ -3,12 +3,14 @@
 //! running their commands against aggregates. See [`definition`] for the DSL.
 
 pub mod definition;
-pub mod http;
 pub mod messages;
+pub(crate) mod metrics;
 pub mod orchestrator;
 pub mod participant;
+pub mod read_model;
 pub mod state;
 pub mod testing;
+pub mod timeline;
 
 pub use definition::{
     saga_id, saga_stream, Backoff, Failure, Invoke, Saga, SagaData, SagaDefinition,
@@ -16,6 +18,6 @@ pub use definition::{
 pub use orchestrator::{load_saga, Commanded, Orchestrator, ORCHESTRATOR_GROUP};
 pub use participant::Participant;
 pub use state::{
-    decide, CompletingReply, SagaEvent, SagaInput, SagaState, SagaStatus, StepStatus, StepView,
-    ABORTED, ABORTED_BY_OPERATOR,
+    decide, CompletingReply, DeadlineKind, SagaEvent, SagaFold, SagaInput, SagaState, SagaStatus,
+    StepStatus, StepView, ABORTED, ABORTED_BY_OPERATOR, SAGA_STREAM_TYPE,
 };

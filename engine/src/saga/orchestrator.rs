@@ -26,14 +26,15 @@ use super::definition::{saga_stream, target_stream, Saga};
 use super::messages::{
     commands_topic, SagaCommand, SagaReply, COMMAND_EVENT_TYPE, REPLIES_TOPIC, REPLY_EVENT_TYPE,
 };
+use super::metrics::metrics;
 use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
 use crate::aggregate::encode_event;
-use crate::command::decode_envelope;
-use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
+use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata};
+use crate::metrics::age_of;
 use crate::outbox::{self, OutboxMessage};
-use crate::store::{read_stream_on, AppendError, EventStore, NewEvent};
+use crate::store::{decode_envelope, read_stream_on, AppendError, EventStore, NewEvent};
 use crate::transport::{Delivery, Transport};
 
 /// The consumer group of the orchestrator.
@@ -63,6 +64,9 @@ pub struct Orchestrator {
     cache_capacity: usize,
     /// Ids of the sagas this process brought to a terminal state, sent after the commit.
     ended: broadcast::Sender<Uuid>,
+    /// The replies applied by the consumer's batch in flight (step, outcome, the command's
+    /// id), timed once it commits.
+    replies: Mutex<Vec<(String, &'static str, Uuid)>>,
 }
 
 /// What [`Orchestrator::process`] decided, for the caller to publish after its commit.
@@ -105,6 +109,7 @@ impl Orchestrator {
             batch: Mutex::new(HashMap::new()),
             cache_capacity: 100_000,
             ended: broadcast::channel(ENDED_CAPACITY).0,
+            replies: Mutex::new(Vec::new()),
         }
     }
 
@@ -267,7 +272,12 @@ impl Orchestrator {
             let metadata = Metadata {
                 correlation_id: next.state.correlation_id,
                 causation_id: w.cause.map(|c| c.message_id),
-                traceparent: w.cause.and_then(crate::telemetry::caused_traceparent),
+                traceparent: w.cause.and_then(|c| {
+                    crate::trace::caused_traceparent(
+                        c.message_id,
+                        c.metadata.traceparent.as_deref(),
+                    )
+                }),
                 saga_id: Some(w.saga_id.to_string()),
                 ..Default::default()
             };
@@ -559,6 +569,7 @@ impl Handler for Orchestrator {
     ) -> Result<(), HandlerError> {
         // Whatever a failed batch left behind is not committed state.
         self.batch.lock().await.clear();
+        *self.replies.lock().await = messages.iter().filter_map(reply_timing).collect();
         let work: Vec<Work<'_>> = messages.iter().flat_map(|m| self.classify(m)).collect();
         if work.is_empty() {
             return Ok(());
@@ -573,7 +584,42 @@ impl Handler for Orchestrator {
 
     async fn after_commit(&self) {
         self.publish_batch().await;
+        // The command's id is a UUIDv7 minted when the step was invoked.
+        for (step, outcome, command_id) in self.replies.lock().await.drain(..) {
+            if let Some(age) = age_of(command_id) {
+                metrics()
+                    .step_seconds
+                    .with_label_values(&[step.as_str(), outcome])
+                    .observe(age);
+            }
+        }
     }
+
+    fn hop(&self, message: &Delivery) -> Hop {
+        if message.envelope.event_type == REPLY_EVENT_TYPE {
+            Hop::SagaStep
+        } else {
+            Hop::Message
+        }
+    }
+}
+
+/// For a reply: its step, its outcome and the id of the command it answers.
+fn reply_timing(m: &Delivery) -> Option<(String, &'static str, Uuid)> {
+    let e = &m.envelope;
+    if e.event_type != REPLY_EVENT_TYPE {
+        return None;
+    }
+    let outcome = match e.payload.get("outcome").and_then(|o| o.as_str()) {
+        Some("succeeded") => "succeeded",
+        Some("rejected") => "rejected",
+        _ => "other",
+    };
+    Some((
+        e.metadata.saga_step.clone()?,
+        outcome,
+        e.metadata.causation_id?,
+    ))
 }
 
 fn lock_key(saga_id: &Uuid) -> i64 {

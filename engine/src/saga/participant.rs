@@ -20,7 +20,7 @@ use super::messages::{
 };
 use crate::aggregate::{Aggregate, DomainError};
 use crate::command::{CommandBatch, Repository};
-use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError};
+use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata};
 use crate::outbox::{self, OutboxMessage};
@@ -42,7 +42,7 @@ impl<A: Aggregate> Participant<A> {
 
     /// The consumer group of this participant: `participant:<aggregate type>`.
     pub fn group() -> String {
-        format!("participant:{}", A::TYPE)
+        group_of(A::TYPE)
     }
 
     /// The participant's consumer, on `<context>.commands`.
@@ -108,6 +108,11 @@ impl<A: Aggregate> Participant<A> {
             },
         )
     }
+}
+
+/// The consumer group of the participant of aggregate type `aggregate_type`.
+pub fn group_of(aggregate_type: &str) -> String {
+    format!("participant:{aggregate_type}")
 }
 
 fn rejected(code: &str, message: String) -> ReplyOutcome {
@@ -189,6 +194,14 @@ impl<A: Aggregate> Handler for Participant<A> {
     async fn after_commit(&self) {
         if let Some(batch) = self.batch.lock().await.take() {
             batch.committed().await;
+        }
+    }
+
+    fn hop(&self, message: &Delivery) -> Hop {
+        if message.envelope.event_type == COMMAND_EVENT_TYPE {
+            Hop::SagaStep
+        } else {
+            Hop::Message
         }
     }
 }

@@ -13,6 +13,9 @@ use uuid::Uuid;
 use super::definition::{Backoff, Failure, Invocation, Saga};
 use super::messages::{ReplyEvent, ReplyOutcome};
 use crate::aggregate::DomainEvent;
+use crate::envelope::RecordedEvent;
+use crate::fold::StreamFold;
+use crate::store::StoreError;
 
 /// A command the saga sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -976,4 +979,30 @@ impl Decider<'_> {
 
 fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The stream-id prefix of saga streams (`saga-<id>`).
+pub const SAGA_STREAM_TYPE: &str = "saga";
+
+/// Folds a saga's own stream (`saga-<id>`).
+#[derive(Default)]
+pub struct SagaFold(SagaState);
+
+impl StreamFold for SagaFold {
+    fn apply(&mut self, event: &RecordedEvent) -> Result<(), StoreError> {
+        self.0.apply(
+            &crate::store::decode_envelope::<SagaEvent>(&event.envelope)?,
+            event.recorded_at,
+        );
+        self.0.version = event.envelope.stream_version;
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        serde_json::to_value(&self.0).expect("saga states serialize")
+    }
+
+    fn current_schema_version(&self, event_type: &str) -> i32 {
+        SagaEvent::schema_version(event_type)
+    }
 }

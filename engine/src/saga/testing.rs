@@ -2,13 +2,21 @@
 //! arrives, expect these commands or these compensations. It runs the real decision function
 //! and fold, without a database.
 //!
-//! ```ignore
-//! SagaTest::start(order_fulfillment(), &data)
-//!     .expect_commands::<Inventory>(vec![(sku, Reserve { .. })])
+//! ```
+//! # use sagaflow_engine::doc_fixtures::{payout, Payout, Wallet, WalletCommand};
+//! use sagaflow_engine::saga::testing::SagaTest;
+//! use sagaflow_engine::saga::SagaStatus;
+//!
+//! let data = Payout { from: "ann".into(), to: "bob".into(), cents: 5 };
+//! let hold = || "payout-to-bob".to_owned();
+//! SagaTest::start(payout(), &data)
+//!     .expect_command::<Wallet>("ann", WalletCommand::Hold { hold: hold(), cents: 5 })
 //!     .all_ok()
-//!     .expect_command::<Account>(customer, Authorize { .. })
-//!     .reply_rejected(0, "insufficient_funds")
-//!     .expect_compensation::<Inventory>(vec![(sku, Release { .. })]);
+//!     .expect_command::<Wallet>("bob", WalletCommand::Deposit { cents: 5 })
+//!     .reply_rejected(0, "not_enough")
+//!     .expect_compensation::<Wallet>(vec![("ann", WalletCommand::Release { hold: hold() })])
+//!     .all_ok()
+//!     .expect_status(SagaStatus::Compensated);
 //! ```
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::aggregate::{decode_event_at, Aggregate, DomainEvent};
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
 
 /// An event about to be appended.
@@ -426,5 +427,22 @@ fn row_to_event(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, sqlx::Erro
             payload: row.try_get("payload")?,
             metadata,
         },
+    })
+}
+
+/// Decodes a stored event into the aggregate's event type.
+pub fn decode<A: Aggregate>(e: &RecordedEvent) -> Result<A::Event, StoreError> {
+    decode_envelope::<A::Event>(&e.envelope)
+}
+
+/// Decodes an envelope into an event enum, upcasting a payload of an older schema version
+/// first (see [`DomainEvent::upcast`]).
+pub fn decode_envelope<E: DomainEvent>(e: &Envelope) -> Result<E, StoreError> {
+    decode_event_at(&e.event_type, e.schema_version, &e.payload).map_err(|source| {
+        StoreError::Decode {
+            message_id: e.message_id,
+            event_type: e.event_type.clone(),
+            source,
+        }
     })
 }

@@ -32,7 +32,7 @@ async fn count(pool: &PgPool, table: &str) -> i64 {
         .unwrap()
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn appends_number_versions_from_the_expected_one(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
@@ -70,7 +70,7 @@ async fn appends_number_versions_from_the_expected_one(pool: PgPool) {
     assert_eq!(store.stream_version("c-unknown").await.unwrap(), 0);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
@@ -89,7 +89,7 @@ async fn a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
     assert_eq!(store.stream_version("c-1").await.unwrap(), 2);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
@@ -119,7 +119,7 @@ async fn an_expected_version_ahead_of_the_stream_never_leaves_a_gap(pool: PgPool
     assert_eq!(count(&pool, "events").await, 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn a_failed_append_leaves_neither_events_nor_outbox_rows(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
@@ -155,7 +155,7 @@ async fn a_failed_append_leaves_neither_events_nor_outbox_rows(pool: PgPool) {
     assert_eq!(count(&pool, "outbox").await, 0);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tasks = Vec::new();
@@ -182,7 +182,7 @@ async fn concurrent_appends_at_one_version_let_exactly_one_win(pool: PgPool) {
     assert_eq!(store.stream_version("c-race").await.unwrap(), 1);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn read_all_pages_by_global_position(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
@@ -205,7 +205,7 @@ async fn read_all_pages_by_global_position(pool: PgPool) {
     assert_eq!(streams, ["a-1", "b-1", "b-1"]);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn append_and_publish_writes_each_event_as_its_envelope_in_version_order(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();
@@ -254,7 +254,7 @@ async fn append_and_publish_writes_each_event_as_its_envelope_in_version_order(p
     assert_eq!(decoded, recorded[0][0].envelope);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "./migrations")]
 async fn append_and_publish_with_a_stale_stream_is_a_conflict(pool: PgPool) {
     let store = EventStore::new(pool.clone());
     let mut tx = pool.begin().await.unwrap();

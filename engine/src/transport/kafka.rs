@@ -328,7 +328,9 @@ fn headers_of(m: &OutgoingMessage) -> OwnedHeaders {
     }
     // The W3C context of the relay's publication, the parent of whoever consumes the message
     // (the envelope keeps the context of the span that wrote it).
-    if let Some(traceparent) = crate::telemetry::publish_traceparent(e) {
+    if let Some(traceparent) =
+        crate::trace::publish_traceparent(e.message_id, e.metadata.traceparent.as_deref())
+    {
         headers = headers.insert(header("traceparent", &traceparent));
     }
     headers
@@ -962,7 +964,7 @@ mod tests {
     /// The envelope's trace, pointing at the relay's span (a context that is not valid W3C is
     /// passed on as it is).
     fn published_traceparent(e: &Envelope) -> String {
-        use crate::telemetry::{publish_span_id, TraceContext};
+        use crate::trace::{publish_span_id, TraceContext};
         let original = e.metadata.traceparent.clone().unwrap();
         match TraceContext::parse(&original) {
             Some(c) => c.with_span(publish_span_id(e.message_id)).header(),

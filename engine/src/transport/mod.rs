@@ -19,7 +19,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
-use crate::outbox::fnv1a;
+use crate::hash::fnv1a;
 
 /// Naming and partitioning shared by both transports.
 #[derive(Debug, Clone)]

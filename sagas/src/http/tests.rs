@@ -14,14 +14,25 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use sagaflow_engine::command::{CommandBus, CommandBusConfig};
-use sagaflow_engine::http::{self as engine_http, CommandRegistry, EngineState};
+use sagaflow_engine::app::Options;
+use sagaflow_engine::command::{CommandBus, CommandBusConfig, Repository};
+use sagaflow_engine::transport::postgres::PostgresTransport;
+use sagaflow_engine::transport::TopicLayout;
+use sagaflow_engine::App;
 
-use crate::order::OrderStatus;
-use crate::{router, Domain};
+use super::routes;
+use crate::inventory::Inventory;
+use crate::order::{Order, OrderStatus};
+use crate::payment::Account;
+use crate::Domain;
 
 fn domain(pool: PgPool) -> Domain {
-    Domain::new(&CommandBus::new(pool, CommandBusConfig::default()))
+    let bus = CommandBus::new(pool, CommandBusConfig::default());
+    Domain {
+        orders: Arc::new(Repository::new(bus.clone())),
+        inventory: Arc::new(Repository::new(bus.clone())),
+        accounts: Arc::new(Repository::new(bus)),
+    }
 }
 
 /// The domain routes over a pool that cannot connect.
@@ -30,20 +41,23 @@ fn offline() -> Router {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy("postgres://sagaflow@127.0.0.1:1/unreachable")
         .expect("a valid url");
-    router(&domain(pool))
+    routes(domain(pool)).into()
 }
 
-/// The domain routes merged with the engine's generic routes, as the binary serves them.
-fn app(domain: &Domain, pool: &PgPool) -> Router {
-    let mut registry = CommandRegistry::new();
-    domain.register(&mut registry);
-    let engine = engine_http::router(EngineState {
-        registry: Arc::new(registry),
-        store: CommandBus::new(pool.clone(), CommandBusConfig::default())
-            .store()
-            .clone(),
-    });
-    engine_http::finish(engine.merge(router(domain)))
+/// The whole domain installed in an application over `pool`, as the binary serves it, and the
+/// repositories its routes use.
+fn app(pool: &PgPool) -> (Router, Domain) {
+    let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
+    let service = App::new("shop-test", "0")
+        .install(crate::install)
+        .build(pool.clone(), transport, &Options::default())
+        .expect("the domain fits together");
+    let domain = Domain {
+        orders: service.repository::<Order>().unwrap(),
+        inventory: service.repository::<Inventory>().unwrap(),
+        accounts: service.repository::<Account>().unwrap(),
+    };
+    (service.router, domain)
 }
 
 struct Answer {
@@ -202,10 +216,9 @@ async fn event_count(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "../engine/migrations")]
 async fn placing_an_order_mints_its_id_and_a_repeat_names_the_same_order(pool: PgPool) {
-    let domain = domain(pool.clone());
-    let app = app(&domain, &pool);
+    let (app, domain) = app(&pool);
     let body = order_body(Uuid::now_v7());
 
     let first = post(&app, "/orders", &body, Some("place-1")).await;
@@ -242,10 +255,9 @@ async fn placing_an_order_mints_its_id_and_a_repeat_names_the_same_order(pool: P
     );
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "../engine/migrations")]
 async fn an_order_that_breaks_a_rule_is_a_422_with_its_code(pool: PgPool) {
-    let domain = domain(pool.clone());
-    let app = app(&domain, &pool);
+    let (app, _) = app(&pool);
     let customer = Uuid::now_v7();
     let empty = json!({"customer_id": customer, "lines": []}).to_string();
     assert_eq!(
@@ -264,10 +276,9 @@ async fn an_order_that_breaks_a_rule_is_a_422_with_its_code(pool: PgPool) {
     assert_eq!(event_count(&pool).await, 0);
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "../engine/migrations")]
 async fn cancelling_is_404_for_an_unknown_order_and_idempotent_for_a_placed_one(pool: PgPool) {
-    let domain = domain(pool.clone());
-    let app = app(&domain, &pool);
+    let (app, domain) = app(&pool);
     assert_eq!(
         post(
             &app,
@@ -301,10 +312,9 @@ async fn cancelling_is_404_for_an_unknown_order_and_idempotent_for_a_placed_one(
     assert_eq!(order.reason(), Some("changed my mind"));
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "../engine/migrations")]
 async fn restock_and_deposit_answer_with_the_recorded_events(pool: PgPool) {
-    let domain = domain(pool.clone());
-    let app = app(&domain, &pool);
+    let (app, domain) = app(&pool);
 
     let restocked = post(&app, "/inventory/apple/restock", r#"{"quantity": 7}"#, None).await;
     assert_eq!(restocked.status, StatusCode::ACCEPTED, "{}", restocked.body);
@@ -337,10 +347,9 @@ async fn restock_and_deposit_answer_with_the_recorded_events(pool: PgPool) {
     assert_eq!(account.balance_cents(), 2500, "one key, one deposit");
 }
 
-#[sqlx::test(migrations = "../migrations")]
+#[sqlx::test(migrations = "../engine/migrations")]
 async fn the_generic_route_reaches_every_domain_aggregate(pool: PgPool) {
-    let domain = domain(pool.clone());
-    let app = app(&domain, &pool);
+    let (app, domain) = app(&pool);
     let order_id = Uuid::now_v7();
     let customer = Uuid::now_v7();
 

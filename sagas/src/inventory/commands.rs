@@ -10,7 +10,7 @@ use crate::types::Quantity;
 /// Commands of the [`Inventory`](super::Inventory) aggregate, in the wire shape
 /// `{"command": "reserve", "payload": {"order_id": "...", "quantity": 2}}`. Unknown fields are
 /// refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     tag = "command",
     content = "payload",

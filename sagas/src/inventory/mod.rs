@@ -174,4 +174,8 @@ impl Aggregate for Inventory {
     fn validate_id(id: &str) -> Result<(), String> {
         Sku::check(id).map_err(|e| e.to_string())
     }
+
+    fn id_schema() -> utoipa::openapi::Schema {
+        crate::types::sku_schema()
+    }
 }

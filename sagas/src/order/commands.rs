@@ -9,7 +9,7 @@ use crate::types::{PriceCents, Quantity, Sku};
 
 /// One line of an order: so many units of one SKU at a unit price. Every field is validated
 /// when deserialized, so a line always has a positive quantity and a non-negative price.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
     pub sku: Sku,
@@ -27,7 +27,7 @@ impl OrderLine {
 /// Commands of the [`Order`](super::Order) aggregate, in the wire shape
 /// `{"command": "place", "payload": {...}}`. `confirm` carries no data and may omit `payload`;
 /// `cancel` needs one, `{}` when there is no reason. Unknown fields are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     tag = "command",
     content = "payload",

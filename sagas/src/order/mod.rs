@@ -255,4 +255,8 @@ impl Aggregate for Order {
     fn validate_id(id: &str) -> Result<(), String> {
         check_canonical_uuid(id, "order id")
     }
+
+    fn id_schema() -> utoipa::openapi::Schema {
+        crate::types::canonical_uuid_schema("order id")
+    }
 }

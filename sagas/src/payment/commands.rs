@@ -10,7 +10,7 @@ use crate::types::AmountCents;
 /// Commands of the [`Account`](super::Account) aggregate, in the wire shape
 /// `{"command": "authorize", "payload": {"order_id": "...", "amount_cents": 1250}}`. Unknown
 /// fields are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     tag = "command",
     content = "payload",

@@ -192,4 +192,8 @@ impl Aggregate for Account {
     fn validate_id(id: &str) -> Result<(), String> {
         check_canonical_uuid(id, "customer id")
     }
+
+    fn id_schema() -> utoipa::openapi::Schema {
+        crate::types::canonical_uuid_schema("customer id")
+    }
 }

@@ -1,0 +1,347 @@
+//! `bench saga`: sagas started over HTTP (the workload's request) at a fixed concurrency for
+//! a fixed time against a whole engine in this process (relay, orchestrator, participants), on
+//! each transport; reports completed sagas per second and the latency from the request to the
+//! saga's terminal state. Beside it, in the same run, the raw baseline of one event+outbox
+//! transaction, which is the unit a saga is made of.
+//!
+//! Each client starts a saga and waits until it has ended before it starts the next, so
+//! `--concurrency` sagas are in flight and the figures are those of a steady state. With
+//! `--open-loop` clients start sagas as fast as they are accepted instead: the sagas fall
+//! behind, and the run measures how fast the engine works off that backlog.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{bench_database, reset, spawn_server, workload, Latencies, Progress};
+use crate::app::{App, Component, Options, Workload};
+use crate::cli::config::{mask_url, DatabaseArgs, TransportArgs, TransportKind};
+use crate::saga::read_model;
+
+/// The flags of `bench saga`.
+#[derive(Debug, Clone, Args)]
+pub struct SagaArgs {
+    /// Concurrent HTTP clients starting sagas [default: 512, or 16 with --open-loop]. Each
+    /// waits for its saga, so this is the number of sagas in flight; fewer leave the engine
+    /// idle between batches.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Seconds sagas are started for.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Skip the Kafka transport even if brokers are configured.
+    #[arg(long)]
+    pub postgres_only: bool,
+    /// Skip the embedded transport (measure Kafka alone).
+    #[arg(long, conflicts_with = "postgres_only")]
+    pub kafka_only: bool,
+    /// Clients do not wait for their saga to end before starting the next.
+    #[arg(long)]
+    pub open_loop: bool,
+}
+
+/// Connections of the benchmark's pool; the raw baseline runs at most this many clients.
+const POOL_SIZE: usize = 32;
+
+impl SagaArgs {
+    fn clients(&self) -> usize {
+        self.concurrency
+            .unwrap_or(if self.open_loop { 16 } else { 512 })
+            .max(1)
+    }
+}
+
+pub(crate) async fn run(
+    app: &App,
+    args: SagaArgs,
+    database: &DatabaseArgs,
+    transport: &TransportArgs,
+) -> anyhow::Result<()> {
+    let workload = workload(app)?;
+    let (url, pool) = bench_database(app, database, POOL_SIZE as u32).await?;
+    println!(
+        "bench saga: {} clients {}, {} s of sagas per transport, database {}",
+        args.clients(),
+        if args.open_loop {
+            "starting sagas without waiting for them"
+        } else {
+            "each waiting for its saga to end before the next"
+        },
+        args.seconds,
+        mask_url(&url)
+    );
+    reset(&pool).await?;
+    let raw_clients = args.clients().min(POOL_SIZE);
+    let raw =
+        super::append::raw_phase(&pool, &workload, raw_clients, Duration::from_secs(5)).await?;
+    let mut runs = Vec::new();
+    if !args.kafka_only {
+        runs.push((
+            "postgres",
+            TransportArgs {
+                transport: TransportKind::Postgres,
+                ..transport.clone()
+            },
+        ));
+    }
+    match (&transport.kafka_brokers, args.postgres_only) {
+        (Some(_), false) => runs.push((
+            "kafka",
+            TransportArgs {
+                transport: TransportKind::Kafka,
+                topic_prefix: format!("bench{}", Uuid::new_v4().simple()),
+                ..transport.clone()
+            },
+        )),
+        _ => println!("(kafka skipped: set KAFKA_BROKERS or --kafka-brokers to include it)"),
+    }
+    let mut rows = Vec::new();
+    for (name, transport_args) in runs {
+        rows.push((
+            name,
+            one_transport(app, &workload, &pool, &args, &transport_args).await?,
+        ));
+    }
+    println!(
+        "{:<12} {:>8} {:>10} {:>12} {:>10} {:>10}",
+        "transport", "sagas", "completed", "sagas/s", "p50 ms", "p99 ms"
+    );
+    for (name, mut r) in rows {
+        println!(
+            "{:<12} {:>8} {:>10} {:>12.0} {:>10.1} {:>10.1}",
+            name,
+            r.placed,
+            r.completed,
+            r.rate,
+            r.latencies.percentile_ms(50.0),
+            r.latencies.percentile_ms(99.0)
+        );
+    }
+    println!(
+        "raw baseline: {:.0} event+outbox transactions/s with {raw_clients} clients ",
+        raw.rate()
+    );
+    Ok(())
+}
+
+struct Outcome {
+    placed: usize,
+    completed: usize,
+    rate: f64,
+    latencies: Latencies,
+}
+
+async fn one_transport(
+    app: &App,
+    workload: &Arc<dyn Workload>,
+    pool: &PgPool,
+    args: &SagaArgs,
+    transport_args: &TransportArgs,
+) -> anyhow::Result<Outcome> {
+    reset(pool).await?;
+    sqlx::query(
+        "TRUNCATE sagas, saga_deadlines, consumer_offsets, processed_messages, dead_letters",
+    )
+    .execute(pool)
+    .await?;
+    let transport = transport_args.connect(pool, &app.topics()).await?;
+    let kind = transport.kind();
+    let components = app.components().without(Component::Projections);
+    let service = app.build(pool.clone(), transport, &Options::default())?;
+    let running = service.start(&components, Default::default());
+    let addr = spawn_server(service.router.clone()).await?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients())
+        .build()?;
+    for request in workload.setup() {
+        client
+            .post(format!("{base}{}", request.path))
+            .json(&request.body)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+
+    let watcher = Watcher::start(pool.clone(), service.orchestrator.ended());
+    let label = if args.open_loop {
+        "placed"
+    } else {
+        "sagas ended"
+    };
+    let (progress, guard) = Progress::start(&format!("{kind}: {label}"), None);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut workers = Vec::new();
+    for w in 0..args.clients() {
+        let (client, base, progress) = (client.clone(), base.clone(), progress.clone());
+        let workload = workload.clone();
+        let (watcher, open_loop) = (watcher.clone(), args.open_loop);
+        let clients = args.clients();
+        workers.push(tokio::spawn(async move {
+            let mut sent: Vec<(Uuid, DateTime<Utc>)> = Vec::new();
+            let mut n = w;
+            while Instant::now() < deadline {
+                n += clients;
+                let request = workload.start_saga(n);
+                let at = Utc::now();
+                let url = format!("{base}{}", request.path);
+                let Ok(r) = client.post(url).json(&request.body).send().await else {
+                    continue;
+                };
+                if r.status() != reqwest::StatusCode::ACCEPTED {
+                    continue;
+                }
+                let Ok(v) = r.json::<serde_json::Value>().await else {
+                    continue;
+                };
+                let Some(id) = v["saga_id"].as_str().and_then(|s| s.parse().ok()) else {
+                    continue;
+                };
+                sent.push((id, at));
+                if !open_loop {
+                    // Ends with the drain deadline at the latest: the run reports it unfinished.
+                    let _ = tokio::time::timeout(DRAIN, watcher.ended(id)).await;
+                }
+                progress.add(1);
+            }
+            sent
+        }));
+    }
+    let mut sent: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    for w in workers {
+        sent.extend(w.await?);
+    }
+    drop(guard);
+    watcher.stop();
+    let placed = sent.len();
+    let (progress, guard) =
+        Progress::start(&format!("{kind}: sagas finished"), Some(placed as u64));
+    let drain_deadline = Instant::now() + DRAIN;
+    loop {
+        let done = read_model::ended(pool).await?.len() as i64;
+        progress.add((done as u64).saturating_sub(progress.get()));
+        if done as usize >= placed || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(guard);
+    let finished = read_model::ended(pool).await?;
+    let mut latencies = Latencies::default();
+    let first_sent = sent.values().min().copied().unwrap_or_else(Utc::now);
+    let mut last_done = first_sent;
+    for (id, done_at) in &finished {
+        if let Some(at) = sent.get(id) {
+            latencies.record((*done_at - *at).to_std().unwrap_or_default());
+            last_done = last_done.max(*done_at);
+        }
+    }
+    let span = (last_done - first_sent)
+        .to_std()
+        .unwrap_or(Duration::from_secs(1));
+    running.stop().await;
+    Ok(Outcome {
+        placed,
+        completed: latencies.len(),
+        rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
+        latencies,
+    })
+}
+
+/// The longest wait for sagas to end after the last one started.
+const DRAIN: Duration = Duration::from_secs(120);
+
+/// Tells clients when their saga has ended, from the orchestrator's [`Orchestrator::ended`]
+/// notices (the engine runs in this process), so that telling costs the database nothing.
+/// A query of every awaited saga's state still runs now and then, and at once when the
+/// notices were missed (a receiver that fell behind), so no client waits for a notice that
+/// came before it started waiting. Latencies are taken from the sagas' own end times, so
+/// this only decides when a client starts its next saga.
+///
+/// [`Orchestrator::ended`]: crate::saga::Orchestrator::ended
+#[derive(Clone)]
+struct Watcher {
+    waiting: std::sync::Arc<std::sync::Mutex<HashMap<Uuid, tokio::sync::oneshot::Sender<()>>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Watcher {
+    /// How often every awaited saga's state is read from the database.
+    const POLL: Duration = Duration::from_millis(500);
+
+    fn start(pool: PgPool, mut ended: tokio::sync::broadcast::Receiver<Uuid>) -> Watcher {
+        use tokio::sync::broadcast::error::RecvError;
+        let watcher = Watcher {
+            waiting: Default::default(),
+            stop: tokio_util::sync::CancellationToken::new(),
+        };
+        let w = watcher.clone();
+        tokio::spawn(async move {
+            let mut poll = tokio::time::interval(Self::POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = w.stop.cancelled() => break,
+                    notice = ended.recv() => match notice {
+                        Ok(id) => {
+                            w.resolve([id]);
+                            continue;
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => {
+                            w.stop.cancelled().await;
+                            break;
+                        }
+                    },
+                    _ = poll.tick() => {}
+                }
+                w.poll(&pool).await;
+            }
+        });
+        watcher
+    }
+
+    fn resolve(&self, ended: impl IntoIterator<Item = Uuid>) {
+        let mut waiting = self.waiting.lock().expect("not poisoned");
+        for id in ended {
+            if let Some(tx) = waiting.remove(&id) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Reads the states of all awaited sagas and resolves those that ended.
+    async fn poll(&self, pool: &PgPool) {
+        let ids: Vec<Uuid> = self
+            .waiting
+            .lock()
+            .expect("not poisoned")
+            .keys()
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        match read_model::ended_among(pool, &ids).await {
+            Ok(ended) => self.resolve(ended),
+            Err(e) => tracing::warn!(error = %e, "bench: cannot read saga states"),
+        }
+    }
+
+    /// Resolves once saga `id` is in a terminal state.
+    async fn ended(&self, id: Uuid) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().expect("not poisoned").insert(id, tx);
+        let _ = rx.await;
+    }
+
+    fn stop(&self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,479 @@
+//! The outbox relay: moves committed outbox rows to the transport.
+//!
+//! - **One active relay per shard.** Leadership is a session advisory lock
+//!   (`pg_try_advisory_lock`) held on a dedicated connection; a standby process retries and
+//!   takes over as soon as the leader's connection goes away (a crash, a kill -9).
+//! - **Nothing lost, nothing published uncommitted.** A batch is read in `id` order, deleted
+//!   with `DELETE … RETURNING` inside a transaction (which also fences off any other relay that
+//!   still believes it leads: it blocks on the rows and then finds them gone), handed to the
+//!   transport, and the transaction commits only after the transport acknowledged every
+//!   message. On any error the transaction rolls back and the rows stay for the next attempt,
+//!   with exponential backoff while the sink is down.
+//! - **Per-key order.** A key always maps to one shard and one partition, and its rows are
+//!   published in `id` order, which is commit order for one stream.
+//!
+//! Delivery is at-least-once: a crash after the transport acknowledged but before the commit
+//! publishes the batch again (the embedded transport writes in the same transaction, so for
+//! it the relay is exactly-once). Consumers de-duplicate by message id.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Row};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub(crate) mod metrics;
+
+use crate::consumer::dead_letters;
+use crate::doorbell::Doorbell;
+use crate::envelope::Envelope;
+use crate::metrics::age_of;
+use crate::outbox::OUTBOX_SHARDS;
+use crate::trace::{self, SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
+use crate::transport::{OutgoingMessage, Transport};
+use metrics::metrics;
+
+/// First key of the relay's advisory locks (the second is the shard).
+const RELAY_LOCK_CLASS: i32 = 0x5346_5201;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows per batch.
+    pub batch_size: i64,
+    /// Polling fallback when no notification arrives.
+    pub idle_poll: Duration,
+    /// How often a standby tries to become leader.
+    pub standby_retry: Duration,
+    /// Longest backoff while the transport fails.
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_size: 1000,
+            idle_poll: Duration::from_millis(500),
+            standby_retry: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the relay did, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub published: AtomicU64,
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+    /// Duration of the last successful batch, in microseconds.
+    pub last_batch_micros: AtomicU64,
+    /// Bit i is set while this process leads shard i.
+    pub leading: AtomicU64,
+}
+
+impl RelayStats {
+    pub fn leads_any(&self) -> bool {
+        self.leading.load(Ordering::Relaxed) != 0
+    }
+}
+
+pub struct Relay {
+    pool: PgPool,
+    lock_options: PgConnectOptions,
+    transport: Arc<dyn Transport>,
+    bell: Doorbell,
+    config: RelayConfig,
+    stats: Arc<RelayStats>,
+}
+
+impl Relay {
+    /// `outbox_bell` must be the doorbell the command side rings after writing outbox rows.
+    pub fn new(
+        pool: PgPool,
+        transport: Arc<dyn Transport>,
+        outbox_bell: Doorbell,
+        config: RelayConfig,
+    ) -> Self {
+        let lock_options = pool.connect_options().as_ref().clone();
+        Relay {
+            // One session per shard task, kept between its batches, and as many spare for a
+            // shard that replaces a broken one.
+            pool: crate::db::keyed_pool(&pool, 2 * OUTBOX_SHARDS as u32),
+            lock_options,
+            transport,
+            bell: outbox_bell,
+            config,
+            stats: Arc::new(RelayStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    /// Runs one task per shard until `shutdown` is cancelled. A batch in flight finishes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut tasks = JoinSet::new();
+        for shard in 0..OUTBOX_SHARDS {
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { this.run_shard(shard, shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn run_shard(&self, shard: i16, shutdown: CancellationToken) {
+        let mut waiter = self.bell.waiter();
+        let mut floor = Floor::default();
+        let mut lock: Option<PgConnection> = None;
+        // The session the shard's polls and batches run on, kept between them: the pool
+        // pings every connection it takes back, a round trip per poll and per batch.
+        let mut session: Option<PoolConnection<Postgres>> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut last_lock_check = Instant::now();
+        while !shutdown.is_cancelled() {
+            if lock.is_none() {
+                match self.try_lead(shard).await {
+                    Ok(Some(conn)) => {
+                        tracing::info!(shard, "relay leads shard");
+                        self.stats.leading.fetch_or(1 << shard, Ordering::Relaxed);
+                        lock = Some(conn);
+                        last_lock_check = Instant::now();
+                    }
+                    Ok(None) => {
+                        sleep_or_cancel(self.config.standby_retry, &shutdown).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "relay cannot reach the database");
+                        sleep_or_cancel(self.config.standby_retry, &shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            // The lock lives as long as its connection: check it now and then, and step down
+            // if it is gone (another relay may lead by now).
+            if last_lock_check.elapsed() > Duration::from_secs(1) {
+                let alive = match lock.as_mut() {
+                    Some(conn) => conn.ping().await.is_ok(),
+                    None => false,
+                };
+                if !alive {
+                    tracing::warn!(shard, "relay lost its leadership connection; stepping down");
+                    self.stats
+                        .leading
+                        .fetch_and(!(1 << shard), Ordering::Relaxed);
+                    lock = None;
+                    continue;
+                }
+                last_lock_check = Instant::now();
+            }
+            let conn = match session.as_mut() {
+                Some(conn) => conn,
+                None => match self.pool.acquire().await {
+                    Ok(conn) => session.insert(conn),
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "relay cannot reach the database");
+                        sleep_or_cancel(self.config.standby_retry, &shutdown).await;
+                        continue;
+                    }
+                },
+            };
+            match self.relay_batch(shard, &mut floor, conn).await {
+                Ok(0) => {
+                    backoff = Duration::from_millis(100);
+                    tokio::select! {
+                        _ = waiter.wait(self.config.idle_poll) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    // Whatever broke, the next batch starts on a session the pool checked.
+                    session = None;
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    metrics().failures.inc();
+                    tracing::warn!(shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; rows kept");
+                    sleep_or_cancel(backoff, &shutdown).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+        self.stats
+            .leading
+            .fetch_and(!(1 << shard), Ordering::Relaxed);
+        if let Some(conn) = lock {
+            let _ = conn.close().await;
+        }
+    }
+
+    /// A dedicated connection holding the shard's lock, or `None` if another relay leads.
+    async fn try_lead(&self, shard: i16) -> Result<Option<PgConnection>, sqlx::Error> {
+        let mut conn = self.lock_options.connect().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(RELAY_LOCK_CLASS)
+            .bind(i32::from(shard))
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            Ok(Some(conn))
+        } else {
+            conn.close().await?;
+            Ok(None)
+        }
+    }
+
+    /// Moves one batch of the shard, reading above `floor` and raising it when it may;
+    /// returns how many messages were published.
+    async fn relay_batch(
+        &self,
+        shard: i16,
+        floor: &mut Floor,
+        conn: &mut PgConnection,
+    ) -> Result<usize, RelayError> {
+        let started = Instant::now();
+        // The rows' ids and places, and the snapshot they were read in, from one statement.
+        let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT o.id, o.ctid::text, pg_snapshot_xmin(s.snapshot)::text::int8,
+                    pg_snapshot_xmax(s.snapshot)::text::int8
+             FROM (SELECT pg_current_snapshot() AS snapshot) s
+             LEFT JOIN LATERAL (
+                 SELECT id, ctid FROM outbox WHERE shard = $1 AND id > $2 ORDER BY id LIMIT $3
+             ) o ON true",
+        )
+        .bind(shard)
+        .bind(floor.below)
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *conn)
+        .await?;
+        let (xmin, xmax) = rows.first().map(|r| (r.2, r.3)).unwrap_or_default();
+        let mut found: Vec<(i64, String)> = rows
+            .into_iter()
+            .filter_map(|(id, place, ..)| Some((id?, place?)))
+            .collect();
+        found.sort_unstable_by_key(|f| f.0);
+        let (ids, places): (Vec<i64>, Vec<String>) = found.into_iter().unzip();
+        let complete = ids.len() < self.config.batch_size as usize;
+        let risen = floor.ripe(xmin, complete, ids.last().copied());
+        if ids.is_empty() {
+            floor.rise(risen, None);
+            return Ok(0);
+        }
+        let mut tx = conn.begin().await?;
+        // The rows are fetched by their place (a TID scan), and their ids are checked: a place
+        // can only hold another row if this one was moved (by a relay that still thought it
+        // led) and vacuumed meanwhile. `+ 0` keeps the planner off the key index, which would
+        // walk every deleted entry of the shard that vacuum has not removed yet.
+        let rows = sqlx::query(
+            "DELETE FROM outbox WHERE ctid = ANY($3::text[]::tid[]) AND shard + 0 = $1 AND id + 0 = ANY($2)
+             RETURNING id, topic, partition_key, envelope",
+        )
+        .bind(shard)
+        .bind(&ids)
+        .bind(&places)
+        .fetch_all(&mut *tx)
+        .await?;
+        let layout = self.transport.layout();
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in rows {
+            let payload: String = row.get(3);
+            let key: String = row.get(2);
+            let envelope = match Envelope::decode_header(&payload) {
+                Ok(e) => e,
+                Err(e) => {
+                    // Only a bug writes such a row; park it visibly instead of stalling the shard.
+                    let id: i64 = row.get(0);
+                    tracing::error!(outbox_id = id, error = %e, "outbox row is not an envelope; parked in dead_letters");
+                    dead_letters::park_unreadable(
+                        &mut tx,
+                        RELAY_DEAD_LETTER_GROUP,
+                        &row.get::<String, _>(1),
+                        id,
+                        &key,
+                        &payload,
+                        &e.to_string(),
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            let topic: String = row.get(1);
+            batch.push(OutgoingMessage {
+                outbox_id: row.get(0),
+                topic: layout.topic(&topic),
+                partition: layout.partition_of(&key),
+                key,
+                envelope,
+                payload,
+            });
+        }
+        // DELETE … RETURNING does not keep the order of `ids`.
+        batch.sort_by_key(|m| m.outbox_id);
+        let span = tracing::info_span!("relay_batch", shard, size = batch.len());
+        // One span per message, open until the batch is acknowledged and committed.
+        let spans: Vec<tracing::Span> = batch.iter().map(publish_span).collect();
+        self.transport
+            .publish(&mut tx, &batch)
+            .instrument(span)
+            .await?;
+        tx.commit().await?;
+        drop(spans);
+        self.transport.published();
+        floor.rise(risen, ids.last().map(|&id| Candidate { id, xmax }));
+        let n = batch.len();
+        let m = metrics();
+        m.published.inc_by(n as u64);
+        m.batches.inc();
+        m.batch_seconds.observe(started.elapsed().as_secs_f64());
+        for message in &batch {
+            // Message ids are UUIDv7s minted just before their outbox row was written.
+            if let Some(age) = age_of(message.envelope.message_id) {
+                m.latency_seconds.observe(age);
+            }
+        }
+        self.stats.published.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_batch_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            shard,
+            messages = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "relayed batch"
+        );
+        Ok(n)
+    }
+}
+
+/// How far down a shard's poll has to look. The relay deletes what it moves, but until vacuum
+/// runs, a poll from the start of the shard walks the index entries of every row moved since:
+/// under load, most of its work. Reading above the floor skips them.
+///
+/// The floor is raised to an id only once no row at or below it can still commit. Outbox ids
+/// are drawn after the writing transaction has its transaction id (migration 0008), and in
+/// increasing order. So a row with an id below `id`, a row the poll saw committed, was written
+/// by a transaction that had its id when that poll's snapshot was taken: either it was visible
+/// to the poll, or it was running then, below the snapshot's `xmax`. Once the oldest running
+/// transaction (`xmin`) is at or past that `xmax`, every such row is visible; the batch that
+/// reads all visible rows up to `id` has moved them, and the floor rises to `id`. A
+/// long-running transaction elsewhere only holds the floor where it is.
+#[derive(Debug, Default)]
+struct Floor {
+    /// No row of the shard at or below this id is left or can still commit.
+    below: i64,
+    /// The id to raise the floor to once every transaction running at its poll has ended.
+    candidate: Option<Candidate>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// The highest id a poll read: it read every committed row between the floor and it.
+    id: i64,
+    /// That poll's snapshot `xmax`: the transactions that may still commit rows below `id`
+    /// are below it.
+    xmax: i64,
+}
+
+impl Floor {
+    /// The candidate the floor may rise to once this poll's batch is moved: the poll's snapshot
+    /// has no transaction left from the candidate's, and the poll read every committed row up
+    /// to the candidate (all it found, or up to an id at or past it).
+    fn ripe(&self, xmin: i64, complete: bool, last: Option<i64>) -> Option<i64> {
+        let c = self.candidate?;
+        (xmin >= c.xmax && (complete || last.is_some_and(|l| l >= c.id))).then_some(c.id)
+    }
+
+    /// After a poll's batch was moved: the floor rises to `ripe`, and the poll becomes the
+    /// next candidate unless an older one is still waiting.
+    fn rise(&mut self, ripe: Option<i64>, next: Option<Candidate>) {
+        if let Some(id) = ripe {
+            self.below = self.below.max(id);
+            self.candidate = None;
+        }
+        if self.candidate.is_none() {
+            self.candidate = next.filter(|c| c.id > self.below);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The consumer group under which the relay parks outbox rows it cannot read.
+pub const RELAY_DEAD_LETTER_GROUP: &str = "outbox-relay";
+
+/// The span of the relay publishing `m`; it closes when dropped.
+fn publish_span(m: &OutgoingMessage) -> tracing::Span {
+    if !trace::hop_spans_enabled() {
+        return tracing::Span::none();
+    }
+    let e = &m.envelope;
+    let context = e
+        .metadata
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse);
+    tracing::debug_span!(
+        target: TRACE_TARGET,
+        "relay_publish",
+        message_id = %e.message_id,
+        topic = %m.topic,
+        partition = m.partition,
+        event_type = %e.event_type,
+        correlation_id = %e.metadata.correlation_id,
+        causation_id = e.metadata.causation_id.map(tracing::field::display),
+        trace_id = context.map(|c| tracing::field::display(TraceIdHex(c.trace_id))),
+        span_id = context.map(|_| tracing::field::display(SpanIdHex(trace::publish_span_id(e.message_id)))),
+        parent_span_id = context.map(|c| tracing::field::display(SpanIdHex(c.span_id))),
+    )
+}
+
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_waits_for_the_transactions_running_at_its_candidate() {
+        let mut floor = Floor::default();
+        // A full batch up to id 100, read while transactions from xid 50 to 59 ran.
+        let ripe = floor.ripe(50, false, Some(100));
+        floor.rise(ripe, Some(Candidate { id: 100, xmax: 60 }));
+        assert_eq!(floor.below, 0);
+        // Transaction 55 still runs: it may commit a row below 100.
+        let ripe = floor.ripe(55, true, Some(130));
+        assert_eq!(ripe, None);
+        floor.rise(ripe, Some(Candidate { id: 130, xmax: 70 }));
+        assert_eq!(floor.below, 0, "the waiting candidate is kept");
+        // All of them ended, but the poll was full and stopped short of 100.
+        assert_eq!(floor.ripe(60, false, Some(90)), None);
+        // The poll read everything up to 100: the floor rises once its batch moved.
+        let ripe = floor.ripe(60, false, Some(100));
+        assert_eq!(ripe, Some(100));
+        floor.rise(ripe, Some(Candidate { id: 150, xmax: 75 }));
+        assert_eq!(floor.below, 100);
+        // An empty poll with nothing left running below the candidate's xmax.
+        let ripe = floor.ripe(75, true, None);
+        floor.rise(ripe, None);
+        assert_eq!(floor.below, 150);
+        assert!(floor.candidate.is_none());
+    }
+}

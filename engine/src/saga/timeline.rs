@@ -1,0 +1,480 @@
+//! A saga's timeline: its own events and its participants' events, in order, each described
+//! for a human (the step, the commands sent, the outcome, one line of summary).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::definition::{saga_stream, target_stream};
+use super::messages::{ReplyEvent, ReplyOutcome};
+use super::read_model;
+use super::state::{SagaEvent, SentCommand};
+use crate::envelope::{Envelope, Metadata};
+use crate::store::{decode_envelope, StoreError};
+
+/// The most entries one timeline holds.
+pub const MAX_TIMELINE: i64 = 10_000;
+
+/// What happened to one saga, in order: its own events (`saga-<id>`) and every event that
+/// carries its correlation id and either names this saga or no saga at all (the event that
+/// started it, the participants' events, a cancellation). Sorted by the time the events were
+/// recorded (their transaction's start), then by global position, so an event recorded because
+/// of another (a participant's event after the saga's command, the saga's reply handling after
+/// it) always comes after it. The events of one stream are always in version order: in the
+/// rare case where two writers of one stream raced and the later version's transaction started
+/// first, the two swap places (and the times shown there go backwards).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timeline {
+    pub saga_id: Uuid,
+    pub saga_type: String,
+    pub state: String,
+    pub correlation_id: Uuid,
+    pub entries: Vec<TimelineEntry>,
+    /// More entries exist than `limit` allowed.
+    pub truncated: bool,
+}
+
+/// A command the saga sent, as the timeline shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SentSummary {
+    pub message_id: Uuid,
+    /// The target stream (`inventory-APPLE`).
+    pub target: String,
+    /// The participant's command (`reserve`).
+    pub command: String,
+}
+
+/// One entry of a [`Timeline`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimelineEntry {
+    /// When the event was recorded.
+    pub at: DateTime<Utc>,
+    pub global_position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    /// `saga` for the saga's own events, `participant` for the others.
+    pub source: &'static str,
+    pub event_type: String,
+    /// The saga step the event belongs to (`on_compensated` for the final command).
+    pub step: Option<String>,
+    pub attempt: Option<u32>,
+    /// The commands sent by an invocation (`step_invoked`, `compensation_invoked`,
+    /// `final_command_invoked`); for a reply, the command it answers.
+    pub commands: Vec<SentSummary>,
+    /// For a reply: `succeeded` or `rejected`; for the end of a compensated saga, how its
+    /// final command was answered.
+    pub outcome: Option<String>,
+    /// The rejection, failure or timeout code.
+    pub code: Option<String>,
+    pub message: Option<String>,
+    /// Until when an invocation waits for replies, or when a timed-out step is tried again.
+    pub due_at: Option<DateTime<Utc>>,
+    /// One line for a human.
+    pub summary: String,
+    pub message_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub payload: Value,
+}
+
+#[derive(Default, sqlx::FromRow)]
+struct TimelineRow {
+    global_position: i64,
+    stream_id: String,
+    stream_version: i64,
+    message_id: Uuid,
+    event_type: String,
+    schema_version: i32,
+    payload: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+/// The timeline of saga `saga_id`, at most `limit` entries (`None` for an unknown saga).
+pub async fn timeline(
+    pool: &PgPool,
+    saga_id: Uuid,
+    limit: i64,
+) -> Result<Option<Timeline>, StoreError> {
+    let Some(view) = read_model::find(pool, saga_id).await? else {
+        return Ok(None);
+    };
+    // Two index scans: the saga's stream, and the correlation id (migration 0005).
+    let mut rows: Vec<TimelineRow> = sqlx::query_as(
+        "SELECT * FROM (
+             SELECT global_position, stream_id, stream_version, message_id, event_type,
+                    schema_version, payload, metadata, recorded_at
+             FROM events WHERE stream_id = $1
+             UNION ALL
+             SELECT global_position, stream_id, stream_version, message_id, event_type,
+                    schema_version, payload, metadata, recorded_at
+             FROM events
+             WHERE metadata->>'correlation_id' = $2 AND stream_id <> $1
+               AND (metadata->>'saga_id' IS NULL OR metadata->>'saga_id' = $3)
+         ) t
+         ORDER BY recorded_at, global_position
+         LIMIT $4",
+    )
+    .bind(saga_stream(saga_id))
+    .bind(view.correlation_id.to_string())
+    .bind(saga_id.to_string())
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let truncated = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    keep_stream_order(&mut rows);
+    let mut describe = Describer::default();
+    let entries = rows
+        .into_iter()
+        .map(|r| describe.entry(r))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(Timeline {
+        saga_id,
+        saga_type: view.saga_type,
+        state: view.state,
+        correlation_id: view.correlation_id,
+        entries,
+        truncated,
+    }))
+}
+
+/// The event types a participant recorded for a reply, in words.
+fn recorded(events: &[ReplyEvent]) -> String {
+    if events.is_empty() {
+        return "nothing to do".to_owned();
+    }
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    types.join(", ")
+}
+
+/// Puts each stream's events back in version order, in the places its events hold.
+fn keep_stream_order(rows: &mut [TimelineRow]) {
+    let mut slots: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        slots.entry(r.stream_id.clone()).or_default().push(i);
+    }
+    for places in slots.into_values() {
+        let versions: Vec<i64> = places.iter().map(|&i| rows[i].stream_version).collect();
+        if versions.windows(2).all(|w| w[0] < w[1]) {
+            continue;
+        }
+        let mut order = places.clone();
+        order.sort_by_key(|&i| rows[i].stream_version);
+        let taken: Vec<TimelineRow> = order
+            .iter()
+            .map(|&i| std::mem::take(&mut rows[i]))
+            .collect();
+        for (slot, row) in places.into_iter().zip(taken) {
+            rows[slot] = row;
+        }
+    }
+}
+
+/// Turns stored events into timeline entries, remembering what earlier entries said (step
+/// names by index, the commands sent) to describe later ones.
+#[derive(Default)]
+struct Describer {
+    steps: Vec<String>,
+    sent: HashMap<Uuid, SentSummary>,
+}
+
+impl Describer {
+    fn entry(&mut self, r: TimelineRow) -> Result<TimelineEntry, StoreError> {
+        let metadata: Metadata = serde_json::from_value(r.metadata).unwrap_or_default();
+        let mut e = TimelineEntry {
+            at: r.recorded_at,
+            global_position: r.global_position,
+            stream_id: r.stream_id,
+            stream_version: r.stream_version,
+            source: "participant",
+            event_type: r.event_type,
+            step: metadata.saga_step.clone(),
+            attempt: metadata.attempt,
+            commands: Vec::new(),
+            outcome: None,
+            code: None,
+            message: None,
+            due_at: None,
+            summary: String::new(),
+            message_id: r.message_id,
+            causation_id: metadata.causation_id,
+            payload: r.payload,
+        };
+        if !e.stream_id.starts_with("saga-") {
+            e.summary = format!("{}: {}", e.stream_id, e.event_type);
+            return Ok(e);
+        }
+        e.source = "saga";
+        e.step = None;
+        e.attempt = None;
+        let envelope = Envelope {
+            message_id: e.message_id,
+            stream_id: e.stream_id.clone(),
+            stream_version: e.stream_version,
+            event_type: e.event_type.clone(),
+            schema_version: r.schema_version,
+            payload: e.payload.clone(),
+            metadata,
+        };
+        let event = decode_envelope::<SagaEvent>(&envelope)?;
+        self.describe(&mut e, event);
+        Ok(e)
+    }
+
+    fn sent(&mut self, commands: &[SentCommand]) -> Vec<SentSummary> {
+        commands
+            .iter()
+            .map(|c| {
+                let s = SentSummary {
+                    message_id: c.message_id,
+                    target: target_stream(&c.invocation),
+                    command: c
+                        .invocation
+                        .command
+                        .get("command")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_owned(),
+                };
+                self.sent.insert(c.message_id, s.clone());
+                s
+            })
+            .collect()
+    }
+
+    /// The command a reply answers, as a list of at most one, and in words.
+    fn answered(&self, command_id: Uuid) -> (Vec<SentSummary>, String) {
+        let to = self.sent.get(&command_id).cloned();
+        let what = to.as_ref().map_or_else(
+            || format!("command {command_id}"),
+            |c| format!("{} on {}", c.command, c.target),
+        );
+        (to.into_iter().collect(), what)
+    }
+
+    fn step_name(&self, step: usize) -> String {
+        self.steps
+            .get(step)
+            .cloned()
+            .unwrap_or_else(|| format!("#{step}"))
+    }
+
+    fn describe(&mut self, e: &mut TimelineEntry, event: SagaEvent) {
+        let list = |c: &[SentSummary]| {
+            c.iter()
+                .map(|c| format!("{} on {}", c.command, c.target))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match event {
+            SagaEvent::SagaStarted {
+                saga_type, steps, ..
+            } => {
+                e.summary = format!("{saga_type} started: {}", steps.join(" → "));
+                self.steps = steps;
+            }
+            SagaEvent::StepInvoked {
+                name,
+                attempt,
+                commands,
+                deadline_at,
+                ..
+            }
+            | SagaEvent::CompensationInvoked {
+                name,
+                attempt,
+                commands,
+                deadline_at,
+                ..
+            } => {
+                let verb = if e.event_type == "compensation_invoked" {
+                    "compensate with"
+                } else {
+                    "invoke"
+                };
+                e.commands = self.sent(&commands);
+                e.summary = format!("{name}: {verb} {} (attempt {attempt})", list(&e.commands));
+                (e.step, e.attempt, e.due_at) = (Some(name), Some(attempt), Some(deadline_at));
+            }
+            SagaEvent::ReplyReceived {
+                name,
+                command_id,
+                outcome,
+                ..
+            } => {
+                let what;
+                (e.commands, what) = self.answered(command_id);
+                match outcome {
+                    ReplyOutcome::Succeeded { events } => {
+                        e.summary = format!("{name}: {what} succeeded ({})", recorded(&events));
+                        e.outcome = Some("succeeded".into());
+                    }
+                    ReplyOutcome::Rejected { code, message } => {
+                        e.summary = format!("{name}: {what} rejected: {code}");
+                        e.outcome = Some("rejected".into());
+                        (e.code, e.message) = (Some(code), Some(message));
+                    }
+                }
+                e.step = Some(name);
+            }
+            SagaEvent::StepSucceeded {
+                name, reply: None, ..
+            } => {
+                e.summary = format!("{name} succeeded");
+                e.step = Some(name);
+            }
+            SagaEvent::StepSucceeded {
+                name,
+                reply: Some(reply),
+                ..
+            } => {
+                // The step's last reply, folded into the event it caused.
+                let what;
+                (e.commands, what) = self.answered(reply.command_id);
+                e.summary = format!("{name} succeeded: {what} ({})", recorded(&reply.events));
+                e.outcome = Some("succeeded".into());
+                e.step = Some(name);
+            }
+            SagaEvent::StepFailed {
+                name,
+                code,
+                message,
+                ..
+            } => {
+                e.summary = format!("{name} failed: {code}");
+                (e.step, e.code, e.message) = (Some(name), Some(code), Some(message));
+            }
+            SagaEvent::StepTimedOut {
+                name,
+                attempt,
+                retry_at,
+                ..
+            }
+            | SagaEvent::CompensationTimedOut {
+                name,
+                attempt,
+                retry_at,
+                ..
+            } => {
+                let what = if e.event_type == "compensation_timed_out" {
+                    "compensation"
+                } else {
+                    "attempt"
+                };
+                e.summary = match retry_at {
+                    Some(at) => format!("{name}: {what} {attempt} timed out; next attempt at {at}"),
+                    None => format!("{name}: {what} {attempt} timed out; no attempts left"),
+                };
+                (e.step, e.attempt, e.due_at) = (Some(name), Some(attempt), retry_at);
+                e.code = Some("timeout".into());
+            }
+            SagaEvent::CompensationStarted { failure, steps } => {
+                let names: Vec<String> = steps.iter().map(|s| self.step_name(*s)).collect();
+                e.summary = format!(
+                    "compensating [{}] because {} {}: {}",
+                    names.join(", "),
+                    failure.step,
+                    failure.code,
+                    failure.message
+                );
+                (e.step, e.code, e.message) = (
+                    Some(failure.step),
+                    Some(failure.code),
+                    Some(failure.message),
+                );
+            }
+            SagaEvent::CompensationDone { name, .. } => {
+                e.summary = format!("{name} compensated");
+                e.step = Some(name);
+            }
+            SagaEvent::SagaCompleted => e.summary = "saga completed".into(),
+            SagaEvent::FinalCommandInvoked {
+                attempt,
+                command,
+                deadline_at,
+            } => {
+                e.commands = self.sent(std::slice::from_ref(&command));
+                e.summary = format!(
+                    "on_compensated: send {} (attempt {attempt})",
+                    list(&e.commands)
+                );
+                (e.step, e.attempt, e.due_at) = (
+                    Some("on_compensated".into()),
+                    Some(attempt),
+                    Some(deadline_at),
+                );
+            }
+            SagaEvent::SagaCompensated {
+                failure,
+                final_outcome,
+            } => {
+                e.summary = format!(
+                    "saga compensated ({} {}){}",
+                    failure.step,
+                    failure.code,
+                    final_outcome
+                        .as_deref()
+                        .map(|o| format!("; final command {o}"))
+                        .unwrap_or_default()
+                );
+                (e.code, e.outcome) = (Some(failure.code), final_outcome);
+            }
+            SagaEvent::SagaFailed { failure } => {
+                e.summary = format!(
+                    "saga failed at {}: {}: {}",
+                    failure.step, failure.code, failure.message
+                );
+                (e.step, e.code, e.message) = (
+                    Some(failure.step),
+                    Some(failure.code),
+                    Some(failure.message),
+                );
+            }
+            SagaEvent::RetryRequested => e.summary = "an operator re-drove the saga".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(stream: &str, version: i64) -> TimelineRow {
+        TimelineRow {
+            stream_id: stream.to_owned(),
+            stream_version: version,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_stream_keeps_its_version_order_in_the_places_it_holds() {
+        let mut rows = vec![
+            row("saga-1", 1),
+            row("inventory-A", 4),
+            row("saga-1", 3), // its transaction started before version 2's
+            row("order-9", 1),
+            row("saga-1", 2),
+        ];
+        keep_stream_order(&mut rows);
+        let order: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|r| (r.stream_id.as_str(), r.stream_version))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("saga-1", 1),
+                ("inventory-A", 4),
+                ("saga-1", 2),
+                ("order-9", 1),
+                ("saga-1", 3),
+            ]
+        );
+    }
+}
