@@ -115,11 +115,11 @@ mod tests {
     fn a_header_is_the_envelope_without_its_payload() {
         let envelope = Envelope {
             message_id: Uuid::now_v7(),
-            stream_id: "order-1".into(),
+            stream_id: "trip-1".into(),
             stream_version: 3,
-            event_type: "order_placed".into(),
+            event_type: "trip_requested".into(),
             schema_version: 2,
-            payload: json!({"lines": [{"sku": "A", "quantity": 1}], "note": "a \"quoted\" word"}),
+            payload: json!({"rooms": [{"hotel": "A", "nights": 1}], "note": "a \"quoted\" word"}),
             metadata: Metadata {
                 causation_id: Some(Uuid::now_v7()),
                 traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
@@ -140,7 +140,7 @@ mod tests {
         assert!(Envelope::decode_header(&without.to_string()).is_err());
         let broken = serde_json::to_string(&envelope)
             .unwrap()
-            .replace("\"lines\"", "lines");
+            .replace("\"rooms\"", "rooms");
         assert!(Envelope::decode_header(&broken).is_err());
     }
 

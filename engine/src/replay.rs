@@ -2,8 +2,8 @@
 //! event, read straight from the event store (never through the command bus's cache), with
 //! every stored payload upcast to its current schema on the way.
 //!
-//! A stream's type is the prefix of its id before the first `-` (`order-…` folds into the
-//! aggregate registered as `order`); the [`Registry`] knows every registered type.
+//! A stream's type is the prefix of its id before the first `-` (`trip-…` folds into the
+//! aggregate registered as `trip`); the [`Registry`] knows every registered type.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -1,5 +1,5 @@
 //! W3C Trace Context (`traceparent`) as the engine carries it in every envelope (and, on
-//! Kafka, in a message header), so one trace follows an order from its HTTP request through
+//! Kafka, in a message header), so one trace follows a request from its HTTP command through
 //! the relay, the participants and the orchestrator to the saga's end.
 //!
 //! Each hop is a `tracing` span that records its place in the trace as fields: `trace_id` (32
@@ -23,7 +23,7 @@
 //! and consumer hops are derived from the message id (and the consumer group), so a hop's id
 //! is known to the next one without rewriting the stored envelope, in any process.
 //!
-//! The trace id never changes along the way: an order's events, saga commands, replies and
+//! The trace id never changes along the way: a command's events, saga commands, replies and
 //! saga events all carry the trace id of the request that placed it (one is minted when the
 //! request had no `traceparent`). A message retried after a failed batch is one span per
 //! attempt, with the same span id.

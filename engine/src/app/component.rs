@@ -97,15 +97,15 @@ mod tests {
         let all = Components::new([
             Component::Http,
             Component::Relay,
-            Component::Participant("inventory"),
+            Component::Participant("hotel"),
         ]);
         assert_eq!(all.select(&[]).unwrap(), all);
         let some = all
-            .select(&["relay".into(), "participant:inventory".into()])
+            .select(&["relay".into(), "participant:hotel".into()])
             .unwrap();
-        assert!(some.contains(&Component::Participant("inventory")));
+        assert!(some.contains(&Component::Participant("hotel")));
         assert!(!some.contains(&Component::Http));
-        let error = all.select(&["participant:payment".into()]).unwrap_err();
-        assert!(error.contains("participant:inventory"), "{error}");
+        let error = all.select(&["participant:flight".into()]).unwrap_err();
+        assert!(error.contains("participant:hotel"), "{error}");
     }
 }

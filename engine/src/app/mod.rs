@@ -36,7 +36,7 @@ use crate::saga::{Participant, Saga};
 use crate::transport::Transport;
 
 /// A piece of an application that installs itself: aggregates, sagas, read models, routes and
-/// migrations that belong together (the order shop is one). Any `FnOnce(App) -> App` is one.
+/// migrations that belong together (a domain's aggregates with their saga and read models, say). Any `FnOnce(App) -> App` is one.
 pub trait Module {
     /// Registers the module's parts with `app`.
     fn install(self, app: App) -> App;

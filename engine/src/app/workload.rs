@@ -8,7 +8,7 @@ use sqlx::PgPool;
 /// One HTTP request: `POST {path}` with a JSON body.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// The path, from the root (`/orders`).
+    /// The path, from the root (`/trips`).
     pub path: String,
     /// The JSON body.
     pub body: Value,
@@ -27,8 +27,8 @@ impl Request {
 /// How the benchmarks drive an application.
 #[async_trait]
 pub trait Workload: Send + Sync + 'static {
-    /// Requests sent once before a saga benchmark, so that the sagas can succeed (stock on
-    /// the shelves, money in the accounts). Each must answer 2xx.
+    /// Requests sent once before a saga benchmark, so that the sagas can succeed (rooms in the
+    /// hotels, money in the wallets). Each must answer 2xx.
     fn setup(&self) -> Vec<Request>;
 
     /// The request that starts saga number `n`; its 202 answer has the saga's id under

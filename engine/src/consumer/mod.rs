@@ -91,7 +91,7 @@ pub enum Hop {
 pub struct ConsumerConfig {
     /// The group: its members share the partitions, and its offsets are its own.
     pub group: String,
-    /// Logical topics (`order.events`); the transport's layout names them.
+    /// Logical topics (`trip.events`); the transport's layout names them.
     pub topics: Vec<String>,
     /// Messages per poll (they are applied in one transaction per partition).
     pub batch_size: usize,

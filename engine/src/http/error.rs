@@ -20,7 +20,7 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// A stable snake_case code (`invalid_body`, `insufficient_stock`, …).
+    /// A stable snake_case code (`invalid_body`, `party_too_large`, …).
     pub code: String,
     /// For a human.
     pub message: String,

@@ -132,14 +132,14 @@ pub trait Projector: Send + Sync + 'static {
     /// The state of one row.
     type Row: Clone + Send + Sync + 'static;
 
-    /// The projection's name (`orders`): the CLI argument, the admin route segment, and the
+    /// The projection's name (`trips`): the CLI argument, the admin route segment, and the
     /// consumer group `projection:<name>`.
     const NAME: &'static str;
 
-    /// The logical topic that carries its events (`order.events`).
+    /// The logical topic that carries its events (`trip.events`).
     const TOPIC: &'static str;
 
-    /// The prefix of the streams it folds, one row each (`order-`). Other streams on the topic
+    /// The prefix of the streams it folds, one row each (`trip-`). Other streams on the topic
     /// are ignored.
     const STREAM_PREFIX: &'static str;
 

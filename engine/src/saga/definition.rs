@@ -358,7 +358,7 @@ impl<D: SagaData> StepBuilder<D> {
         self.invoke_each::<A>(move |d| vec![f(d)])
     }
 
-    /// The step sends several commands (one per order line, say) to aggregates of type `A`;
+    /// The step sends several commands (one per room of a booking, say) to aggregates of type `A`;
     /// it succeeds when all succeed and fails when any is rejected.
     pub fn invoke_each<A: Aggregate>(
         self,

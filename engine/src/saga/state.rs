@@ -480,7 +480,7 @@ pub enum SagaInput {
     },
     /// The saga's deadline passed.
     Deadline,
-    /// Compensate and end (a cancelled order, an operator's abort). Applies to a running
+    /// Compensate and end (a cancelled trip, an operator's abort). Applies to a running
     /// saga only. The saga's failure code is [`ABORTED`], or [`ABORTED_BY_OPERATOR`] when
     /// `by_operator`, so a definition's final command can tell them apart.
     Abort { reason: String, by_operator: bool },
@@ -493,7 +493,7 @@ pub enum SagaInput {
     RetryStep,
 }
 
-/// The failure code of a saga aborted by a domain event (a cancelled order).
+/// The failure code of a saga aborted by a domain event (a cancelled trip).
 pub const ABORTED: &str = "aborted";
 /// The failure code of a saga aborted by an operator.
 pub const ABORTED_BY_OPERATOR: &str = "aborted_by_operator";

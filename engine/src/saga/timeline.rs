@@ -43,7 +43,7 @@ pub struct Timeline {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SentSummary {
     pub message_id: Uuid,
-    /// The target stream (`inventory-APPLE`).
+    /// The target stream (`hotel-LIS-1`).
     pub target: String,
     /// The participant's command (`reserve`).
     pub command: String,
@@ -456,9 +456,9 @@ mod tests {
     fn each_stream_keeps_its_version_order_in_the_places_it_holds() {
         let mut rows = vec![
             row("saga-1", 1),
-            row("inventory-A", 4),
+            row("hotel-A", 4),
             row("saga-1", 3), // its transaction started before version 2's
-            row("order-9", 1),
+            row("trip-9", 1),
             row("saga-1", 2),
         ];
         keep_stream_order(&mut rows);
@@ -470,9 +470,9 @@ mod tests {
             order,
             [
                 ("saga-1", 1),
-                ("inventory-A", 4),
+                ("hotel-A", 4),
                 ("saga-1", 2),
-                ("order-9", 1),
+                ("trip-9", 1),
                 ("saga-1", 3),
             ]
         );

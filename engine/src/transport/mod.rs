@@ -41,7 +41,7 @@ impl Default for TopicLayout {
 }
 
 impl TopicLayout {
-    /// The physical topic of a logical one (`order.events` → `sagaflow.order.events`).
+    /// The physical topic of a logical one (`trip.events` → `sagaflow.trip.events`).
     pub fn topic(&self, logical: &str) -> String {
         format!("{}.{}", self.prefix, logical)
     }
