@@ -375,3 +375,73 @@ async fn streams_are_read_in_pages(pool: PgPool) {
     let (s, body) = app.get("/healthz").await;
     assert_eq!((s, body), (StatusCode::OK, json!({"status": "ok"})));
 }
+
+/// PostgreSQL cannot store U+0000: a NUL in a path, a query or a JSON string is refused with
+/// `400 invalid_characters` before anything runs, and nothing is written.
+#[sqlx::test(migrator = "common::MIGRATOR")]
+async fn strings_postgres_cannot_store_are_refused_and_write_nothing(pool: PgPool) {
+    let app = start(pool).await;
+    let (s, placed) = app.post("/orders", order(Uuid::now_v7())).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{placed}");
+    let order_id = placed["order_id"].as_str().unwrap().to_owned();
+    let events = app.count("events").await;
+    for path in [
+        "/streams/a%00b/events",
+        "/streams/a%00b/state",
+        "/sagas?saga_type=a%00b",
+        "/orders?status=a%00",
+        "/admin/dead-letters?consumer=%00",
+    ] {
+        let (s, body) = app.get(path).await;
+        assert_eq!(
+            (s, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_characters"),
+            "{path}: {body}"
+        );
+    }
+    let raw = |body: &str| body.to_owned();
+    for (path, body) in [
+        (
+            format!("/orders/{order_id}/cancel"),
+            raw(r#"{"reason": "changed my mind\u0000"}"#),
+        ),
+        (
+            "/commands/inventory/SKU-1".to_owned(),
+            raw(r#"{"command": "restock", "payload": {"quantity": 1}, "x\u0000": 1}"#),
+        ),
+        (
+            "/commands/order/ab%00cd".to_owned(),
+            raw(r#"{"command": "confirm"}"#),
+        ),
+        (
+            "/orders".to_owned(),
+            raw(
+                r#"{"customer_id": "0193a0c4-0000-7000-8000-000000000001", "lines": [{"sku": "A\u0000", "quantity": 1, "unit_price_cents": 1}]}"#,
+            ),
+        ),
+    ] {
+        let r = app
+            .client
+            .post(app.url(&path))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (s, answer) = common::read(r).await;
+        assert_eq!(
+            (s, error_code(&answer)),
+            (StatusCode::BAD_REQUEST, "invalid_characters"),
+            "{path} {body}: {answer}"
+        );
+    }
+    // The text "\u0000" (an escaped backslash) is an ordinary string.
+    let (s, body) = app
+        .post(
+            &format!("/orders/{order_id}/cancel"),
+            json!({"reason": "a backslash-u0000: \\u0000"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(app.count("events").await, events + 1);
+}

@@ -22,6 +22,38 @@ const REWRITTEN: &[(i64, &str)] = &[(
 )];
 
 const DUPLICATE_DATABASE: &str = "42P04";
+
+/// Whether `e` means that the database cannot be reached or is not serving right now (it is
+/// restarting or shutting down, out of connections, the connection broke): nothing was written
+/// by the failed statement's transaction, and the same work can be tried again later.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P01-57P03: the server is shutting down,
+            // crashed or not yet accepting connections; 53300: too many connections.
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// An error like `e`, for one more waiter: whether it means "unavailable" is kept (see
+/// [`is_unavailable`]), the message too.
+pub fn copy_error(e: &sqlx::Error) -> sqlx::Error {
+    if is_unavailable(e) {
+        sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            e.to_string(),
+        ))
+    } else {
+        sqlx::Error::Protocol(e.to_string())
+    }
+}
 const UNIQUE_VIOLATION: &str = "23505";
 
 /// Creates the database named in `url` if it does not exist (connecting to the server's

@@ -21,7 +21,7 @@ use crate::http::query::QueryState;
 use crate::http::{
     self, dead_letters, limit_commands, openapi, projections, sagas, streams, CommandLimits,
 };
-use crate::ops::{self, ConsumerGroup, Readiness, Scraper};
+use crate::ops::{self, ConsumerGroup, Readiness, Retention, Scraper};
 use crate::projection::Projection;
 use crate::registry::Registry;
 use crate::relay::{Relay, RelayConfig, RelayStats};
@@ -35,6 +35,9 @@ pub struct Options {
     pub admin_token: AdminToken,
     /// Concurrency limit and timeout of the command routes.
     pub command_limits: CommandLimits,
+    /// How long the tables that grow with traffic keep what they no longer need (pruned by
+    /// the process that runs the relay).
+    pub retention: Retention,
 }
 
 /// What routes are built from: the parts of the application they may use.
@@ -99,6 +102,9 @@ pub struct Service {
     participants: Vec<ParticipantSpec>,
     projections: Arc<[Arc<dyn Projection>]>,
     process: ProcessMetrics,
+    /// Every consumer group of the application, with its topics.
+    groups: Vec<ConsumerGroup>,
+    retention: Retention,
 }
 
 impl App {
@@ -127,11 +133,8 @@ impl App {
         let bell = bus.outbox_bell().clone();
         let readiness = Readiness::new(pool.clone(), transport.clone());
         let process = ProcessMetrics::new(self.name, self.version);
-        let mut scraper = Scraper::new(
-            pool.clone(),
-            transport.clone(),
-            self.consumer_groups(&orchestrator),
-        );
+        let groups = self.consumer_groups(&orchestrator);
+        let mut scraper = Scraper::new(pool.clone(), transport.clone(), groups.clone());
         scraper.extra.push(process.registry.clone());
 
         let document = Arc::new(OnceLock::new());
@@ -185,6 +188,8 @@ impl App {
             participants: self.participants.clone(),
             projections,
             process,
+            groups,
+            retention: options.retention.clone(),
         })
     }
 
@@ -273,11 +278,19 @@ impl Service {
         }
         let mut relay_stats = None;
         if components.contains(&Component::Relay) {
-            // The relay drains the outbox; the same component analyzes tables that grew and,
-            // where autovacuum is off, keeps the queue tables vacuumed.
+            // The relay drains the outbox; the same component analyzes tables that grew,
+            // prunes what the tables that grow with traffic no longer need and, where
+            // autovacuum is off, keeps the queue tables vacuumed.
             tasks.spawn(ops::housekeeping::run(
                 self.pool.clone(),
                 Some(ops::housekeeping::DEFAULT_INTERVAL),
+                shutdown.clone(),
+            ));
+            tasks.spawn(ops::retention::run(
+                self.pool.clone(),
+                self.groups.clone(),
+                self.transport.layout().clone(),
+                self.retention.clone(),
                 shutdown.clone(),
             ));
             let relay = Relay::new(self.pool.clone(), self.transport.clone(), bell, relay);

@@ -153,6 +153,41 @@ impl TransportArgs {
     }
 }
 
+/// How long the tables that grow with traffic keep what they no longer need (see
+/// [`crate::ops::retention`]). Pruned by the process that runs the relay.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Retention")]
+pub struct RetentionArgs {
+    /// Messages of the embedded log that every registered consumer group committed are kept
+    /// this long (the log never loses a message a group has not committed).
+    #[arg(long, env = "SAGAFLOW_RETAIN_LOG", default_value = "1h", value_parser = parse_duration)]
+    pub retain_log: Duration,
+    /// Message ids consumer groups recorded to skip redeliveries are kept this long.
+    #[arg(long, env = "SAGAFLOW_RETAIN_PROCESSED", default_value = "7d", value_parser = parse_duration)]
+    pub retain_processed: Duration,
+    /// An `Idempotency-Key` answers its first response for this long; after it, a repeat runs
+    /// as a new request.
+    #[arg(long, env = "SAGAFLOW_RETAIN_IDEMPOTENCY_KEYS", default_value = "24h", value_parser = parse_duration)]
+    pub retain_idempotency_keys: Duration,
+    /// Retried and discarded dead letters are kept this long (parked ones until an operator
+    /// acts).
+    #[arg(long, env = "SAGAFLOW_RETAIN_DEAD_LETTERS", default_value = "7d", value_parser = parse_duration)]
+    pub retain_dead_letters: Duration,
+}
+
+impl RetentionArgs {
+    /// The retention these settings describe.
+    pub fn retention(&self) -> crate::ops::Retention {
+        crate::ops::Retention {
+            log: self.retain_log,
+            processed: self.retain_processed,
+            idempotency_keys: self.retain_idempotency_keys,
+            dead_letters: self.retain_dead_letters,
+            ..Default::default()
+        }
+    }
+}
+
 impl OperationsArgs {
     /// The command routes' limits these settings describe.
     pub fn command_limits(&self) -> CommandLimits {
@@ -163,7 +198,7 @@ impl OperationsArgs {
     }
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h` or a plain number of seconds (`1.5`).
+/// Parses `30s`, `500ms`, `2m`, `1h`, `7d` or a plain number of seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -178,9 +213,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+                "unknown unit {other:?} in {s:?}: use ms, s, m, h or d"
             ))
         }
     };
@@ -209,7 +245,8 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("-1s").is_err());
     }
 

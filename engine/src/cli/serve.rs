@@ -9,7 +9,9 @@ use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{mask_secret, mask_url, DatabaseArgs, OperationsArgs, TransportArgs};
+use super::config::{
+    mask_secret, mask_url, DatabaseArgs, OperationsArgs, RetentionArgs, TransportArgs,
+};
 use super::prepare_database;
 use crate::app::{App, Component, Options};
 use crate::http::admin::AdminToken;
@@ -29,6 +31,8 @@ pub(crate) struct ServeArgs {
     components: Vec<String>,
     #[command(flatten)]
     operations: OperationsArgs,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully within
@@ -55,6 +59,7 @@ pub(crate) async fn serve(
         http_addr,
         admin_token,
         operations,
+        retention,
         ..
     } = serve;
     let operations = &operations;
@@ -74,6 +79,7 @@ pub(crate) async fn serve(
         drain_delay = ?operations.drain_delay,
         max_inflight_commands = operations.max_inflight_commands,
         command_timeout = ?operations.command_timeout,
+        retention = ?retention.retention(),
         "starting"
     );
     let started = async {
@@ -91,6 +97,7 @@ pub(crate) async fn serve(
     let options = Options {
         admin_token: AdminToken::new(admin_token.as_deref()),
         command_limits: operations.command_limits(),
+        retention: retention.retention(),
     };
     if !options.admin_token.is_configured() {
         tracing::warn!("SAGAFLOW_ADMIN_TOKEN is not set: admin routes answer 403");

@@ -120,3 +120,21 @@ impl IdempotencyRequest {
         }
     }
 }
+
+/// Deletes at most `batch` idempotency keys first used before `before`; how many. A request
+/// that repeats such a key afterwards runs as a new one.
+pub async fn prune_keys(
+    pool: &PgPool,
+    before: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys WHERE key IN (
+             SELECT key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

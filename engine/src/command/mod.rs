@@ -13,7 +13,7 @@ pub(crate) mod metrics;
 #[cfg(test)]
 mod tests;
 
-pub use idempotency::{IdempotencyRequest, Previous, StoredResponse};
+pub use idempotency::{prune_keys, IdempotencyRequest, Previous, StoredResponse};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -137,13 +137,10 @@ async fn commit_group(
                 }));
             }
             Err(AppendError::Database(e)) => {
-                let message = e.to_string();
                 for r in group.drain(..) {
                     let _ = r
                         .reply
-                        .send(Err(AppendError::Database(sqlx::Error::Protocol(
-                            message.clone(),
-                        ))));
+                        .send(Err(AppendError::Database(crate::db::copy_error(&e))));
                 }
             }
         }

@@ -300,3 +300,22 @@ pub async fn count_by_group_and_status(
         .fetch_all(pool)
         .await
 }
+
+/// Deletes at most `batch` dead letters retried or discarded before `before`; how many. A
+/// parked one is never deleted: it waits for an operator.
+pub async fn prune_resolved(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM dead_letters WHERE id IN (
+             SELECT id FROM dead_letters
+             WHERE status <> 'parked' AND resolved_at < $1 ORDER BY resolved_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

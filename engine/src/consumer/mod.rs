@@ -724,6 +724,45 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
+/// The committed positions of `group` on physical `topic`, by partition (a partition the group
+/// never committed is absent: its position is 0).
+pub async fn committed_offsets(
+    pool: &PgPool,
+    group: &str,
+    topic: &str,
+) -> Result<HashMap<i32, i64>, sqlx::Error> {
+    Ok(sqlx::query_as(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect())
+}
+
+/// Deletes at most `batch` rows of `processed_messages` recorded before `before`; how many.
+/// A message delivered again after its row is gone is applied again by a group that records
+/// ids, so the window must be longer than any redelivery: the relay's (seconds) and a dead
+/// letter's retry (which only reaches the group that parked it, which never recorded it).
+pub async fn prune_processed(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM processed_messages WHERE (consumer_group, message_id) IN (
+             SELECT consumer_group, message_id FROM processed_messages
+             WHERE processed_at < $1 ORDER BY processed_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// The lag of `group` on the given logical topics, per partition.
 pub async fn group_lag(
     pool: &PgPool,
@@ -735,15 +774,7 @@ pub async fn group_lag(
     for logical in logical_topics {
         let topic = transport.layout().topic(logical);
         let ends = transport.end_offsets(&topic).await?;
-        let committed: HashMap<i32, i64> = sqlx::query_as(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2",
-        )
-        .bind(group)
-        .bind(&topic)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .collect();
+        let committed = committed_offsets(pool, group, &topic).await?;
         for (partition, end) in ends.into_iter().enumerate() {
             let partition = partition as i32;
             let position = committed.get(&partition).copied().unwrap_or(0);

@@ -66,11 +66,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandRequest<T> {
     }
 }
 
-/// Parses a JSON body: syntax errors are 400 `malformed_json`, well-formed JSON of the wrong
-/// shape (missing fields, wrong types, out-of-range values) is 422 `invalid_body`.
+/// Parses a JSON body: syntax errors are 400 `malformed_json`, a NUL in a string is 400
+/// `invalid_characters` (see [`super::hygiene`]), well-formed JSON of the wrong shape (missing
+/// fields, wrong types, out-of-range values) is 422 `invalid_body`.
 /// An empty body reads as JSON `null`, so routes whose body is optional take an `Option` (and
 /// take a literal `null` too).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if super::hygiene::json_has_nul(bytes) {
+        return Err(super::hygiene::invalid_characters("body"));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return serde_json::from_slice(b"null").map_err(|_| {
             ApiError::bad_request("missing_body", "this route needs a JSON request body")

@@ -9,6 +9,7 @@ mod commands;
 pub mod dead_letters;
 mod error;
 mod extract;
+pub mod hygiene;
 mod limit;
 pub(crate) mod metrics;
 pub mod openapi;
@@ -31,8 +32,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::Router;
 
-/// Wraps the merged application router with what every route shares: the body size limit
-/// and JSON answers for unknown routes and methods. A command for an aggregate type that is
+/// Wraps the merged application router with what every route shares: the body size limit,
+/// the refusal of input PostgreSQL cannot store ([`hygiene`]), and JSON answers for unknown
+/// routes and methods. A command for an aggregate type that is
 /// not among `aggregate_types` is 404 `unknown_aggregate_type`, naming those that are.
 pub fn finish(app: Router, aggregate_types: Vec<&'static str>) -> Router {
     let known = aggregate_types.join(", ");
@@ -58,4 +60,5 @@ pub fn finish(app: Router, aggregate_types: Vec<&'static str>) -> Router {
         )
     })
     .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::from_fn(hygiene::refuse_unstorable))
 }

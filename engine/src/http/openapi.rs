@@ -9,6 +9,7 @@
 //! | with a JSON body | 400, 413, 415, 422 | [`super::CommandRequest`]: malformed JSON or header, too large, not JSON, wrong shape |
 //! | with path parameters | 400 | [`super::PathParams`]: a parameter of the wrong form |
 //! | with query parameters | 400 | [`super::QueryParams`]: a parameter of the wrong form |
+//! | every route | 400 | [`super::hygiene`]: a NUL in the path, query or body |
 //! | `POST` outside `/admin/` | 503 | [`super::limit_commands`]: overloaded or timed out |
 //! | reading the database | 503 | the database is unavailable |
 //! | under `/admin/` | 401, 403 | [`super::admin::protect`]: no or a wrong token, or none configured |
@@ -249,7 +250,7 @@ pub fn finish(api: &mut OpenApi) {
                         .get_or_insert_with(Vec::new)
                         .push(header);
                 }
-                add.insert("400", "`malformed_json`, `missing_body`, or an invalid `X-Correlation-Id`, `traceparent` or `Idempotency-Key`");
+                add.insert("400", "`malformed_json`, `missing_body`, `invalid_characters` (a NUL), or an invalid `X-Correlation-Id`, `traceparent` or `Idempotency-Key`");
                 add.insert("413", "`payload_too_large`: the body is over 1 MiB");
                 add.insert("415", "`unsupported_media_type`: the body is not JSON");
                 add.insert(
@@ -258,13 +259,18 @@ pub fn finish(api: &mut OpenApi) {
                 );
             }
             if in_path {
-                add.entry("400")
-                    .or_insert("`invalid_path`: a path parameter of the wrong form");
+                add.entry("400").or_insert(
+                    "`invalid_path`: a path parameter of the wrong form; `invalid_characters`",
+                );
             }
             if in_query {
-                add.entry("400")
-                    .or_insert("`invalid_query`: a query parameter of the wrong form");
+                add.entry("400").or_insert(
+                    "`invalid_query`: a query parameter of the wrong form; `invalid_characters`",
+                );
             }
+            add.entry("400").or_insert(
+                "`invalid_characters`: the path, query or body holds U+0000 (NUL), which cannot be stored",
+            );
             if !WITHOUT_DATABASE.contains(&path.as_str()) {
                 add.insert("503", "`database_unavailable`; on commands also `overloaded` or `command_timeout` (see `Retry-After`)");
             } else if is_post && !admin {

@@ -2,7 +2,9 @@
 //! the engine's tables.
 
 pub mod housekeeping;
+pub(crate) mod metrics;
 pub mod readiness;
+pub mod retention;
 pub mod scrape;
 
 use axum::Json;
@@ -12,6 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use readiness::{readiness_router, Readiness};
+pub use retention::Retention;
 pub use scrape::{ConsumerGroup, Scraper};
 
 /// `GET /healthz`: 200 `{"status": "ok"}` as long as the process serves HTTP.
@@ -45,6 +48,7 @@ pub fn register_metrics() {
     let _ = crate::relay::metrics::metrics();
     let _ = crate::saga::metrics::metrics();
     let _ = crate::http::metrics::metrics();
+    let _ = metrics::metrics();
 }
 
 #[cfg(test)]
@@ -76,10 +80,14 @@ mod tests {
             include_str!("../relay/metrics.rs"),
             include_str!("../saga/metrics.rs"),
             include_str!("../http/metrics.rs"),
+            include_str!("metrics.rs"),
         ]
         .concat();
+        super::metrics::metrics()
+            .retention_deleted
+            .with_label_values(&["t"]);
         let families = crate::metrics::registry().gather();
-        assert_eq!(families.len(), 15);
+        assert_eq!(families.len(), 16);
         for f in families {
             assert!(f.name().starts_with("sagaflow_"), "{}", f.name());
             assert!(!f.help().is_empty());

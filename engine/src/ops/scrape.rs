@@ -8,6 +8,8 @@
 //! | `sagaflow_consumer_lag` | gauge | `consumer_group`, `topic` | messages behind the transport's end, summed over partitions |
 //! | `sagaflow_sagas` | gauge | `saga_type`, `state` | sagas by state (the `sagas` table) |
 //! | `sagaflow_dead_letters` | gauge | `consumer_group`, `status` | rows of `dead_letters` |
+//! | `sagaflow_table_bytes` | gauge | `table` | each table's size with its indexes, in bytes |
+//! | `sagaflow_table_rows` | gauge | `table` | each table's live rows, as PostgreSQL's statistics estimate them |
 //! | `sagaflow_scrape_collector_success` | gauge | `collector` | 1 if the collector answered in time, else 0 (its series are then missing) |
 //!
 //! The series recorded as things happen are named by their subsystems (the `metrics.rs` of
@@ -102,6 +104,18 @@ impl Scraper {
             "Rows of dead_letters by consumer group and status.",
             &["consumer_group", "status"],
         );
+        let table_bytes = gauge_vec(
+            &r,
+            "sagaflow_table_bytes",
+            "Size of each table of the database's schema, with its indexes and TOAST, in bytes.",
+            &["table"],
+        );
+        let table_rows = gauge_vec(
+            &r,
+            "sagaflow_table_rows",
+            "Live rows of each table of the database's schema, as PostgreSQL's statistics estimate them.",
+            &["table"],
+        );
         let success = gauge_vec(
             &r,
             "sagaflow_scrape_collector_success",
@@ -170,12 +184,30 @@ impl Scraper {
             }
             ok.then_some(())
         };
-        let (depth, saga_counts, dead, lags) = tokio::join!(depth, saga_counts, dead, lags);
+        let tables = async {
+            let rows: Vec<(String, i64, i64)> = within(
+                timeout,
+                sqlx::query_as(
+                    "SELECT s.relname::text, pg_total_relation_size(s.relid), s.n_live_tup
+                     FROM pg_stat_user_tables s WHERE s.schemaname = current_schema()",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+            for (table, bytes, live) in rows {
+                table_bytes.with_label_values(&[&table]).set(bytes);
+                table_rows.with_label_values(&[&table]).set(live);
+            }
+            Some(())
+        };
+        let (depth, saga_counts, dead, lags, tables) =
+            tokio::join!(depth, saga_counts, dead, lags, tables);
         for (collector, result) in [
             ("outbox_depth", depth),
             ("sagas", saga_counts),
             ("dead_letters", dead),
             ("consumer_lag", lags),
+            ("tables", tables),
         ] {
             success
                 .with_label_values(&[collector])

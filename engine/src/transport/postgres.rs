@@ -237,3 +237,37 @@ impl Reader for PgReader {
         }
     }
 }
+
+/// Every partition the log has written to, with its next offset: `(topic, partition, next)`.
+pub async fn log_heads(pool: &PgPool) -> Result<Vec<(String, i32, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT topic, partition, next_offset FROM message_log_heads")
+        .fetch_all(pool)
+        .await
+}
+
+/// Deletes at most `batch` messages of one partition below offset `below` that were appended
+/// before `appended_before`, oldest first; how many. The relay appends above every committed
+/// offset, so this never touches a row it writes.
+pub async fn prune_log(
+    pool: &PgPool,
+    topic: &str,
+    partition: i32,
+    below: i64,
+    appended_before: chrono::DateTime<chrono::Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM message_log WHERE topic = $1 AND partition = $2 AND \"offset\" IN (
+             SELECT \"offset\" FROM message_log
+             WHERE topic = $1 AND partition = $2 AND \"offset\" < $3 AND appended_at < $4
+             ORDER BY \"offset\" LIMIT $5)",
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(below)
+    .bind(appended_before)
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
