@@ -109,6 +109,11 @@ pub async fn connect_with(
     pool_options(max_connections).connect_with(options).await
 }
 
+/// How long a request waits for a connection before it is answered `503 database_unavailable`:
+/// a blip of the database is waited out, an outage is answered at once, and `/readyz` turns
+/// 503 within a second so that traffic goes elsewhere.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A pooled connection idle for this long is pinged before it is handed out again.
 pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
@@ -121,7 +126,7 @@ pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, Connection, PgPool};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -50,15 +50,24 @@ impl Readiness {
     async fn check(&self) -> (Result<(), String>, Result<(), String>) {
         let timeout = self.check_timeout;
         let database = async {
-            match tokio::time::timeout(
+            let failed = match tokio::time::timeout(
                 timeout,
                 sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
             )
             .await
             {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+            };
+            // The pool only says that it timed out; a connection of its own says why.
+            match tokio::time::timeout(timeout, self.pool.connect_options().connect()).await {
+                Ok(Err(e)) => Err(format!("{failed}; connecting: {e}")),
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    Err(failed)
+                }
+                Err(_) => Err(format!("{failed}; connecting: no answer")),
             }
         };
         let transport = async {
