@@ -98,7 +98,10 @@ struct ListQuery {
     state: Option<String>,
     /// Only sagas that have not moved (no event) for at least this long: a number of seconds,
     /// or an RFC 3339 timestamp (sagas last updated at or before it).
-    #[param(example = "60")]
+    #[param(
+        pattern = r"^([0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$",
+        example = "60"
+    )]
     older_than: Option<String>,
     /// Only sagas of this type.
     saga_type: Option<String>,
@@ -106,6 +109,10 @@ struct ListQuery {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// The `next_after` of the previous page.
+    #[param(
+        pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        example = "2026-01-01T00:00:00.000000Z_0193a0c4-0000-7000-8000-000000000001"
+    )]
     after: Option<String>,
 }
 
