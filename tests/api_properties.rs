@@ -57,7 +57,7 @@ impl Gen<'_> {
     }
 
     /// A string a simple pattern (`^[class]{m,n}$`, `^[class]+$`, `^(a|b)?$`) allows.
-    fn from_pattern(&mut self, pattern: &str) -> Option<String> {
+    fn matching(&mut self, pattern: &str) -> Option<String> {
         let inner = pattern.strip_prefix('^')?.strip_suffix('$')?;
         if let Some(alternatives) = inner.strip_prefix('(') {
             let (list, rest) = alternatives.split_once(')')?;
@@ -113,7 +113,7 @@ impl Gen<'_> {
 
     fn string(&mut self, schema: &Value) -> String {
         if let Some(p) = schema["pattern"].as_str() {
-            if let Some(s) = self.from_pattern(p) {
+            if let Some(s) = self.matching(p) {
                 return s;
             }
             if let Some(e) = schema["examples"].as_array().and_then(|e| e.first()) {
