@@ -79,7 +79,8 @@ fn lock_key(name: &str) -> i32 {
     (fnv1a(name.as_bytes()) & 0x7fff_ffff) as i32
 }
 
-/// Why a rebuild did not start or did not finish; one that stopped leaves the projection `failed`.
+/// Why a rebuild did not start or did not finish; one that stopped after it started leaves the
+/// projection `failed`.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
     /// No projection is registered under this name.

@@ -185,8 +185,8 @@ impl StepDef {
 
 /// A saga definition, ready for the orchestrator.
 pub struct Saga {
-    /// The saga type's name: it names the saga's ids, its rows in `sagas` and its metrics. Unique
-    /// within an application.
+    /// The saga type's name, unique within an application: it derives the saga ids
+    /// ([`saga_id`]) and names the type in the `sagas` read model and the metrics.
     pub name: &'static str,
     /// The aggregate type whose events start it (`started_by`).
     pub started_by: Option<&'static str>,

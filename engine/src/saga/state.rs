@@ -84,7 +84,7 @@ pub enum SagaEvent {
         #[serde(flatten)]
         outcome: ReplyOutcome,
     },
-    /// Every command of the step succeeded; the next step follows.
+    /// Every command of the step succeeded; the next step follows, or the saga completes.
     StepSucceeded {
         /// The step's index, from 0.
         step: usize,
@@ -123,7 +123,8 @@ pub enum SagaEvent {
         /// When the next attempt is sent; absent when this was the last and the step fails.
         retry_at: Option<DateTime<Utc>>,
     },
-    /// The saga compensates: every completed step with a compensation is undone, latest first.
+    /// The saga compensates: the steps that may have had effects and have a compensation are
+    /// undone, latest first.
     CompensationStarted {
         /// Why: the failed step, or the abort.
         failure: Failure,
@@ -210,8 +211,8 @@ pub enum SagaStatus {
     Completed,
     /// Every completed step was undone (and the final command answered). Terminal.
     Compensated,
-    /// Stopped where a compensation could not finish; only an operator's retry moves it on.
-    /// Terminal until then.
+    /// Stopped: a compensation or the final command could not finish. Terminal until an
+    /// operator re-drives it.
     Failed,
 }
 

@@ -141,7 +141,7 @@ pub enum TransportError {
     /// The sink or source is unreachable or refused; retry later.
     #[error("transport unavailable: {0}")]
     Unavailable(String),
-    /// The database failed: the embedded transport's log, or its notification channel.
+    /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
