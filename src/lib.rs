@@ -131,6 +131,8 @@
 //! in one transaction; a saga's state is its own event stream; a command sent with an
 //! `Idempotency-Key` is applied once. Each item's documentation says what it guarantees.
 
+#![warn(missing_docs)]
+
 #[doc(inline)]
 pub use sagaflow_engine::aggregate::{Aggregate, DomainCommand, DomainError, DomainEvent};
 #[doc(inline)]

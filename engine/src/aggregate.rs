@@ -68,8 +68,11 @@ pub trait Aggregate: Default + Clone + Serialize + Send + Sync + 'static {
     const TYPE: &'static str;
     /// The bounded context whose topic carries this aggregate's events (`<context>.events`).
     const CONTEXT: &'static str;
+    /// What the aggregate decides on: the body of its command route and of saga commands to it.
     type Command: DomainCommand;
+    /// What the aggregate records in its stream; the only input of [`Aggregate::apply`].
     type Event: DomainEvent;
+    /// Why the aggregate refuses a command: a business outcome, never retried.
     type Error: DomainError;
 
     /// Decides which events a command produces. An empty vector means "nothing to do"

@@ -95,8 +95,8 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
 /// Prepared statements keep PostgreSQL's default plan caching: planning the append statement
 /// for every call cost more than running it. A generic plan made while a table was empty is a
 /// sequential scan that would stay cached once the table is large; what replaces it is an
-/// `ANALYZE` of the grown table ([`crate::housekeeping`]'s, or autovacuum's), which makes every
-/// session plan again.
+/// `ANALYZE` of the grown table ([`crate::ops::housekeeping`]'s, or autovacuum's), which makes
+/// every session plan again.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     connect_with(PgConnectOptions::from_str(url)?, max_connections).await
 }
@@ -166,7 +166,7 @@ pub fn keyed_pool(pool: &PgPool, max_connections: u32) -> PgPool {
 /// elements per array never looks cheaper than a custom plan for two. Planning the append
 /// statement cost about as much as running it. Their plans are index lookups whatever the
 /// values, so planning once per session is enough; a plan made while a table was small is
-/// replaced once the table grew (see [`crate::housekeeping`]).
+/// replaced once the table grew (see [`crate::ops::housekeeping`]).
 pub const REUSE_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// Begins a transaction that reuses cached plans (see [`REUSE_PLANS`]), in one round trip.

@@ -18,10 +18,14 @@ pub struct Metadata {
     /// W3C trace context of the request that caused this message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The saga this message belongs to (a saga's events, its commands, their replies and the
+    /// events the commands recorded); absent outside sagas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga_id: Option<String>,
+    /// The saga step a command or reply belongs to, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga_step: Option<String>,
+    /// Which attempt of the step a command or reply belongs to, from 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
 }
@@ -58,13 +62,20 @@ impl Metadata {
 pub struct Envelope {
     /// UUIDv7; unique across the whole system, the key of consumer de-duplication.
     pub message_id: Uuid,
+    /// The stream of an event; the target aggregate's stream for a saga command, and the saga's
+    /// own `saga-<id>` stream for a reply.
     pub stream_id: String,
     /// Position of the event in its stream, starting at 1 (0 for messages that are not
     /// events of a stream, such as saga commands).
     pub stream_version: i64,
+    /// The stable name of what the message is: an event enum's `snake_case` tag, `saga_command`
+    /// or `saga_reply`.
     pub event_type: String,
+    /// The payload's schema version; an older one is upcast when read.
     pub schema_version: i32,
+    /// The message's data, in the shape of `schema_version`.
     pub payload: Value,
+    /// Correlation, causation, trace and saga context.
     pub metadata: Metadata,
 }
 
@@ -100,9 +111,13 @@ impl Envelope {
 /// An event read back from the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecordedEvent {
+    /// The event's position in the whole store, from an identity column: unique and increasing,
+    /// but it may have gaps and commit out of order.
     pub global_position: i64,
+    /// The event itself, its fields flattened into this object.
     #[serde(flatten)]
     pub envelope: Envelope,
+    /// When the event was appended: the database clock at the start of the appending transaction.
     pub recorded_at: DateTime<Utc>,
 }
 

@@ -10,6 +10,8 @@
 //! - the HTTP surface and operations: [`http`], [`ops`];
 //! - the application and its command line: [`app`], [`cli`].
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 pub mod app;
 pub mod cli;

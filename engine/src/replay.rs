@@ -24,21 +24,34 @@ pub fn stream_type(stream_id: &str) -> &str {
 /// Why a replay could not produce what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// No stream type is registered under the stream id's prefix.
     #[error("no aggregate type {aggregate_type:?} (stream ids are <type>-<id>; known: {known})")]
     UnknownType {
+        /// The stream id's prefix before its first `-`.
         aggregate_type: String,
+        /// The registered stream types, comma-separated.
         known: String,
     },
+    /// The stream has no events: it does not exist.
     #[error("stream {stream_id:?} has no events")]
-    EmptyStream { stream_id: String },
+    EmptyStream {
+        /// The stream asked for.
+        stream_id: String,
+    },
+    /// The version asked for is past the stream's head.
     #[error("stream {stream_id:?} is at version {head}; it has no version {requested}")]
     BeyondHead {
+        /// The stream asked for.
         stream_id: String,
+        /// The version asked for.
         requested: i64,
+        /// The stream's committed version.
         head: i64,
     },
+    /// A version below 1 was asked for.
     #[error("at_version must be at least 1")]
     InvalidVersion,
+    /// Reading the stream, or decoding one of its events, failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -52,7 +65,9 @@ impl From<sqlx::Error> for ReplayError {
 /// A stream's state as of one version.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StateAt {
+    /// The stream replayed.
     pub stream_id: String,
+    /// The stream's type: its id's prefix before the first `-`.
     pub aggregate_type: String,
     /// The version the state reflects: the fold of events `1..=version`.
     pub version: i64,
@@ -60,6 +75,7 @@ pub struct StateAt {
     pub head_version: i64,
     /// When event `version` was recorded.
     pub recorded_at: DateTime<Utc>,
+    /// The folded state as JSON (the type's `Serialize` form): for reading, never stored.
     pub state: Value,
 }
 

@@ -38,6 +38,7 @@ pub fn given<A: Aggregate>(history: impl IntoIterator<Item = A::Event>) -> Given
 }
 
 impl<A: Aggregate> Given<A> {
+    /// Lets the aggregate decide on `command`, in the state the history folds into.
     pub fn when(self, command: A::Command) -> Then<A> {
         let result = self.state.handle(&command);
         Then {

@@ -43,6 +43,7 @@ pub struct TraceContext {
     pub trace_id: u128,
     /// The span this context points at (the `parent-id` of the header). Never zero.
     pub span_id: u64,
+    /// The trace flags of the header; bit 0 is `sampled`.
     pub flags: u8,
 }
 
@@ -89,6 +90,7 @@ impl TraceContext {
         self.to_string()
     }
 
+    /// The trace id as 32 lowercase hex digits, as the spans record it.
     pub fn trace_id_hex(&self) -> TraceIdHex {
         TraceIdHex(self.trace_id)
     }

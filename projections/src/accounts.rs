@@ -161,11 +161,15 @@ pub fn routes(state: QueryState) -> OpenApiRouter {
 /// The body of `GET /accounts/{customer_id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AccountView {
+    /// The customer whose account this is.
     pub customer_id: Uuid,
+    /// Money in the account, held or not, in cents; never negative.
     pub balance_cents: i64,
+    /// Money held for orders, in cents; never more than `balance_cents`.
     pub held_cents: i64,
     /// `balance_cents - held_cents`: what a new authorization may hold.
     pub available_cents: i64,
+    /// When the last event applied was recorded.
     pub updated_at: DateTime<Utc>,
     /// The version of stream `account-<customer_id>` this view reflects.
     pub version: i64,

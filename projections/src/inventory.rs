@@ -147,11 +147,15 @@ pub fn routes(state: QueryState) -> OpenApiRouter {
 /// The body of `GET /inventory/{sku}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StockView {
+    /// The SKU.
     pub sku: String,
+    /// Units in stock, reserved or not; never negative.
     pub on_hand: i64,
+    /// Units set aside for orders; never more than `on_hand`.
     pub reserved: i64,
     /// `on_hand - reserved`: what a new reservation may take.
     pub available: i64,
+    /// When the last event applied was recorded.
     pub updated_at: DateTime<Utc>,
     /// The version of stream `inventory-<sku>` this view reflects.
     pub version: i64,

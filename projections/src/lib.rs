@@ -11,6 +11,8 @@
 //! Each is a [`Projector`](sagaflow_engine::projection::Projector) on the engine's projection
 //! runtime: its live consumer, its rebuild and its admin entry come from registering it.
 
+#![warn(missing_docs)]
+
 pub mod accounts;
 pub mod inventory;
 pub mod orders;

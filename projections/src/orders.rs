@@ -38,11 +38,15 @@ const PREFIX: &str = OrdersProjection::STREAM_PREFIX;
 /// One order as the read model holds it; the same facts as the `Order` aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {
+    /// The customer who placed the order.
     pub customer_id: Uuid,
+    /// Where the order is.
     pub status: OrderStatus,
     /// Why it was rejected or cancelled, if a reason was given.
     pub reason: Option<String>,
+    /// The lines as placed, at most one per SKU.
     pub lines: Vec<OrderLine>,
+    /// The sum of the lines' subtotals, in cents.
     pub total_cents: i64,
     /// When the `order_placed` event was recorded.
     pub placed_at: DateTime<Utc>,
@@ -246,16 +250,22 @@ pub fn routes(state: QueryState) -> OpenApiRouter {
 /// The body of `GET /orders/{order_id}`, and of each order in a page.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct OrderView {
+    /// The order.
     pub order_id: Uuid,
+    /// The customer who placed it.
     pub customer_id: Uuid,
     /// `pending`, `confirmed`, `rejected` or `cancelled`.
     #[schema(pattern = "^(pending|confirmed|rejected|cancelled)$")]
     pub status: String,
+    /// Why it was rejected or cancelled, if a reason was given.
     pub reason: Option<String>,
     /// `[{"sku", "quantity", "unit_price_cents"}]`, as placed.
     pub lines: Value,
+    /// The sum of the lines' subtotals, in cents.
     pub total_cents: i64,
+    /// When the `order_placed` event was recorded.
     pub placed_at: DateTime<Utc>,
+    /// When the last event applied was recorded.
     pub updated_at: DateTime<Utc>,
     /// The version of stream `order-<order_id>` this view reflects.
     pub version: i64,
@@ -346,6 +356,7 @@ pub const DEFAULT_PAGE: i64 = 50;
 /// The body of `GET /orders`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderPage {
+    /// The page's orders, by order id (oldest first for UUIDv7 ids).
     pub orders: Vec<OrderView>,
     /// Pass as `after` for the next page; `null` when there are no more orders.
     pub next_after: Option<Uuid>,

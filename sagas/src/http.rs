@@ -42,6 +42,7 @@ use crate::Domain;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockBody {
+    /// Units to add to the stock on hand.
     pub quantity: Quantity,
 }
 
@@ -49,6 +50,7 @@ pub struct RestockBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DepositBody {
+    /// Money to add to the balance, in cents.
     pub amount_cents: AmountCents,
 }
 
@@ -56,7 +58,9 @@ pub struct DepositBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
+    /// The customer who orders; their account pays.
     pub customer_id: Uuid,
+    /// What is ordered: at least one line, at most one per SKU.
     pub lines: Vec<OrderLine>,
 }
 
@@ -86,18 +90,24 @@ pub struct OrderAccepted {
 /// The answer to `GET /orders/{order_id}/saga`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderSaga {
+    /// The order.
     pub order_id: Uuid,
+    /// The id of its fulfillment saga, derived from the order id.
     pub saga_id: Uuid,
     /// The saga's state; `null` until the saga started.
     pub state: Option<String>,
+    /// Where to look next.
     pub links: OrderSagaLinks,
 }
 
 /// Where to look next.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderSagaLinks {
+    /// `/sagas/<saga_id>`: the saga in the saga read model.
     pub saga: String,
+    /// `/sagas/<saga_id>/timeline`: the saga's and its participants' events, in order.
     pub timeline: String,
+    /// `/streams/order-<order_id>/state`: the order aggregate's state.
     pub order_state: String,
 }
 

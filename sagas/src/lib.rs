@@ -8,6 +8,8 @@
 //! registers all of it with an application; the shop's read models are in
 //! `sagaflow-projections`, whose `shop` installs the whole shop.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod http;
 pub mod inventory;
@@ -41,8 +43,11 @@ pub fn install(app: App) -> App {
 /// and the participants serialize commands for one stream in the same queue).
 #[derive(Clone)]
 pub struct Domain {
+    /// The repository of the [`Order`] aggregate.
     pub orders: Arc<Repository<Order>>,
+    /// The repository of the [`Inventory`] aggregate.
     pub inventory: Arc<Repository<Inventory>>,
+    /// The repository of the [`Account`] aggregate.
     pub accounts: Arc<Repository<Account>>,
 }
 

@@ -23,14 +23,19 @@ use crate::order::{Order, OrderCommand, OrderEvent, OrderLine};
 use crate::payment::{Account, AccountCommand};
 use crate::types::AmountCents;
 
+/// The saga's name: it derives every fulfillment's saga id ([`saga_id_of`]) and must never change.
 pub const ORDER_FULFILLMENT: &str = "order_fulfillment";
 
 /// What the saga remembers about the order it fulfils.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderSaga {
+    /// The order being fulfilled.
     pub order_id: Uuid,
+    /// Its customer, whose account pays.
     pub customer_id: Uuid,
+    /// Its lines, as placed.
     pub lines: Vec<OrderLine>,
+    /// Its total, in cents; 0 for a free order, which authorizes and captures nothing.
     pub total_cents: i64,
 }
 
@@ -46,6 +51,8 @@ pub fn saga_id_of(order_id: Uuid) -> Uuid {
     sagaflow_engine::saga::saga_id(ORDER_FULFILLMENT, &format!("order-{order_id}"))
 }
 
+/// The order fulfillment saga, started by each `order_placed` and aborted by the order's
+/// `order_cancelled`.
 pub fn order_fulfillment() -> Arc<Saga> {
     SagaDefinition::<OrderSaga>::new(ORDER_FULFILLMENT)
         .started_by::<Order>(|event, envelope| match event {

@@ -27,9 +27,12 @@ macro_rules! bounded_i64 {
         pub struct $name(i64);
 
         impl $name {
+            /// The smallest value allowed.
             pub const MIN: i64 = $min;
+            /// The largest value allowed.
             pub const MAX: i64 = $max;
 
+            /// The value, or why it breaks the rule.
             pub fn new(value: i64) -> Result<Self, InvalidValue> {
                 if (Self::MIN..=Self::MAX).contains(&value) {
                     Ok($name(value))
@@ -38,6 +41,7 @@ macro_rules! bounded_i64 {
                 }
             }
 
+            /// The value.
             pub fn get(self) -> i64 {
                 self.0
             }
@@ -101,8 +105,10 @@ bounded_i64! {
 pub struct Sku(String);
 
 impl Sku {
+    /// The longest SKU, in bytes (every allowed character is one byte).
     pub const MAX_LEN: usize = 64;
 
+    /// The SKU, or why it breaks the rule.
     pub fn new(sku: impl Into<String>) -> Result<Self, InvalidValue> {
         let sku = sku.into();
         Self::check(&sku)?;
@@ -121,6 +127,7 @@ impl Sku {
         }
     }
 
+    /// The SKU as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -408,52 +408,91 @@ impl App {
 /// Why the registered parts of an application do not fit together. Each says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Two aggregate types share one [`Aggregate::TYPE`].
     #[error("two aggregate types are named {name:?}: {first} and {second}; give one of them another Aggregate::TYPE")]
     DuplicateAggregate {
+        /// The shared name.
         name: &'static str,
+        /// The Rust type registered first.
         first: &'static str,
+        /// The Rust type registered second.
         second: &'static str,
     },
+    /// An aggregate type takes the name of the engine's saga streams (`saga`).
     #[error("no aggregate type may be named {name:?}: the engine's own streams use it")]
-    ReservedName { name: &'static str },
+    ReservedName {
+        /// The reserved name.
+        name: &'static str,
+    },
+    /// Two participants share a bounded context, so their commands would share one topic.
     #[error("participants {first} and {second} both take their commands from {context}.commands; aggregates served as participants need contexts of their own")]
     SharedCommandTopic {
+        /// The shared context.
         context: &'static str,
+        /// The participant registered first.
         first: &'static str,
+        /// The participant registered second.
         second: &'static str,
     },
+    /// Two sagas share a name, which would give them the same saga ids.
     #[error("two sagas are named {name:?}")]
-    DuplicateSaga { name: &'static str },
+    DuplicateSaga {
+        /// The shared name.
+        name: &'static str,
+    },
+    /// A saga is started or aborted by an aggregate type that is not registered.
     #[error("saga {saga} is started or aborted by events of aggregate type {aggregate:?}, which is not registered; register it with App::aggregate")]
     UnregisteredStarter {
+        /// The saga.
         saga: &'static str,
+        /// The unregistered aggregate type.
         aggregate: &'static str,
     },
+    /// A saga sends commands to an aggregate type no participant serves.
     #[error("step {step} of saga {saga} sends commands to aggregate type {aggregate:?}, which no participant serves; register it with App::participant")]
     UnservedStep {
+        /// The saga.
         saga: &'static str,
+        /// The step (`on_compensated` for the final command).
         step: &'static str,
+        /// The unserved aggregate type.
         aggregate: &'static str,
     },
+    /// Two read models share a name.
     #[error("two projections are named {name:?}")]
-    DuplicateProjection { name: &'static str },
+    DuplicateProjection {
+        /// The shared name.
+        name: &'static str,
+    },
+    /// A read model reads a topic that no registered aggregate publishes. It would wait forever.
     #[error(
         "projection {projection} reads topic {topic}, which no registered aggregate publishes"
     )]
     UnpublishedTopic {
+        /// The read model.
         projection: &'static str,
+        /// The logical topic it reads.
         topic: &'static str,
     },
+    /// Two parts use one migration version for different migrations.
     #[error("migration version {version} is used twice: {first} ({first_description}) and {second} ({second_description}); number an application's migrations from 1000 or by date")]
     MigrationVersionTaken {
+        /// The version.
         version: i64,
+        /// The part that registered it first (`sagaflow-engine` for the engine's own).
         first: &'static str,
+        /// The first migration's description.
         first_description: String,
+        /// The part that registered it second.
         second: &'static str,
+        /// The second migration's description.
         second_description: String,
     },
+    /// A type name was registered twice in the [`Registry`].
     #[error(transparent)]
     Duplicate(#[from] DuplicateName),
+    /// A process was asked to run a component the application does not have; the message
+    /// names those it has.
     #[error("{0}")]
     Components(String),
 }

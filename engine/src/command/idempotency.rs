@@ -11,7 +11,9 @@ use sqlx::{PgConnection, PgPool, Row};
 /// A response remembered for an idempotency key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredResponse {
+    /// The HTTP status the first request was answered with.
     pub status: u16,
+    /// The JSON body the first request was answered with.
     pub body: Value,
 }
 
@@ -27,6 +29,7 @@ pub enum Previous {
 /// An `Idempotency-Key` and a fingerprint of the request it came with.
 #[derive(Debug, Clone)]
 pub struct IdempotencyRequest {
+    /// The client's `Idempotency-Key`, unique across every route of the service.
     pub key: String,
     request_hash: Vec<u8>,
 }
@@ -47,6 +50,7 @@ impl IdempotencyRequest {
         }
     }
 
+    /// What an earlier request with this key left, if one committed: its response, or a mismatch.
     pub async fn lookup(&self, pool: &PgPool) -> Result<Option<Previous>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = $1",

@@ -252,10 +252,12 @@ impl CommandBus {
         &self.outbox_bell
     }
 
+    /// The event store the bus appends to.
     pub fn store(&self) -> &EventStore {
         &self.store
     }
 
+    /// The pool of the bus's event store.
     pub fn pool(&self) -> &PgPool {
         self.store.pool()
     }
@@ -276,9 +278,11 @@ pub struct CommandContext {
 /// What an applied command did.
 #[derive(Debug, Clone)]
 pub struct CommandOutcome {
+    /// The stream the command ran on: `<aggregate type>-<id>`.
     pub stream_id: String,
     /// The stream's version after the command (unchanged if it decided nothing).
     pub version: i64,
+    /// The events the command recorded, in version order; empty if it decided nothing.
     pub events: Vec<RecordedEvent>,
 }
 
@@ -287,13 +291,17 @@ pub struct CommandOutcome {
 pub enum Executed {
     /// The command ran now; `response` is what the caller asked to remember for its key.
     Applied {
+        /// What the command did.
         outcome: CommandOutcome,
+        /// What the caller's `respond` made of the outcome; stored with the key, if there was one.
         response: StoredResponse,
     },
     /// The idempotency key was used before with the same request: its first response.
     Replayed(StoredResponse),
 }
 
+/// Why [`Repository::execute`] applied nothing; `E` is the aggregate's
+/// [`DomainError`](crate::DomainError).
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError<E: std::error::Error + 'static> {
     /// The domain rejected the command; nothing was written.
@@ -302,14 +310,22 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// Every attempt lost the race for the stream; nothing was written.
     #[error("stream {stream_id} kept changing: expected version {expected}, found {actual} after {attempts} attempts")]
     Conflict {
+        /// The contended stream.
         stream_id: String,
+        /// The version the last attempt decided on.
         expected: i64,
+        /// The version the stream was at instead.
         actual: i64,
+        /// How many times the command was decided.
         attempts: u32,
     },
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {key} was already used with a different request")]
-    IdempotencyMismatch { key: String },
+    IdempotencyMismatch {
+        /// The reused key.
+        key: String,
+    },
+    /// The event store failed, or a stored event does not decode; nothing was committed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -323,7 +339,9 @@ impl<E: std::error::Error + 'static> From<sqlx::Error> for CommandError<E> {
 /// An aggregate at a version.
 #[derive(Debug, Clone)]
 pub struct Loaded<A> {
+    /// The stream version `state` is the fold of, 0 for a stream without events.
     pub version: i64,
+    /// The aggregate as of `version`.
     pub state: A,
 }
 
@@ -336,6 +354,8 @@ pub struct Repository<A: Aggregate> {
 }
 
 impl<A: Aggregate> Repository<A> {
+    /// A repository on `bus` with an empty cache. A process keeps one per aggregate type and shares
+    /// it: commands for one stream only queue behind each other within one repository.
     pub fn new(bus: CommandBus) -> Self {
         let stripes = (0..bus.config.stripes.max(1))
             .map(|_| Mutex::new(HashMap::new()))
@@ -343,6 +363,7 @@ impl<A: Aggregate> Repository<A> {
         Repository { bus, stripes }
     }
 
+    /// The command bus this repository appends through.
     pub fn bus(&self) -> &CommandBus {
         &self.bus
     }
@@ -607,6 +628,8 @@ pub struct Decided {
 }
 
 impl<A: Aggregate> Repository<A> {
+    /// A [`CommandBatch`] for commands run inside a caller's transaction, on this repository's
+    /// cache.
     pub fn batch(self: &Arc<Self>) -> CommandBatch<A> {
         CommandBatch {
             repo: self.clone(),
@@ -744,8 +767,10 @@ impl<A: Aggregate> CommandBatch<A> {
 /// A technical failure of a [`CommandBatch`]: the caller rolls its transaction back.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The flush's append failed: a stream moved meanwhile, or the database failed.
     #[error(transparent)]
     Append(#[from] AppendError),
+    /// Loading a stream failed: the database, or a stored event that does not decode.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -41,27 +41,38 @@ use crate::transport::{Delivery, TopicLayout};
 /// A parked message as an operator sees it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct DeadLetter {
+    /// The row's id: what an operator retries or discards.
     pub id: i64,
     /// The consumer group that parked it.
     pub consumer: String,
     /// The physical topic it was read from.
     pub topic: String,
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset in the partition; the group moved past it when it parked it.
     pub offset: i64,
+    /// The message's id. A group parks one message once: parking it again updates this row.
     pub message_id: Uuid,
+    /// The key it was published with.
     pub partition_key: String,
+    /// The envelope's stream id; absent if the message was never an envelope.
     pub stream_id: Option<String>,
+    /// The envelope's event type; absent if the message was never an envelope.
     pub event_type: Option<String>,
     /// The handler's last error.
     pub error: String,
     /// Failed attempts, over every time it was parked.
     pub attempts: i32,
+    /// When the first attempt of the first parking failed.
     pub first_failed_at: DateTime<Utc>,
+    /// When the latest attempt failed.
     pub last_failed_at: DateTime<Utc>,
     /// `parked`, `retried` or `discarded`.
     pub status: String,
     /// When it was last retried or discarded.
     pub resolved_at: Option<DateTime<Utc>>,
+    /// The message as it was delivered; for bytes that were not an envelope, those bytes as a JSON
+    /// string.
     pub envelope: Value,
 }
 
@@ -80,18 +91,37 @@ pub const DEFAULT_PAGE: i64 = 50;
 /// Why a dead letter cannot be retried or discarded.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
+    /// No dead letter has this id.
     #[error("no dead letter {0}")]
     NotFound(i64),
+    /// The dead letter was retried or discarded already.
     #[error("dead letter {id} is {status}; only a parked message can be retried or discarded")]
-    NotParked { id: i64, status: String },
+    NotParked {
+        /// The dead letter's id.
+        id: i64,
+        /// Its status: `retried` or `discarded`.
+        status: String,
+    },
+    /// The parked bytes were never an envelope, so there is nothing to publish again.
     #[error("dead letter {id} was never a readable envelope ({error}); it can only be discarded")]
-    Undecodable { id: i64, error: String },
+    Undecodable {
+        /// The dead letter's id.
+        id: i64,
+        /// Why the bytes did not decode.
+        error: String,
+    },
+    /// The dead letter was read from a topic outside this deployment's prefix, so there is no
+    /// logical topic to publish it on.
     #[error("dead letter {id} comes from topic {topic}, which is not under this deployment's prefix {prefix:?}")]
     ForeignTopic {
+        /// The dead letter's id.
         id: i64,
+        /// The physical topic it was read from.
         topic: String,
+        /// This deployment's topic prefix.
         prefix: String,
     },
+    /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -192,6 +222,7 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<DeadLetter, DeadLetterErr
 /// A page of dead letters, in id order (the order they were first parked).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterPage {
+    /// The page's dead letters, in id order.
     pub dead_letters: Vec<DeadLetter>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<i64>,

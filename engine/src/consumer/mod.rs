@@ -13,8 +13,8 @@
 //! - **Poison messages are parked.** A message whose handler keeps failing is retried with
 //!   exponential backoff (its partition waits, the others go on); after `max_attempts` it is
 //!   written to `dead_letters` with its error, and the partition moves on.
-//! - **Groups are coordinated by PostgreSQL** (see [`leases`]), for both transports: members
-//!   share the partitions, and a dead member's partitions are taken over within seconds.
+//! - **Groups are coordinated by PostgreSQL** (see the `leases` module), for both transports:
+//!   members share the partitions, and a dead member's partitions are taken over within seconds.
 
 pub mod dead_letters;
 mod leases;
@@ -87,6 +87,7 @@ pub enum Hop {
     SagaStep,
 }
 
+/// Settings of a [`Consumer`].
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     /// The group: its members share the partitions, and its offsets are its own.
@@ -109,6 +110,8 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// Settings for group `group` on logical topics `topics`: 500 messages per poll, a failing
+    /// message parked after 5 attempts, applied message ids recorded.
     pub fn new(group: impl Into<String>, topics: &[&str]) -> Self {
         ConsumerConfig {
             group: group.into(),
@@ -136,14 +139,20 @@ impl ConsumerConfig {
 /// What a consumer did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct ConsumerStats {
+    /// Messages handed to the handler whose transaction committed.
     pub applied: AtomicU64,
+    /// Messages skipped: applied by the group before, or delivered twice in one batch.
     pub duplicates: AtomicU64,
+    /// Messages parked in `dead_letters`.
     pub dead_lettered: AtomicU64,
+    /// Failed attempts at a message and failed batches; each is retried.
     pub failures: AtomicU64,
     /// Partitions this member owns now.
     pub owned_partitions: AtomicU64,
 }
 
+/// One member of a consumer group: it reads the partitions it leases and applies each batch in one
+/// transaction with the group's offsets.
 pub struct Consumer {
     pool: PgPool,
     transport: Arc<dyn Transport>,
@@ -165,6 +174,8 @@ struct Failure {
 type PartitionKey = (String, i32);
 
 impl Consumer {
+    /// A member of `config.group` that reads through `transport` and applies with `handler`; its
+    /// offsets, leases and dead letters live in `pool`'s database.
     pub fn new(
         pool: PgPool,
         transport: Arc<dyn Transport>,
@@ -198,6 +209,7 @@ impl Consumer {
         self
     }
 
+    /// What this member did so far, updated while it runs.
     pub fn stats(&self) -> Arc<ConsumerStats> {
         self.stats.clone()
     }
@@ -715,12 +727,15 @@ enum ConsumeError {
 /// How far one partition of a group is behind the transport.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PartitionLag {
+    /// Physical topic.
     pub topic: String,
+    /// The partition.
     pub partition: i32,
     /// The group's committed position: the next offset it will apply.
     pub position: i64,
     /// The offset after the last message in the partition.
     pub end: i64,
+    /// Messages the group has yet to apply: `end - position`, never negative.
     pub lag: i64,
 }
 

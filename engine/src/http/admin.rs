@@ -18,6 +18,8 @@ use super::ApiError;
 pub struct AdminToken(Option<Arc<[u8; 32]>>);
 
 impl AdminToken {
+    /// The token the admin routes require; `None` or an empty token leaves them disabled. Only its
+    /// SHA-256 digest is kept.
     pub fn new(token: Option<&str>) -> Self {
         AdminToken(
             token
@@ -26,6 +28,7 @@ impl AdminToken {
         )
     }
 
+    /// Whether a token is configured, that is whether the admin routes answer at all.
     pub fn is_configured(&self) -> bool {
         self.0.is_some()
     }

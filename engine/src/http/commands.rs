@@ -45,7 +45,9 @@ async fn generic_command<A: Aggregate>(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenericCommand {
+    /// The command's name: the `snake_case` tag of a variant of the aggregate's command enum.
     pub command: String,
+    /// The command's fields; absent for a command that has none.
     #[serde(default)]
     pub payload: Option<Value>,
 }
@@ -53,16 +55,23 @@ pub struct GenericCommand {
 /// The default response to an accepted command.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AcceptedCommand<'a> {
+    /// The stream the command ran on: `<aggregate type>-<id>`.
     pub stream_id: &'a str,
+    /// The stream's version after the command; a read model has caught up with it once it reports
+    /// this version.
     pub version: i64,
+    /// The events the command recorded, in order; empty if it decided nothing.
     pub events: Vec<AcceptedEvent<'a>>,
 }
 
 /// An event a command recorded.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AcceptedEvent<'a> {
+    /// The event's message id.
     pub message_id: uuid::Uuid,
+    /// Its version in the stream.
     pub stream_version: i64,
+    /// Its type.
     pub event_type: &'a str,
 }
 

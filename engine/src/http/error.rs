@@ -14,6 +14,7 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(as = Error)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: ErrorDetail,
 }
 
@@ -29,12 +30,16 @@ pub struct ErrorDetail {
 /// An error response: a status, a stable snake_case code and a human-readable message.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// A stable snake_case code that clients may match on.
     pub code: &'static str,
+    /// What went wrong, for a human.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error answered with `status`, `code` and `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -43,14 +48,17 @@ impl ApiError {
         }
     }
 
+    /// A 400: the request is malformed.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// A 404: what the request names does not exist.
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// A 422: the request is well-formed, but refused.
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }

@@ -19,8 +19,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A JSON command body with the request's tracing metadata and idempotency key.
 pub struct CommandRequest<T> {
+    /// The parsed body.
     pub body: T,
+    /// The correlation id (from `X-Correlation-Id`, or minted) and trace context (`traceparent`) of
+    /// the request, for every event the command records.
     pub metadata: Metadata,
+    /// The `Idempotency-Key` with a fingerprint of the request, if the client sent one.
     pub idempotency: Option<IdempotencyRequest>,
 }
 

@@ -55,6 +55,7 @@ pub fn admin_router(
 /// One projection in `GET /admin/projections`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionInfo {
+    /// The projection's name, as `POST /admin/projections/{name}/rebuild` takes it.
     pub name: &'static str,
     /// The consumer group of its live projector.
     pub group: String,
@@ -62,6 +63,7 @@ pub struct ProjectionInfo {
     pub topic: &'static str,
     /// `idle`, `rebuilding` or `failed`: see [`RebuildStatus::state`].
     pub state: &'static str,
+    /// Its last (or running) rebuild.
     pub rebuild: RebuildStatus,
     /// Messages consumed: the sum of the group's committed offsets.
     pub position: Option<i64>,
@@ -69,6 +71,7 @@ pub struct ProjectionInfo {
     pub end: Option<i64>,
     /// `end - position`, summed over partitions.
     pub lag: Option<i64>,
+    /// Each partition's position, end and lag; empty when `lag_error` is set.
     pub partitions: Vec<PartitionLag>,
     /// Why the offsets are missing, if the transport could not be asked.
     pub lag_error: Option<String>,
@@ -100,6 +103,7 @@ async fn info(state: &AdminState, p: &dyn Projection) -> Result<ProjectionInfo, 
 /// Every projection of the application.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionList {
+    /// Every registered projection, by registration order.
     pub projections: Vec<ProjectionInfo>,
 }
 

@@ -26,7 +26,9 @@ pub const POSITION_HEADER: &str = "x-projection-position";
 /// State of the query routes.
 #[derive(Clone)]
 pub struct QueryState {
+    /// The pool the read models are read from.
     pub pool: PgPool,
+    /// The topic layout, which names the topics whose offsets make a list's position.
     pub layout: TopicLayout,
 }
 

@@ -119,16 +119,24 @@ struct ListQuery {
 /// One saga in a page of `GET /sagas`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaSummary {
+    /// The saga's id.
     pub saga_id: Uuid,
+    /// The saga type's name.
     pub saga_type: String,
+    /// `running | compensating | completed | compensated | failed`
     pub state: String,
+    /// The step being run or compensated; absent between steps and once the saga ended.
     pub current_step: Option<String>,
+    /// Why the saga stopped as `failed`, or else why it compensates: `{step, code, message}`.
+    /// Absent while nothing went wrong.
     pub failure: Option<Value>,
+    /// When the saga started.
     pub started_at: DateTime<Utc>,
     /// When its last event was recorded.
     pub updated_at: DateTime<Utc>,
     /// Seconds since `updated_at`: how long it has not moved.
     pub idle_seconds: i64,
+    /// The version of the saga's stream the row reflects.
     pub version: i64,
     /// `{"saga": "/sagas/<id>", "timeline": "/sagas/<id>/timeline"}`
     pub links: Value,
@@ -137,6 +145,7 @@ pub struct SagaSummary {
 /// A page of `GET /sagas`, least recently updated first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaPage {
+    /// The page's sagas.
     pub sagas: Vec<SagaSummary>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,
@@ -335,6 +344,7 @@ pub struct AbortBody {
 /// What an operator's input decided.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaCommanded {
+    /// The saga the input was run on.
     pub saga_id: Uuid,
     /// The types of the saga events it appended, in order.
     pub decided: Vec<String>,

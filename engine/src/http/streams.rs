@@ -21,6 +21,7 @@ use crate::store::EventStore;
 pub struct StreamsState {
     /// The stream types that can be folded.
     pub registry: Arc<Registry>,
+    /// The store the events are read from.
     pub store: EventStore,
 }
 
@@ -47,7 +48,9 @@ struct StreamQuery {
 /// A page of a stream's events, in version order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamPage {
+    /// The stream the page belongs to.
     pub stream_id: String,
+    /// Up to the page's limit of events, in version order.
     pub events: Vec<RecordedEvent>,
     /// Where the next page starts, if this page was full.
     pub next_from_version: Option<i64>,

@@ -28,6 +28,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Readiness of a process on `pool` and `transport`: not draining, each check given 1 s.
     pub fn new(pool: PgPool, transport: Arc<dyn Transport>) -> Self {
         Readiness {
             pool,
@@ -42,6 +43,7 @@ impl Readiness {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether shutdown has started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -97,6 +99,7 @@ pub fn readiness_router(readiness: Readiness) -> OpenApiRouter {
 pub struct ReadinessBody {
     /// `ready`, `not_ready` or `draining`.
     pub status: &'static str,
+    /// What was checked, and how it went.
     pub checks: ReadinessChecks,
 }
 

@@ -33,7 +33,9 @@ use crate::transport::Transport;
 /// A consumer group and the logical topics it reads, for `sagaflow_consumer_lag`.
 #[derive(Debug, Clone)]
 pub struct ConsumerGroup {
+    /// The consumer group.
     pub group: String,
+    /// Its logical topics; the lag is reported per topic, summed over partitions.
     pub topics: Vec<String>,
 }
 
@@ -41,10 +43,13 @@ pub struct ConsumerGroup {
 /// transport at scrape time, and any `extra` registries (the binary's own series).
 #[derive(Clone)]
 pub struct Scraper {
+    /// The database the scrape-time series are read from.
     pub pool: PgPool,
+    /// The transport whose end offsets the lag is measured against.
     pub transport: Arc<dyn Transport>,
     /// The groups whose lag is reported (all the application's, whichever process runs them).
     pub groups: Vec<ConsumerGroup>,
+    /// Registries rendered after the engine's own, such as a process's own series.
     pub extra: Vec<Registry>,
     /// Longest wait for each scrape-time collector; one that takes longer is reported as
     /// failed in `sagaflow_scrape_collector_success`, so a scrape never takes much longer.
@@ -52,6 +57,8 @@ pub struct Scraper {
 }
 
 impl Scraper {
+    /// A scraper of `groups` over `pool` and `transport`, with no extra registry and 1 s for the
+    /// scrape-time reads.
     pub fn new(pool: PgPool, transport: Arc<dyn Transport>, groups: Vec<ConsumerGroup>) -> Self {
         Scraper {
             pool,

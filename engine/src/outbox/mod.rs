@@ -19,8 +19,11 @@ pub const OUTBOX_SHARDS: i16 = 4;
 /// (stream id, saga id or target aggregate id) and the envelope.
 #[derive(Debug, Clone)]
 pub struct OutboxMessage {
+    /// Logical topic, such as `<context>.events`; the relay prepends the deployment's prefix.
     pub topic: String,
+    /// Decides the shard, the partition and so the order: messages with one key keep theirs.
     pub partition_key: String,
+    /// What is published, byte for byte as it is stored.
     pub envelope: Envelope,
 }
 

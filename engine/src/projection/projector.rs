@@ -41,12 +41,19 @@ use crate::transport::Delivery;
 /// An event as a projector reads it from the `events` table.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
+    /// The event's position in the whole store.
     pub global_position: i64,
+    /// The stream it belongs to: the row it changes.
     pub stream_id: String,
+    /// Its version in the stream: the version the row is at once it is folded.
     pub stream_version: i64,
+    /// Its type: the event enum's `snake_case` tag.
     pub event_type: String,
+    /// The schema version of `payload`; [`StoredEvent::decode`] upcasts from it.
     pub schema_version: i32,
+    /// The stored payload, in the shape of `schema_version`.
     pub payload: Value,
+    /// When it was appended.
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -95,34 +102,53 @@ impl StoredEvent {
 /// A read-model row and the stream version it reflects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<R> {
+    /// The stream the row folds.
     pub stream_id: String,
+    /// The stream version the row reflects: it is the fold of events `1..=version`.
     pub version: i64,
+    /// The row's state.
     pub row: R,
 }
 
+/// Why a projector could not fold or write a batch; the consumer retries it, a rebuild stops.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
+    /// A stored payload does not decode into the event type, even after upcasting.
     #[error("event {stream_id}@{stream_version} ({event_type}) cannot be decoded: {source}")]
     Decode {
+        /// The event's stream.
         stream_id: String,
+        /// Its version in the stream.
         stream_version: i64,
+        /// Its type.
         event_type: String,
+        /// What the decoder reported.
         source: serde_json::Error,
     },
+    /// The projector cannot apply the event: a history its aggregate never decides.
     #[error("event {stream_id}@{stream_version} cannot be applied: {message}")]
     Invalid {
+        /// The event's stream.
         stream_id: String,
+        /// Its version in the stream.
         stream_version: i64,
+        /// Why it cannot be applied.
         message: String,
     },
     /// The store does not hold an event that a delivery or a later event implies.
     #[error("stream {stream_id}: the event store holds no version {missing}")]
-    MissingEvents { stream_id: String, missing: i64 },
+    MissingEvents {
+        /// The stream with the hole.
+        stream_id: String,
+        /// The first version the store does not hold.
+        missing: i64,
+    },
+    /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// A read model: one row per stream whose id starts with [`Projector::stream_prefix`].
+/// A read model: one row per stream whose id starts with [`Projector::STREAM_PREFIX`].
 ///
 /// Implementing one is all a new read model needs (plus its table in a migration, and its
 /// registration with the application): the live consumer, the rebuild (CLI and admin route),
@@ -176,6 +202,7 @@ pub trait Projector: Send + Sync + 'static {
 /// What folding one event into a stream's state did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Folded {
+    /// The event was the next version; the state now reflects it.
     Applied,
     /// The state already reflects this version.
     Skipped,
@@ -248,6 +275,7 @@ pub struct ProjectorHandler<P: Projector> {
 }
 
 impl<P: Projector> ProjectorHandler<P> {
+    /// Runs `projector` live; [`consumer`](super::consumer) builds its consumer.
     pub fn new(projector: Arc<P>) -> Self {
         ProjectorHandler {
             projector,

@@ -79,18 +79,36 @@ fn lock_key(name: &str) -> i32 {
     (fnv1a(name.as_bytes()) & 0x7fff_ffff) as i32
 }
 
+/// Why a rebuild did not start or did not finish; one that stopped after it started leaves the
+/// projection `failed`.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
+    /// No projection is registered under this name.
     #[error("no projection named {name:?}; known: {known}")]
-    UnknownProjection { name: String, known: String },
+    UnknownProjection {
+        /// The name asked for.
+        name: String,
+        /// The registered projections' names, comma-separated.
+        known: String,
+    },
+    /// A rebuild of this projection (named here) holds its lock, in this or another process.
     #[error("projection {0} is already being rebuilt")]
     AlreadyRunning(String),
+    /// Folding or writing failed.
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    /// The rebuild's `reader` or `writer` task (named here) stopped unexpectedly.
     #[error("the rebuild's {0} task stopped unexpectedly")]
     TaskFailed(&'static str),
+    /// The snapshot's events were not all folded: `counted` when the rebuild started, `read` in the
+    /// end.
     #[error("the snapshot holds {counted} events but {read} were read")]
-    CountMismatch { counted: u64, read: u64 },
+    CountMismatch {
+        /// The events the snapshot held when the rebuild started.
+        counted: u64,
+        /// The events the rebuild folded.
+        read: u64,
+    },
 }
 
 impl From<sqlx::Error> for RebuildError {
@@ -102,6 +120,7 @@ impl From<sqlx::Error> for RebuildError {
 /// How far a running rebuild is.
 #[derive(Debug, Clone)]
 pub struct RebuildProgress {
+    /// The projection's name.
     pub name: &'static str,
     /// Events of the store folded so far.
     pub events_processed: u64,
@@ -109,10 +128,12 @@ pub struct RebuildProgress {
     pub events_total: u64,
     /// Rows written so far (most are written once the events are folded).
     pub rows_written: u64,
+    /// Time since the rebuild started.
     pub elapsed: Duration,
 }
 
 impl RebuildProgress {
+    /// Events folded per second since the rebuild started.
     pub fn events_per_second(&self) -> f64 {
         self.events_processed as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -162,14 +183,18 @@ impl Reporter {
 /// What a finished rebuild did.
 #[derive(Debug, Clone)]
 pub struct RebuildReport {
+    /// The projection's name.
     pub name: &'static str,
+    /// Events folded: every event of the projection's streams in the rebuild's snapshot.
     pub events: u64,
     /// Row writes issued (a stream's row may be written by several flushes).
     pub rows_written: u64,
+    /// How long the rebuild took.
     pub elapsed: Duration,
 }
 
 impl RebuildReport {
+    /// Events folded per second over the whole rebuild.
     pub fn events_per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -182,12 +207,17 @@ pub struct RebuildStatus {
     /// last rebuild stopped with `error`, or its process died: the read model may lack rows
     /// until it is rebuilt again).
     pub state: &'static str,
+    /// When the last (or running) rebuild started; absent if there never was one.
     pub started_at: Option<DateTime<Utc>>,
+    /// When the last rebuild ended; absent while one runs or if there never was one.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Events the last (or running) rebuild folded, as it last recorded them (every second).
     pub events_processed: i64,
+    /// Events the last (or running) rebuild folds in all; absent if there never was one.
     pub events_total: Option<i64>,
     /// Average rate of the last (or running) rebuild.
     pub events_per_second: Option<f64>,
+    /// Why the last rebuild failed.
     pub error: Option<String>,
 }
 

@@ -41,6 +41,7 @@ use metrics::metrics;
 /// First key of the relay's advisory locks (the second is the shard).
 const RELAY_LOCK_CLASS: i32 = 0x5346_5201;
 
+/// Settings of the outbox relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Rows per batch.
@@ -67,8 +68,11 @@ impl Default for RelayConfig {
 /// What the relay did, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct RelayStats {
+    /// Messages published since the relay was built.
     pub published: AtomicU64,
+    /// Batches published since the relay was built.
     pub batches: AtomicU64,
+    /// Batches that failed; their rows stayed in the outbox and were sent again.
     pub failures: AtomicU64,
     /// Duration of the last successful batch, in microseconds.
     pub last_batch_micros: AtomicU64,
@@ -77,11 +81,14 @@ pub struct RelayStats {
 }
 
 impl RelayStats {
+    /// Whether this process leads at least one outbox shard.
     pub fn leads_any(&self) -> bool {
         self.leading.load(Ordering::Relaxed) != 0
     }
 }
 
+/// The outbox relay of one process: a task per shard, publishing only while it holds that shard's
+/// advisory lock.
 pub struct Relay {
     pool: PgPool,
     lock_options: PgConnectOptions,
@@ -112,6 +119,7 @@ impl Relay {
         }
     }
 
+    /// What the relay did so far, updated while it runs.
     pub fn stats(&self) -> Arc<RelayStats> {
         self.stats.clone()
     }
@@ -403,10 +411,13 @@ impl Floor {
     }
 }
 
+/// Why a relay batch failed; its rows stay in the outbox and are sent again.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The transport did not accept the whole batch.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }

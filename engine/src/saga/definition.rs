@@ -57,11 +57,15 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> SagaData f
 
 /// A command for one participant aggregate.
 pub struct Invoke<A: Aggregate> {
+    /// The id of the target aggregate (without its type prefix); the command goes to stream
+    /// `<type>-<id>`.
     pub aggregate_id: String,
+    /// The command the participant decides on.
     pub command: A::Command,
 }
 
 impl<A: Aggregate> Invoke<A> {
+    /// A command for aggregate `aggregate_id` of type `A`.
     pub fn new(aggregate_id: impl ToString, command: A::Command) -> Self {
         Invoke {
             aggregate_id: aggregate_id.to_string(),
@@ -82,10 +86,13 @@ impl<A: Aggregate> Invoke<A> {
 /// A command for a participant, with its type erased: what travels in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
+    /// The target aggregate's type: the participant that runs the command.
     pub aggregate_type: String,
     /// The participant's bounded context: the command goes to `<context>.commands`.
     pub context: String,
+    /// The id of the target aggregate, without its type prefix.
     pub aggregate_id: String,
+    /// The command in its serde form (`{"command": …, "payload": …}`).
     pub command: Value,
 }
 
@@ -93,12 +100,17 @@ pub struct Invocation {
 /// timed out and a further `initial × 2^(n-1)` (capped, with up to 20 % jitter) passed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
+    /// Pause after the first timed-out attempt; it doubles with each further one.
     pub initial: Duration,
+    /// Attempts in all, the first one included; at least 1.
     pub max_attempts: u32,
+    /// The longest pause between two attempts, before jitter; 60 s by default.
     pub max_delay: Duration,
 }
 
 impl Backoff {
+    /// `max_attempts` attempts in all (at least one), pausing `initial` after the first timeout and
+    /// doubling up to 60 s.
     pub fn exponential(initial: Duration, max_attempts: u32) -> Self {
         Backoff {
             initial,
@@ -125,8 +137,14 @@ impl Backoff {
 /// Why a saga compensated or failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// The step that failed, or that was running when the saga was aborted (empty if none was);
+    /// `on_compensated` when the final command went unanswered.
     pub step: String,
+    /// A stable code: the participant's rejection code, `timeout`, `compensation_timeout`,
+    /// `final_command_timeout`, `saga_definition_error`, [`ABORTED`](super::ABORTED) or
+    /// [`ABORTED_BY_OPERATOR`](super::ABORTED_BY_OPERATOR).
     pub code: String,
+    /// A human-readable explanation.
     pub message: String,
 }
 
@@ -138,6 +156,7 @@ type FinalFn = Box<dyn Fn(&Value, &Failure) -> Result<Option<Invocation>, String
 
 /// One step, type-erased.
 pub struct StepDef {
+    /// The step's name, unique within its saga; it names the step in events, metadata and metrics.
     pub name: &'static str,
     /// The aggregate type its commands go to.
     pub invokes: &'static str,
@@ -146,13 +165,19 @@ pub struct StepDef {
     pub(crate) invoke: InvokeFn,
     pub(crate) on_success: Option<SuccessFn>,
     pub(crate) compensate: Option<InvokeFn>,
+    /// How long an attempt of the step waits for its replies; 10 s by default.
     pub timeout: Duration,
+    /// How often the step is sent when its replies time out; 3 attempts from 500 ms by default.
     pub retry: Backoff,
+    /// How long an attempt of the compensation waits for its replies; 10 s by default.
     pub compensation_timeout: Duration,
+    /// How often the compensation is sent when its replies time out; 10 attempts from 1 s by
+    /// default. After the last one the saga is `failed`.
     pub compensation_retry: Backoff,
 }
 
 impl StepDef {
+    /// Whether the step has a compensation: a step without one is skipped when compensating.
     pub fn has_compensation(&self) -> bool {
         self.compensate.is_some()
     }
@@ -160,6 +185,8 @@ impl StepDef {
 
 /// A saga definition, ready for the orchestrator.
 pub struct Saga {
+    /// The saga type's name, unique within an application: it derives the saga ids
+    /// ([`saga_id`]) and names the type in the `sagas` read model and the metrics.
     pub name: &'static str,
     /// The aggregate type whose events start it (`started_by`).
     pub started_by: Option<&'static str>,
@@ -171,6 +198,7 @@ pub struct Saga {
     pub(crate) start: Option<StartFn>,
     pub(crate) abort_topics: Vec<String>,
     pub(crate) aborts: Vec<AbortFn>,
+    /// The steps, in the order they run; compensations run in reverse order.
     pub steps: Vec<StepDef>,
     pub(crate) on_compensated: Option<FinalFn>,
 }
@@ -266,6 +294,8 @@ fn is_stream_of<A: Aggregate>(envelope: &Envelope) -> bool {
 }
 
 impl<D: SagaData> SagaDefinition<D> {
+    /// An empty definition named `name`; the name also derives every saga id ([`saga_id`]), so it
+    /// must never change once sagas of the type ran.
     pub fn new(name: &'static str) -> Self {
         SagaDefinition {
             saga: Saga {
@@ -338,6 +368,7 @@ impl<D: SagaData> SagaDefinition<D> {
         self
     }
 
+    /// The definition, for the orchestrator.
     pub fn build(self) -> Arc<Saga> {
         Arc::new(self.saga)
     }
@@ -472,6 +503,7 @@ impl<D: SagaData, A: Aggregate> StepWith<D, A> {
         self.finish().on_compensated(f)
     }
 
+    /// The definition, for the orchestrator.
     pub fn build(self) -> Arc<Saga> {
         self.finish().build()
     }

@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 /// Logical topic of all replies.
 pub const REPLIES_TOPIC: &str = "saga.replies";
+/// The `event_type` of a saga command's envelope.
 pub const COMMAND_EVENT_TYPE: &str = "saga_command";
+/// The `event_type` of a reply's envelope.
 pub const REPLY_EVENT_TYPE: &str = "saga_reply";
 
 /// Logical topic of the saga commands for a bounded context.
@@ -25,7 +27,9 @@ pub fn commands_topic(context: &str) -> String {
 /// The payload of a saga command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaCommand {
+    /// The participant's aggregate type.
     pub aggregate_type: String,
+    /// The target aggregate's id, without its type prefix.
     pub aggregate_id: String,
     /// The participant aggregate's command, as its serde form (`{"command": .., "payload": ..}`).
     pub command: Value,
@@ -36,6 +40,7 @@ pub struct SagaCommand {
 pub struct SagaReply {
     /// The message id of the command this answers.
     pub command_id: Uuid,
+    /// Whether the command was applied or rejected.
     #[serde(flatten)]
     pub outcome: ReplyOutcome,
 }
@@ -46,14 +51,24 @@ pub struct SagaReply {
 pub enum ReplyOutcome {
     /// The command was applied; these are the events it recorded (none for an idempotent
     /// repeat).
-    Succeeded { events: Vec<ReplyEvent> },
+    Succeeded {
+        /// The events, in the order they were recorded.
+        events: Vec<ReplyEvent>,
+    },
     /// The domain rejected the command: a business outcome, never retried.
-    Rejected { code: String, message: String },
+    Rejected {
+        /// The rejection's stable code ([`DomainError::code`](crate::DomainError::code)).
+        code: String,
+        /// The rejection's message, for people.
+        message: String,
+    },
 }
 
 /// An event recorded by a participant, as carried in a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplyEvent {
+    /// The event's `snake_case` tag.
     pub event_type: String,
+    /// The event's payload, in its current schema.
     pub payload: Value,
 }

@@ -86,7 +86,9 @@ pub enum Commanded {
     /// These events were appended (and their commands put in the outbox) in one transaction;
     /// the saga's state after them.
     Applied {
+        /// The events appended, in order.
         events: Vec<SagaEvent>,
+        /// The saga's state after them.
         state: SagaState,
     },
 }
@@ -100,6 +102,8 @@ struct Work<'a> {
 }
 
 impl Orchestrator {
+    /// An orchestrator of `sagas` on `pool`'s database, with an empty cache. Building it starts
+    /// nothing: see [`Orchestrator::consumer`] and [`Orchestrator::run_deadlines`].
     pub fn new(pool: PgPool, sagas: Vec<Arc<Saga>>) -> Self {
         Orchestrator {
             sagas: sagas.into_iter().map(|s| (s.name, s)).collect(),
@@ -155,6 +159,7 @@ impl Orchestrator {
         self.ended.subscribe()
     }
 
+    /// The registered saga named `name`.
     pub fn saga(&self, name: &str) -> Option<&Arc<Saga>> {
         self.sagas.get(name)
     }

@@ -33,6 +33,8 @@ pub struct Participant<A: Aggregate> {
 }
 
 impl<A: Aggregate> Participant<A> {
+    /// A participant running its commands through `repo`, the repository the process shares for
+    /// `A`, so that its commands and those of the routes queue behind each other per stream.
     pub fn new(repo: Arc<Repository<A>>) -> Self {
         Participant {
             repo,

@@ -24,17 +24,28 @@ pub const TERMINAL_STATES: [&str; 3] = ["completed", "compensated", "failed"];
 /// One saga as the read model holds it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct SagaView {
+    /// The saga's id ([`saga_id`](super::saga_id) of its type and its starting stream).
     pub saga_id: Uuid,
+    /// The saga type's name.
     pub saga_type: String,
     /// `running | compensating | completed | compensated | failed`
     pub state: String,
+    /// The step being run or compensated; absent between steps and once the saga ended.
     pub current_step: Option<String>,
+    /// The saga data, as the steps left it.
     pub data: Value,
+    /// Why the saga stopped as `failed`, or else why it compensates: `{step, code, message}`
+    /// ([`Failure`](super::Failure)). Absent while nothing went wrong.
     pub failure: Option<Value>,
+    /// Every step of the saga, as a list of [`StepView`](super::StepView)s.
     pub steps: Value,
+    /// The correlation id of the request that started the saga.
     pub correlation_id: Uuid,
+    /// When the saga started.
     pub started_at: DateTime<Utc>,
+    /// When the saga's last event was recorded.
     pub updated_at: DateTime<Utc>,
+    /// The version of the saga's stream this row reflects.
     pub version: i64,
 }
 
@@ -57,6 +68,7 @@ pub struct SagaFilter {
     pub states: Option<Vec<String>>,
     /// Sagas whose last event was recorded at or before this time.
     pub updated_at_or_before: Option<DateTime<Utc>>,
+    /// Sagas of this type only.
     pub saga_type: Option<String>,
     /// Continue after this `(updated_at, saga_id)`, the last of the previous page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
@@ -65,13 +77,21 @@ pub struct SagaFilter {
 /// A saga in a list: everything but its data and steps.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SagaRow {
+    /// The saga's id.
     pub saga_id: Uuid,
+    /// The saga type's name.
     pub saga_type: String,
+    /// `running | compensating | completed | compensated | failed`
     pub state: String,
+    /// The step being run or compensated; absent between steps and once the saga ended.
     pub current_step: Option<String>,
+    /// Why the saga stopped as `failed`, or else why it compensates: `{step, code, message}`.
     pub failure: Option<Value>,
+    /// When the saga started.
     pub started_at: DateTime<Utc>,
+    /// When the saga's last event was recorded.
     pub updated_at: DateTime<Utc>,
+    /// The version of the saga's stream this row reflects.
     pub version: i64,
 }
 

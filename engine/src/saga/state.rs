@@ -20,9 +20,11 @@ use crate::store::StoreError;
 /// A command the saga sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentCommand {
+    /// The command's message id; its reply names it as `command_id`.
     pub message_id: Uuid,
     /// Position among the step's commands (a step may fan out).
     pub index: usize,
+    /// Where the command went and what it said.
     #[serde(flatten)]
     pub invocation: Invocation,
 }
@@ -30,8 +32,11 @@ pub struct SentCommand {
 /// A successful reply folded into the [`SagaEvent::StepSucceeded`] it caused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompletingReply {
+    /// The message id of the command the reply answered.
     pub command_id: Uuid,
+    /// The command's position among the step's commands.
     pub index: usize,
+    /// The events the participant recorded for it.
     pub events: Vec<ReplyEvent>,
 }
 
@@ -39,30 +44,51 @@ pub struct CompletingReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
 pub enum SagaEvent {
+    /// The saga started: the first event of every saga stream.
     SagaStarted {
+        /// The saga type's name ([`Saga::name`]).
         saga_type: String,
+        /// The saga data as the definition derived it from the start event.
         data: Value,
+        /// The names of the definition's steps when the saga started, in order; step indexes refer
+        /// to this list.
         steps: Vec<String>,
         /// The correlation id of the request that started it, carried by every command.
         correlation_id: Uuid,
     },
+    /// An attempt of a step sent its commands.
     StepInvoked {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
+        /// The attempt, from 1.
         attempt: u32,
+        /// The commands of this attempt: all of the step's on the first, only the unanswered ones
+        /// on later attempts.
         commands: Vec<SentCommand>,
+        /// When the replies are due; past it, the attempt times out.
         deadline_at: DateTime<Utc>,
     },
+    /// A participant answered a command of the current step (or compensation).
     ReplyReceived {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
+        /// The command answered.
         command_id: Uuid,
+        /// The command's position among the step's commands.
         index: usize,
+        /// Whether the command was applied or rejected.
         #[serde(flatten)]
         outcome: ReplyOutcome,
     },
+    /// Every command of the step succeeded; the next step follows, or the saga completes.
     StepSucceeded {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
         /// The saga data after the step, when the step's replies changed it; absent, the data
         /// stays as it was (most steps only need a reply to succeed, and a saga's data can
@@ -74,55 +100,94 @@ pub enum SagaEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply: Option<CompletingReply>,
     },
+    /// The step failed: a command was rejected, its replies never came, or its commands or data
+    /// could not be built. Compensation follows.
     StepFailed {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
+        /// The rejection's code, `timeout`, `invalid_reply` or `saga_definition_error`.
         code: String,
+        /// Why, for people.
         message: String,
     },
+    /// An attempt of a step got no reply in time.
     StepTimedOut {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
+        /// The attempt that timed out.
         attempt: u32,
+        /// When the next attempt is sent; absent when this was the last and the step fails.
         retry_at: Option<DateTime<Utc>>,
     },
+    /// The saga compensates: the steps that may have had effects and have a compensation are
+    /// undone, latest first.
     CompensationStarted {
+        /// Why: the failed step, or the abort.
         failure: Failure,
         /// Steps to compensate, in order (reverse order of completion).
         steps: Vec<usize>,
     },
+    /// An attempt of a step's compensation sent its commands.
     CompensationInvoked {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
+        /// The attempt, from 1.
         attempt: u32,
+        /// The commands of this attempt: all of them on the first, only the unanswered ones on
+        /// later attempts.
         commands: Vec<SentCommand>,
+        /// When the replies are due; past it, the attempt times out.
         deadline_at: DateTime<Utc>,
     },
+    /// Every command of a step's compensation succeeded; the next compensation follows.
     CompensationDone {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
     },
+    /// An attempt of a step's compensation got no reply in time.
     CompensationTimedOut {
+        /// The step's index, from 0.
         step: usize,
+        /// The step's name.
         name: String,
+        /// The attempt that timed out.
         attempt: u32,
+        /// When the next attempt is sent; absent when this was the last and the saga fails.
         retry_at: Option<DateTime<Utc>>,
     },
+    /// Every step succeeded: the saga ended as `completed`.
     SagaCompleted,
     /// Every step was compensated; the definition's final command (reject the order, say)
     /// is sent, and the saga ends when it is answered.
     FinalCommandInvoked {
+        /// The attempt, from 1; the final command is sent at most 10 times.
         attempt: u32,
+        /// The command sent.
         command: SentCommand,
+        /// When its reply is due; past it, the command is sent again.
         deadline_at: DateTime<Utc>,
     },
+    /// The saga ended as `compensated`: every completed step was undone.
     SagaCompensated {
+        /// Why it compensated.
         failure: Failure,
         /// How the final command was answered, if there was one (`succeeded`, or the code
         /// it was rejected with).
         final_outcome: Option<String>,
     },
+    /// The saga stopped as `failed`: a compensation was rejected or kept timing out, the final
+    /// command went unanswered, or the definition could not build a compensation. It waits for
+    /// an operator to re-drive it ([`SagaInput::Retry`]).
     SagaFailed {
+        /// What failed.
         failure: Failure,
     },
     /// An operator asked to re-drive the saga: a failed saga from where it failed
@@ -134,17 +199,25 @@ pub enum SagaEvent {
 
 impl DomainEvent for SagaEvent {}
 
+/// Where a saga is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {
+    /// Steps are running.
     Running,
+    /// Completed steps are being undone.
     Compensating,
+    /// Every step succeeded. Terminal.
     Completed,
+    /// Every completed step was undone (and the final command answered). Terminal.
     Compensated,
+    /// Stopped: a compensation or the final command could not finish. Terminal until an
+    /// operator re-drives it.
     Failed,
 }
 
 impl SagaStatus {
+    /// Whether the saga has ended: `completed`, `compensated` or `failed`.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -152,6 +225,7 @@ impl SagaStatus {
         )
     }
 
+    /// The status as it is stored and served: `running`, `compensating`, …
     pub fn as_str(self) -> &'static str {
         match self {
             SagaStatus::Running => "running",
@@ -163,28 +237,44 @@ impl SagaStatus {
     }
 }
 
+/// Where one step of a saga is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
+    /// Not sent yet.
     Pending,
+    /// Sent; waiting for its replies.
     Running,
+    /// Every command succeeded.
     Succeeded,
+    /// It failed; its `error` says why.
     Failed,
+    /// Its compensation was sent; waiting for its replies.
     Compensating,
+    /// Undone.
     Compensated,
+    /// Its compensation was rejected or kept timing out: the saga is `failed`.
     CompensationFailed,
 }
 
 /// One step as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepView {
+    /// The step's name.
     pub name: String,
+    /// Where it is.
     pub status: StepStatus,
+    /// The attempt the step is at (0 if it was never sent).
     pub attempts: u32,
+    /// The attempt its compensation is at (0 if it was never sent).
     pub compensation_attempts: u32,
+    /// How many attempts of the step and of its compensation timed out.
     pub timeouts: u32,
+    /// When its first attempt was sent.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it succeeded, failed or was compensated.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed or its compensation failed: `<code>: <message>`.
     pub error: Option<String>,
 }
 
@@ -198,31 +288,45 @@ pub enum DeadlineKind {
     Retry,
 }
 
+/// When the saga waits for something next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deadline {
+    /// When it is due.
     pub at: DateTime<Utc>,
+    /// What is due then.
     pub kind: DeadlineKind,
 }
 
 /// The fold of a saga's events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SagaState {
+    /// The saga type's name; empty before the saga started.
     pub saga_type: String,
+    /// Where the saga is; absent until it started.
     pub status: Option<SagaStatus>,
+    /// The saga data, updated by the steps' `on_success`.
     pub data: Value,
     /// The step being executed or compensated.
     pub current: Option<usize>,
+    /// Whether `current` is being compensated rather than run.
     pub compensating: bool,
+    /// The attempt of the current step, compensation or final command, from 1.
     pub attempt: u32,
+    /// The next moment the saga waits for (replies, or a retry); absent when nothing is due.
     pub deadline: Option<Deadline>,
     /// Why the saga compensates (the step that failed, or the abort).
     pub failure: Option<Failure>,
     /// Why the saga stopped as `failed` (a compensation that kept failing); cleared by a retry.
     pub error: Option<Failure>,
+    /// Every step of the definition, in order.
     pub steps: Vec<StepView>,
+    /// The correlation id of the request that started the saga; every message it sends carries it.
     pub correlation_id: Uuid,
+    /// When the saga started.
     pub started_at: Option<DateTime<Utc>>,
+    /// When its last event was recorded.
     pub updated_at: Option<DateTime<Utc>>,
+    /// The saga stream's version this state is the fold of.
     pub version: i64,
     #[serde(skip)]
     completed: Vec<usize>,
@@ -244,10 +348,12 @@ pub struct SagaState {
 }
 
 impl SagaState {
+    /// Whether the saga has started (its stream has events).
     pub fn is_started(&self) -> bool {
         self.status.is_some()
     }
 
+    /// The name of the step being run or compensated, if any.
     pub fn current_step_name(&self) -> Option<&str> {
         self.current
             .and_then(|i| self.steps.get(i))
@@ -472,10 +578,17 @@ impl SagaState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SagaInput {
     /// The start event arrived, with the data the definition derived from it.
-    Start { data: Value, correlation_id: Uuid },
+    Start {
+        /// The saga data.
+        data: Value,
+        /// The correlation id of the request that caused the start event.
+        correlation_id: Uuid,
+    },
     /// A participant answered a command.
     Reply {
+        /// The message id of the command answered.
         command_id: Uuid,
+        /// Whether it was applied or rejected.
         outcome: ReplyOutcome,
     },
     /// The saga's deadline passed.
@@ -483,7 +596,12 @@ pub enum SagaInput {
     /// Compensate and end (a cancelled trip, an operator's abort). Applies to a running
     /// saga only. The saga's failure code is [`ABORTED`], or [`ABORTED_BY_OPERATOR`] when
     /// `by_operator`, so a definition's final command can tell them apart.
-    Abort { reason: String, by_operator: bool },
+    Abort {
+        /// Why, as the failure's message.
+        reason: String,
+        /// Whether an operator asked for it (code [`ABORTED_BY_OPERATOR`] rather than [`ABORTED`]).
+        by_operator: bool,
+    },
     /// Re-drive a failed saga: the compensation (or step) that failed is sent again.
     Retry,
     /// An operator re-drives whatever is stuck: a failed saga as [`SagaInput::Retry`] does;

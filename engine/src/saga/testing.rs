@@ -30,6 +30,8 @@ use super::messages::{ReplyEvent, ReplyOutcome};
 use super::state::{decide, SagaEvent, SagaInput, SagaState, SagaStatus, SentCommand};
 use crate::aggregate::{encode_event, Aggregate};
 
+/// One saga instance driven by hand: the real decision function and fold, a clock that only moves
+/// when a deadline passes, no database and no jitter.
 pub struct SagaTest {
     saga: Arc<Saga>,
     state: SagaState,
@@ -97,14 +99,17 @@ impl SagaTest {
         self.last_events = events;
     }
 
+    /// The saga's state, folded from every event decided so far.
     pub fn state(&self) -> &SagaState {
         &self.state
     }
 
+    /// The saga's status; panics before the saga started.
     pub fn status(&self) -> SagaStatus {
         self.state.status.expect("started")
     }
 
+    /// The saga data, decoded as `D`.
     pub fn data<D: SagaData>(&self) -> D {
         serde_json::from_value(self.state.data.clone()).expect("saga data decodes")
     }
@@ -172,6 +177,7 @@ impl SagaTest {
         self
     }
 
+    /// A domain event aborts the saga (`aborted_by`) with `reason`.
     pub fn abort(mut self, reason: &str) -> Self {
         self.input(SagaInput::Abort {
             reason: reason.into(),
@@ -189,6 +195,7 @@ impl SagaTest {
         self
     }
 
+    /// The failed saga is re-driven from where it failed ([`SagaInput::Retry`]).
     pub fn retry(mut self) -> Self {
         self.input(SagaInput::Retry);
         self
@@ -245,6 +252,8 @@ impl SagaTest {
         self
     }
 
+    /// Expects exactly one forward command from the last input: `command` to aggregate `id` of type
+    /// `A`.
     pub fn expect_command<A: Aggregate>(self, id: impl ToString, command: A::Command) -> Self {
         self.expect_commands::<A>(vec![(id.to_string(), command)])
     }
@@ -285,6 +294,7 @@ impl SagaTest {
         self.reply_ok(0).expect_status(SagaStatus::Compensated)
     }
 
+    /// Expects the saga to be in `status`.
     pub fn expect_status(self, status: SagaStatus) -> Self {
         assert_eq!(self.state.status, Some(status), "{:?}", self.last_events);
         self

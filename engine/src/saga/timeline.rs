@@ -30,10 +30,15 @@ pub const MAX_TIMELINE: i64 = 10_000;
 /// first, the two swap places (and the times shown there go backwards).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Timeline {
+    /// The saga's id.
     pub saga_id: Uuid,
+    /// The saga type's name.
     pub saga_type: String,
+    /// The saga's status in the `sagas` read model: `running`, `compensating`, …
     pub state: String,
+    /// The correlation id the saga's events and its participants' events share.
     pub correlation_id: Uuid,
+    /// The entries, in the order described above.
     pub entries: Vec<TimelineEntry>,
     /// More entries exist than `limit` allowed.
     pub truncated: bool,
@@ -42,6 +47,7 @@ pub struct Timeline {
 /// A command the saga sent, as the timeline shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SentSummary {
+    /// The command's message id; a reply names it as the command it answers.
     pub message_id: Uuid,
     /// The target stream (`hotel-LIS-1`).
     pub target: String,
@@ -54,14 +60,19 @@ pub struct SentSummary {
 pub struct TimelineEntry {
     /// When the event was recorded.
     pub at: DateTime<Utc>,
+    /// The event's position in the whole store; it orders events recorded at the same time.
     pub global_position: i64,
+    /// The stream the event belongs to.
     pub stream_id: String,
+    /// The event's version in its stream.
     pub stream_version: i64,
     /// `saga` for the saga's own events, `participant` for the others.
     pub source: &'static str,
+    /// The event's type (`step_invoked`, `reply_received`, or a participant's own).
     pub event_type: String,
     /// The saga step the event belongs to (`on_compensated` for the final command).
     pub step: Option<String>,
+    /// The attempt of the step, compensation or final command the event belongs to, from 1.
     pub attempt: Option<u32>,
     /// The commands sent by an invocation (`step_invoked`, `compensation_invoked`,
     /// `final_command_invoked`); for a reply, the command it answers.
@@ -71,13 +82,17 @@ pub struct TimelineEntry {
     pub outcome: Option<String>,
     /// The rejection, failure or timeout code.
     pub code: Option<String>,
+    /// The rejection's or failure's message, for people.
     pub message: Option<String>,
     /// Until when an invocation waits for replies, or when a timed-out step is tried again.
     pub due_at: Option<DateTime<Utc>>,
     /// One line for a human.
     pub summary: String,
+    /// The event's message id.
     pub message_id: Uuid,
+    /// The message that caused the event, if it was caused by one.
     pub causation_id: Option<Uuid>,
+    /// The event's stored payload.
     pub payload: Value,
 }
 

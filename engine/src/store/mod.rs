@@ -21,34 +21,50 @@ use crate::envelope::{Envelope, Metadata, RecordedEvent};
 /// An event about to be appended.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// UUIDv7 minted by the writer; unique across the store, so an event is never stored twice.
     pub message_id: Uuid,
+    /// The stable `snake_case` tag of the event enum's variant.
     pub event_type: String,
+    /// The payload's schema version (see [`DomainEvent::schema_version`]).
     pub schema_version: i32,
+    /// The event's data, in the shape of `schema_version`.
     pub payload: Value,
+    /// Correlation, causation, trace and saga context, stored with the event.
     pub metadata: Metadata,
 }
 
+/// Why an append wrote nothing that may be committed: the caller rolls its transaction back.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     /// The stream is not at the expected version: someone else appended first.
     #[error("stream {stream_id} is at version {actual}, expected {expected}")]
     Conflict {
+        /// The stream that was not at its expected version.
         stream_id: String,
+        /// The version the writer decided on.
         expected: i64,
+        /// The stream's committed version, written by someone else.
         actual: i64,
     },
+    /// The database failed; whether the stream moved is unknown.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
+/// Why stored events could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A stored payload does not decode into the event type, even after upcasting.
     #[error("stored event {message_id} ({event_type}) cannot be decoded: {source}")]
     Decode {
+        /// The undecodable event's message id.
         message_id: Uuid,
+        /// Its event type.
         event_type: String,
+        /// What the decoder reported.
         source: serde_json::Error,
     },
+    /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -105,16 +121,20 @@ WITH t AS (
 )
 SELECT message_id, global_position, recorded_at FROM inserted";
 
+/// The event store: the `events` table, appended to under the expected-version guard and read
+/// by stream or in global order. Cloning shares the pool.
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
 }
 
 impl EventStore {
+    /// An event store on `pool`, whose database the engine's migrations were applied to.
     pub fn new(pool: PgPool) -> Self {
         EventStore { pool }
     }
 
+    /// The pool the store reads with (appends run on the caller's transaction).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

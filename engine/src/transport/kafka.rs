@@ -49,6 +49,7 @@ use crate::envelope::Envelope;
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
     pub brokers: String,
+    /// Topic names and partition count; every process of a deployment must use the same.
     pub layout: TopicLayout,
     /// librdkafka properties applied last, to every client (producer, readers, admin), so they
     /// override the transport's own settings (tests shorten timeouts with these).

@@ -60,7 +60,9 @@ pub struct OutgoingMessage {
     pub outbox_id: i64,
     /// Physical topic.
     pub topic: String,
+    /// The partition, chosen by the relay: [`TopicLayout::partition_of`] of `key`.
     pub partition: i32,
+    /// The outbox row's partition key: a stream id, a saga id or a command's target stream.
     pub key: String,
     /// The envelope's header, for headers and tracing. From the relay it comes without its
     /// payload (`Null`, see [`Envelope::decode_header`]): `payload` carries the message.
@@ -74,9 +76,13 @@ pub struct OutgoingMessage {
 pub struct Delivery {
     /// Physical topic.
     pub topic: String,
+    /// The partition it was read from.
     pub partition: i32,
+    /// Its offset in the partition; once it is applied, the group's position is `offset + 1`.
     pub offset: i64,
+    /// The key it was published with.
     pub key: String,
+    /// The message; for bytes that were not an envelope, see `decode_error`.
     pub envelope: Envelope,
     /// Set when the bytes on the wire were not an envelope. `envelope` then carries the raw
     /// bytes as a JSON string in `payload` under a fresh `message_id`; the consumer parks such
@@ -85,6 +91,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The envelope's message id, by which consumers de-duplicate.
     pub fn message_id(&self) -> Uuid {
         self.envelope.message_id
     }
@@ -120,16 +127,21 @@ impl Delivery {
 /// Where a reader should read one partition from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Position {
+    /// Physical topic.
     pub topic: String,
+    /// Partition of the topic, from 0.
     pub partition: i32,
+    /// The next offset to read.
     pub offset: i64,
 }
 
+/// Why a transport could not publish or read; the caller retries.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The sink or source is unreachable or refused; retry later.
     #[error("transport unavailable: {0}")]
     Unavailable(String),
+    /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -140,6 +152,7 @@ pub trait Transport: Send + Sync + 'static {
     /// `postgres` or `kafka`.
     fn kind(&self) -> &'static str;
 
+    /// The topic names and partition count the transport was built with.
     fn layout(&self) -> &TopicLayout;
 
     /// Creates the physical topics of these logical topics if they do not exist.

@@ -19,6 +19,7 @@ use crate::envelope::Envelope;
 /// The notification channel rung after the relay commits new messages.
 pub const LOG_CHANNEL: &str = "sagaflow_message_log";
 
+/// The embedded transport: a partitioned log in the engine's own database, needing no broker.
 pub struct PostgresTransport {
     pool: PgPool,
     layout: TopicLayout,
@@ -26,6 +27,8 @@ pub struct PostgresTransport {
 }
 
 impl PostgresTransport {
+    /// A transport on `pool`'s database with `layout`; readers wait on the [`LOG_CHANNEL`]
+    /// doorbell.
     pub fn new(pool: PgPool, layout: TopicLayout) -> Self {
         let bell = Doorbell::new(pool.clone(), LOG_CHANNEL);
         PostgresTransport { pool, layout, bell }

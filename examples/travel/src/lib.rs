@@ -2,6 +2,8 @@
 //! aggregate, whose `trip_requested` starts the [`booking`] saga, and the command line every
 //! sagaflow application gets.
 
+#![warn(missing_docs)]
+
 pub mod booking;
 pub mod trip;
 

@@ -20,9 +20,13 @@ pub const MAX_TRAVELLERS: u32 = 6;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TripStatus {
+    /// Requested; its booking saga runs.
     Requested,
+    /// Its party was approved; it waits for confirmation.
     Approved,
+    /// Booked. Final: a confirmed trip is never rejected.
     Confirmed,
+    /// Refused, or its booking failed. Final.
     Rejected,
 }
 
@@ -53,8 +57,10 @@ impl Trip {
 pub enum TripCommand {
     /// Requests the trip; its booking saga starts.
     Request {
+        /// Where to, 1 to 100 characters.
         #[schema(min_length = 1, max_length = 100)]
         destination: String,
+        /// How many travellers, 1 to 100; more than [`MAX_TRAVELLERS`] are refused at approval.
         #[schema(minimum = 1, maximum = 100)]
         travellers: u32,
     },
@@ -64,6 +70,7 @@ pub enum TripCommand {
     Confirm,
     /// Rejects a trip that is not confirmed (the booking saga compensated).
     Reject {
+        /// Why; the booking saga gives its failure code.
         #[schema(min_length = 1, max_length = 200)]
         reason: String,
     },
@@ -86,12 +93,18 @@ impl DomainCommand for TripCommand {
 pub enum TripEvent {
     /// The trip was requested: the event that starts its booking saga.
     TripRequested {
+        /// Where to.
         destination: String,
+        /// How many travellers.
         travellers: u32,
     },
+    /// The party was approved.
     TripApproved,
+    /// The trip is booked.
     TripConfirmed,
+    /// The trip was refused, or its booking failed.
     TripRejected {
+        /// Why; the booking saga gives its failure code.
         reason: String,
     },
 }
@@ -101,14 +114,19 @@ impl DomainEvent for TripEvent {}
 /// Why a trip refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TripError {
+    /// The trip exists already: `request` is not repeated.
     #[error("the trip was requested already")]
     AlreadyRequested,
+    /// The trip was never requested.
     #[error("no such trip")]
     NotFound,
+    /// The destination or the party size is out of bounds.
     #[error("a destination is 1 to 100 characters and a party 1 to 100 travellers")]
     InvalidRequest,
+    /// The party has more than [`MAX_TRAVELLERS`] travellers.
     #[error("parties of more than {MAX_TRAVELLERS} travellers are not booked")]
     PartyTooLarge,
+    /// The command does not apply to a trip in this status.
     #[error("the trip is {0:?}")]
     WrongStatus(TripStatus),
 }

@@ -19,15 +19,29 @@ use crate::types::Quantity;
 )]
 pub enum InventoryCommand {
     /// Adds units to the stock on hand.
-    Restock { quantity: Quantity },
+    Restock {
+        /// Units to add.
+        quantity: Quantity,
+    },
     /// Sets units aside for an order. Idempotent per order: repeating it with the same
     /// quantity decides nothing.
-    Reserve { order_id: Uuid, quantity: Quantity },
+    Reserve {
+        /// The order the units are for; an order holds at most one reservation per SKU.
+        order_id: Uuid,
+        /// Units to set aside.
+        quantity: Quantity,
+    },
     /// Gives an order's reservation back (a saga compensation). Idempotent: releasing what is
     /// not reserved decides nothing.
-    Release { order_id: Uuid },
+    Release {
+        /// The order whose reservation goes back.
+        order_id: Uuid,
+    },
     /// Ships an order's reservation: the units leave the stock.
-    Commit { order_id: Uuid },
+    Commit {
+        /// The order whose reservation ships.
+        order_id: Uuid,
+    },
 }
 
 impl DomainCommand for InventoryCommand {

@@ -11,21 +11,30 @@ use sagaflow_engine::DomainEvent;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
 pub enum InventoryEvent {
+    /// Units arrived.
     StockRestocked {
+        /// How many.
         quantity: i64,
     },
+    /// Units were set aside for an order.
     StockReserved {
+        /// The order they are for.
         order_id: Uuid,
+        /// How many.
         quantity: i64,
     },
     /// The order's whole reservation went back to the available stock.
     StockReleased {
+        /// The order whose reservation it was.
         order_id: Uuid,
+        /// How many units it held.
         quantity: i64,
     },
     /// The order's whole reservation left the stock (on hand and reserved both drop by it).
     StockCommitted {
+        /// The order whose reservation it was.
         order_id: Uuid,
+        /// How many units left the stock.
         quantity: i64,
     },
 }

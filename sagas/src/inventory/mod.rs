@@ -106,18 +106,33 @@ impl Inventory {
 /// Why an inventory command was refused. Nothing was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InventoryError {
+    /// Restocking would take the stock on hand past `i64::MAX`.
     #[error("restocking would overflow the stock on hand")]
     QuantityTooLarge,
+    /// The order already holds a reservation of another quantity.
     #[error("order {order_id} already reserved {held} units, not {requested}")]
     ReservationMismatch {
+        /// The order.
         order_id: Uuid,
+        /// Units it holds.
         held: i64,
+        /// Units asked for now.
         requested: i64,
     },
+    /// Fewer units are available than the reservation asks for.
     #[error("{requested} units requested, only {available} available")]
-    InsufficientStock { requested: i64, available: i64 },
+    InsufficientStock {
+        /// Units asked for.
+        requested: i64,
+        /// Units available: on hand and not reserved.
+        available: i64,
+    },
+    /// The order holds no reservation here to commit.
     #[error("order {order_id} holds no reservation")]
-    ReservationNotFound { order_id: Uuid },
+    ReservationNotFound {
+        /// The order.
+        order_id: Uuid,
+    },
 }
 
 impl DomainError for InventoryError {

@@ -12,8 +12,11 @@ use crate::types::{PriceCents, Quantity, Sku};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderLine {
+    /// The SKU ordered.
     pub sku: Sku,
+    /// How many units of it.
     pub quantity: Quantity,
+    /// The price of one unit, in cents.
     pub unit_price_cents: PriceCents,
 }
 
@@ -37,15 +40,24 @@ impl OrderLine {
 pub enum OrderCommand {
     /// Places a new order. Its total is computed here, never taken from the caller.
     Place {
+        /// The customer who orders; their account pays.
         customer_id: Uuid,
+        /// What is ordered: 1 to [`Order::MAX_LINES`](super::Order::MAX_LINES) lines, at most one
+        /// per SKU.
         lines: Vec<OrderLine>,
     },
     /// Confirms a pending order. Idempotent: confirming a confirmed order does nothing.
     Confirm,
     /// Rejects a pending order (the saga could not fulfil it). Idempotent.
-    Reject { reason: String },
+    Reject {
+        /// Why the order is rejected: not blank, at most
+        /// [`Order::MAX_REASON_CHARS`](super::Order::MAX_REASON_CHARS) characters.
+        reason: String,
+    },
     /// Cancels a pending order at the customer's request. Idempotent.
     Cancel {
+        /// Why the customer cancels, if they said: not blank, at most
+        /// [`Order::MAX_REASON_CHARS`](super::Order::MAX_REASON_CHARS) characters.
         #[serde(default)]
         reason: Option<String>,
     },

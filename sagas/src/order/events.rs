@@ -17,15 +17,24 @@ pub enum OrderEvent {
     /// never negative and at most [`AmountCents::MAX`](crate::types::AmountCents::MAX), so a
     /// positive total always fits an authorization.
     OrderPlaced {
+        /// The customer who ordered.
         customer_id: Uuid,
+        /// The lines as ordered, at most one per SKU.
         lines: Vec<OrderLine>,
+        /// The sum of the lines' subtotals, in cents.
         total_cents: i64,
     },
+    /// The order is confirmed: its stock is reserved and its payment authorized.
     OrderConfirmed,
+    /// The order is rejected: its fulfillment could not complete.
     OrderRejected {
+        /// Why; from the fulfillment saga, its failure code (`insufficient_stock`,
+        /// `insufficient_funds`, …).
         reason: String,
     },
+    /// The customer cancelled the pending order.
     OrderCancelled {
+        /// Why, if the customer said.
         #[serde(default)]
         reason: Option<String>,
     },

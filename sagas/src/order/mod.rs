@@ -33,9 +33,13 @@ use crate::types::{check_canonical_uuid, AmountCents, Sku};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
+    /// Placed, waiting for its fulfillment.
     Pending,
+    /// Fulfilled: stock reserved and payment authorized. Final.
     Confirmed,
+    /// Its fulfillment failed. Final.
     Rejected,
+    /// The customer cancelled it. Final.
     Cancelled,
 }
 
@@ -74,6 +78,7 @@ impl Order {
         self.status
     }
 
+    /// The customer who placed the order; `None` until it is placed.
     pub fn customer_id(&self) -> Option<Uuid> {
         self.customer_id
     }
@@ -171,22 +176,40 @@ fn check_reason(reason: &str) -> Result<(), OrderError> {
 /// Why an order command was refused. Nothing was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
+    /// The order exists already: `place` is not repeated.
     #[error("the order was already placed")]
     AlreadyPlaced,
+    /// The order has no line.
     #[error("an order needs at least one line")]
     EmptyOrder,
+    /// The order has more than [`Order::MAX_LINES`] lines.
     #[error("an order has at most {max} lines, got {count}", max = Order::MAX_LINES)]
-    TooManyLines { count: usize },
+    TooManyLines {
+        /// How many lines it has.
+        count: usize,
+    },
+    /// Two lines name one SKU.
     #[error("sku {sku} appears on more than one line")]
-    DuplicateSku { sku: Sku },
+    DuplicateSku {
+        /// The SKU named twice.
+        sku: Sku,
+    },
+    /// The order's total exceeds [`AmountCents::MAX`], or does not fit an `i64`.
     #[error("the order total exceeds {max} cents", max = AmountCents::MAX)]
     AmountTooLarge,
+    /// The order was never placed.
     #[error("no such order")]
     NotFound,
+    /// Confirming a cancelled order: the customer's cancellation wins.
     #[error("the order was cancelled; a cancelled order is never confirmed")]
     Cancelled,
+    /// The order left `pending` another way already.
     #[error("the order is {status}, not pending")]
-    NotPending { status: OrderStatus },
+    NotPending {
+        /// Where the order is.
+        status: OrderStatus,
+    },
+    /// A reason is blank or longer than [`Order::MAX_REASON_CHARS`] characters.
     #[error("a reason must not be blank and has at most {max} characters", max = Order::MAX_REASON_CHARS)]
     InvalidReason,
 }

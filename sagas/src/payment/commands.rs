@@ -19,18 +19,29 @@ use crate::types::AmountCents;
 )]
 pub enum AccountCommand {
     /// Adds money to the balance.
-    Deposit { amount_cents: AmountCents },
+    Deposit {
+        /// Money to add, in cents.
+        amount_cents: AmountCents,
+    },
     /// Holds money for an order. Idempotent per order: repeating it with the same amount
     /// decides nothing.
     Authorize {
+        /// The order the money is held for; an order holds at most once per account.
         order_id: Uuid,
+        /// Money to hold, in cents.
         amount_cents: AmountCents,
     },
     /// Takes an order's held money: balance and held both drop by it.
-    Capture { order_id: Uuid },
+    Capture {
+        /// The order whose hold is taken.
+        order_id: Uuid,
+    },
     /// Lets an order's hold go (a saga compensation). Idempotent: voiding what is not held
     /// decides nothing.
-    Void { order_id: Uuid },
+    Void {
+        /// The order whose hold goes back.
+        order_id: Uuid,
+    },
 }
 
 impl DomainCommand for AccountCommand {

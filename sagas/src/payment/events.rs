@@ -12,21 +12,30 @@ use sagaflow_engine::DomainEvent;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
 pub enum AccountEvent {
+    /// Money was added to the balance.
     FundsDeposited {
+        /// How much, in cents (schema v1 said `amount`).
         amount_cents: i64,
     },
+    /// Money was held for an order.
     PaymentAuthorized {
+        /// The order it is held for.
         order_id: Uuid,
+        /// How much, in cents.
         amount_cents: i64,
     },
     /// The order's whole hold was taken (balance and held both drop by it).
     PaymentCaptured {
+        /// The order whose hold it was.
         order_id: Uuid,
+        /// How much was taken, in cents.
         amount_cents: i64,
     },
     /// The order's whole hold went back to the available balance.
     PaymentVoided {
+        /// The order whose hold it was.
         order_id: Uuid,
+        /// How much went back, in cents.
         amount_cents: i64,
     },
 }

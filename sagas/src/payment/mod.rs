@@ -112,18 +112,33 @@ impl Account {
 /// Why an account command was refused. Nothing was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
+    /// Depositing would take the balance past `i64::MAX` cents.
     #[error("depositing would overflow the balance")]
     AmountTooLarge,
+    /// The order already holds another amount.
     #[error("order {order_id} already holds {held} cents, not {requested}")]
     AuthorizationMismatch {
+        /// The order.
         order_id: Uuid,
+        /// Cents it holds.
         held: i64,
+        /// Cents asked for now.
         requested: i64,
     },
+    /// The balance not held cannot cover the authorization.
     #[error("{requested} cents requested, only {available} available")]
-    InsufficientFunds { requested: i64, available: i64 },
+    InsufficientFunds {
+        /// Cents asked for.
+        requested: i64,
+        /// Cents available: the balance not held.
+        available: i64,
+    },
+    /// The order holds nothing here to capture.
     #[error("order {order_id} holds no authorization")]
-    AuthorizationNotFound { order_id: Uuid },
+    AuthorizationNotFound {
+        /// The order.
+        order_id: Uuid,
+    },
 }
 
 impl DomainError for AccountError {

@@ -11,18 +11,22 @@ pub struct Latencies {
 }
 
 impl Latencies {
+    /// Records one operation's latency.
     pub fn record(&mut self, d: Duration) {
         self.samples.push(d);
     }
 
+    /// Adds the samples of `other` (another worker's) to these.
     pub fn merge(&mut self, other: Latencies) {
         self.samples.extend(other.samples);
     }
 
+    /// How many latencies were recorded.
     pub fn len(&self) -> usize {
         self.samples.len()
     }
 
+    /// Whether no latency was recorded.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
@@ -71,10 +75,12 @@ impl Progress {
         (Progress { count }, ProgressGuard { handle })
     }
 
+    /// Counts `n` more operations done.
     pub fn add(&self, n: u64) {
         self.count.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The operations counted so far.
     pub fn get(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
