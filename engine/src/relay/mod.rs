@@ -246,10 +246,10 @@ impl Relay {
         conn: &mut PgConnection,
     ) -> Result<usize, RelayError> {
         let started = Instant::now();
-        // The rows' ids and places, and the snapshot they were read in, from one statement.
-        let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
-            "SELECT o.id, o.ctid::text, pg_snapshot_xmin(s.snapshot)::text::int8,
-                    pg_snapshot_xmax(s.snapshot)::text::int8
+        // The rows' ids and places, and the oldest transaction running when they were read,
+        // from one statement.
+        let rows: Vec<(Option<i64>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT o.id, o.ctid::text, pg_snapshot_xmin(s.snapshot)::text::int8
              FROM (SELECT pg_current_snapshot() AS snapshot) s
              LEFT JOIN LATERAL (
                  SELECT id, ctid FROM outbox WHERE shard = $1 AND id > $2 ORDER BY id LIMIT $3
@@ -260,7 +260,7 @@ impl Relay {
         .bind(self.config.batch_size)
         .fetch_all(&mut *conn)
         .await?;
-        let (xmin, xmax) = rows.first().map(|r| (r.2, r.3)).unwrap_or_default();
+        let xmin = rows.first().map(|r| r.2).unwrap_or_default();
         let mut found: Vec<(i64, String)> = rows
             .into_iter()
             .filter_map(|(id, place, ..)| Some((id?, place?)))
@@ -280,13 +280,16 @@ impl Relay {
         // walk every deleted entry of the shard that vacuum has not removed yet.
         let rows = sqlx::query(
             "DELETE FROM outbox WHERE ctid = ANY($3::text[]::tid[]) AND shard + 0 = $1 AND id + 0 = ANY($2)
-             RETURNING id, topic, partition_key, envelope",
+             RETURNING id, topic, partition_key, envelope, pg_current_xact_id()::text::int8",
         )
         .bind(shard)
         .bind(&ids)
         .bind(&places)
         .fetch_all(&mut *tx)
         .await?;
+        // This transaction's id (the delete gave it one): every transaction that drew an id
+        // below the last one read had its own id before the poll, so below this one.
+        let bound: Option<i64> = rows.first().map(|r| r.get(4));
         let layout = self.transport.layout();
         let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
@@ -333,7 +336,11 @@ impl Relay {
         tx.commit().await?;
         drop(spans);
         self.transport.published();
-        floor.rise(risen, ids.last().map(|&id| Candidate { id, xmax }));
+        let next = ids
+            .last()
+            .zip(bound)
+            .map(|(&id, bound)| Candidate { id, bound });
+        floor.rise(risen, next);
         let n = batch.len();
         let m = metrics();
         m.published.inc_by(n as u64);
@@ -366,12 +373,19 @@ impl Relay {
 ///
 /// The floor is raised to an id only once no row at or below it can still commit. Outbox ids
 /// are drawn after the writing transaction has its transaction id (migration 0008), and in
-/// increasing order. So a row with an id below `id`, a row the poll saw committed, was written
-/// by a transaction that had its id when that poll's snapshot was taken: either it was visible
-/// to the poll, or it was running then, below the snapshot's `xmax`. Once the oldest running
-/// transaction (`xmin`) is at or past that `xmax`, every such row is visible; the batch that
-/// reads all visible rows up to `id` has moved them, and the floor rises to `id`. A
-/// long-running transaction elsewhere only holds the floor where it is.
+/// increasing order. So a row with an id below `id`, a row a poll saw committed, was written
+/// by a transaction that had its transaction id before that poll, so an id below that of the
+/// batch transaction that follows the poll (the candidate's `bound`). Once the oldest running
+/// transaction of a later poll (its snapshot's `xmin`) is at or past `bound`, every such
+/// transaction has ended and its rows are visible; the batch that reads all visible rows up to
+/// `id` moves them, and the floor rises to `id`. A long-running transaction elsewhere only
+/// holds the floor where it is.
+///
+/// The bound is not the poll snapshot's `xmax`: PostgreSQL sets that to the latest *completed*
+/// transaction id plus one, so a transaction that took its id before an older one committed
+/// is running, not in the snapshot's list, and at or above its `xmax`. A floor bounded by it
+/// rose past such a transaction's row, which then stayed in the outbox until the relay
+/// restarted (a chaos run found one).
 #[derive(Debug, Default)]
 struct Floor {
     /// No row of the shard at or below this id is left or can still commit.
@@ -384,18 +398,18 @@ struct Floor {
 struct Candidate {
     /// The highest id a poll read: it read every committed row between the floor and it.
     id: i64,
-    /// That poll's snapshot `xmax`: the transactions that may still commit rows below `id`
-    /// are below it.
-    xmax: i64,
+    /// The transaction id of the batch that followed that poll: the transactions that may
+    /// still commit rows below `id` are below it.
+    bound: i64,
 }
 
 impl Floor {
     /// The candidate the floor may rise to once this poll's batch is moved: the poll's snapshot
-    /// has no transaction left from the candidate's, and the poll read every committed row up
-    /// to the candidate (all it found, or up to an id at or past it).
+    /// has no transaction left from below the candidate's bound, and the poll read every
+    /// committed row up to the candidate (all it found, or up to an id at or past it).
     fn ripe(&self, xmin: i64, complete: bool, last: Option<i64>) -> Option<i64> {
         let c = self.candidate?;
-        (xmin >= c.xmax && (complete || last.is_some_and(|l| l >= c.id))).then_some(c.id)
+        (xmin >= c.bound && (complete || last.is_some_and(|l| l >= c.id))).then_some(c.id)
     }
 
     /// After a poll's batch was moved: the floor rises to `ripe`, and the poll becomes the
@@ -413,7 +427,7 @@ impl Floor {
 
 /// Why a relay batch failed; its rows stay in the outbox and are sent again.
 #[derive(Debug, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     /// The transport did not accept the whole batch.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
@@ -461,27 +475,113 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::Metadata;
+    use crate::outbox::{enqueue, shard_of, OutboxMessage};
+    use crate::transport::postgres::PostgresTransport;
+    use crate::transport::TopicLayout;
+    use uuid::Uuid;
+
+    fn message(key: &str) -> OutboxMessage {
+        OutboxMessage {
+            topic: "t".into(),
+            partition_key: key.into(),
+            envelope: Envelope {
+                message_id: Uuid::now_v7(),
+                stream_id: key.into(),
+                stream_version: 1,
+                event_type: "e".into(),
+                schema_version: 1,
+                payload: serde_json::json!({}),
+                metadata: Metadata::new_root(),
+            },
+        }
+    }
+
+    async fn xid(conn: &mut PgConnection) -> i64 {
+        sqlx::query_scalar("SELECT pg_current_xact_id()::text::int8")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    /// The interleaving a chaos run hit. `early` takes its transaction id, then `late` takes a
+    /// higher one and writes row 1; `early` writes row 2 and commits. A poll now reads row 2
+    /// while `late`, with a transaction id above the snapshot's `xmax` (the latest completed
+    /// id plus one), runs unlisted. Once anything else commits, `late` shows up as the oldest
+    /// running transaction, at the old snapshot's `xmax`: a floor bounded by it rose past row
+    /// 1, and row 1, committed next, stayed in the outbox.
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_row_committed_after_a_higher_one_is_still_moved(pool: PgPool) {
+        let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
+        let relay = Relay::new(
+            pool.clone(),
+            transport,
+            Doorbell::new(pool.clone(), crate::outbox::OUTBOX_CHANNEL),
+            RelayConfig::default(),
+        );
+        let key = "stream-1";
+        let shard = shard_of(key);
+        let mut early = pool.begin().await.unwrap();
+        xid(&mut early).await;
+        let mut late = pool.begin().await.unwrap();
+        enqueue(&mut late, &[message(key)]).await.unwrap();
+        enqueue(&mut early, &[message(key)]).await.unwrap();
+        early.commit().await.unwrap();
+
+        let mut floor = Floor::default();
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(
+            relay
+                .relay_batch(shard, &mut floor, &mut conn)
+                .await
+                .unwrap(),
+            1
+        );
+        // Another transaction completes, then the relay polls again, and again.
+        let mut other = pool.begin().await.unwrap();
+        xid(&mut other).await;
+        other.commit().await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                relay
+                    .relay_batch(shard, &mut floor, &mut conn)
+                    .await
+                    .unwrap(),
+                0
+            );
+        }
+        late.commit().await.unwrap();
+        assert_eq!(
+            relay
+                .relay_batch(shard, &mut floor, &mut conn)
+                .await
+                .unwrap(),
+            1,
+            "the row committed last is moved (floor {floor:?})"
+        );
+        assert_eq!(crate::outbox::depth(&pool).await.unwrap(), 0);
+    }
 
     #[test]
     fn the_floor_waits_for_the_transactions_running_at_its_candidate() {
         let mut floor = Floor::default();
         // A full batch up to id 100, read while transactions from xid 50 to 59 ran.
         let ripe = floor.ripe(50, false, Some(100));
-        floor.rise(ripe, Some(Candidate { id: 100, xmax: 60 }));
+        floor.rise(ripe, Some(Candidate { id: 100, bound: 60 }));
         assert_eq!(floor.below, 0);
         // Transaction 55 still runs: it may commit a row below 100.
         let ripe = floor.ripe(55, true, Some(130));
         assert_eq!(ripe, None);
-        floor.rise(ripe, Some(Candidate { id: 130, xmax: 70 }));
+        floor.rise(ripe, Some(Candidate { id: 130, bound: 70 }));
         assert_eq!(floor.below, 0, "the waiting candidate is kept");
         // All of them ended, but the poll was full and stopped short of 100.
         assert_eq!(floor.ripe(60, false, Some(90)), None);
         // The poll read everything up to 100: the floor rises once its batch moved.
         let ripe = floor.ripe(60, false, Some(100));
         assert_eq!(ripe, Some(100));
-        floor.rise(ripe, Some(Candidate { id: 150, xmax: 75 }));
+        floor.rise(ripe, Some(Candidate { id: 150, bound: 75 }));
         assert_eq!(floor.below, 100);
-        // An empty poll with nothing left running below the candidate's xmax.
+        // An empty poll with nothing left running below the candidate's bound.
         let ripe = floor.ripe(75, true, None);
         floor.rise(ripe, None);
         assert_eq!(floor.below, 150);
