@@ -20,7 +20,9 @@ use crate::store::StoreError;
 /// A command the saga sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentCommand {
-    /// The command's message id; its reply names it as `command_id`.
+    /// The command's message id; its reply names it as `command_id`. Every attempt of a
+    /// command carries the id of its first attempt, so a participant applies it at most once
+    /// (an operator's retry of a failed saga starts with new ids).
     pub message_id: Uuid,
     /// Position among the step's commands (a step may fan out).
     pub index: usize,
@@ -371,6 +373,15 @@ impl SagaState {
         for c in commands {
             self.commands.insert(c.message_id, c.index);
         }
+    }
+
+    /// The message id the command of `index` was first sent with in this round of attempts.
+    fn first_id_of(&self, index: usize) -> Option<Uuid> {
+        self.commands
+            .iter()
+            .filter(|(_, i)| **i == index)
+            .map(|(id, _)| *id)
+            .min()
     }
 
     /// A command of the current step succeeded, recording `events`.
@@ -886,13 +897,23 @@ impl Decider<'_> {
     }
 
     /// The invocations of attempt `attempt`: all of them first, then only the unanswered.
+    ///
+    /// A later attempt sends a command with the message id of its first attempt. The id is
+    /// what a participant deduplicates by (and an outside-world participant's idempotency
+    /// key), so however many attempts are sent, the command is applied at most once, and a
+    /// reply to any attempt is the reply. A fresh id would let an early attempt be rejected
+    /// (stock short) while a later one is applied (stock restocked in between), the saga
+    /// compensating on the rejection and never undoing what the later attempt did.
     fn fresh_commands(&self, invocations: Vec<Invocation>, attempt: u32) -> Vec<SentCommand> {
         invocations
             .into_iter()
             .enumerate()
             .filter(|(i, _)| attempt <= 1 || self.state.pending.contains(i))
             .map(|(index, invocation)| SentCommand {
-                message_id: Uuid::now_v7(),
+                message_id: (attempt > 1)
+                    .then(|| self.state.first_id_of(index))
+                    .flatten()
+                    .unwrap_or_else(Uuid::now_v7),
                 index,
                 invocation,
             })
@@ -1040,7 +1061,11 @@ impl Decider<'_> {
                 self.emit(SagaEvent::FinalCommandInvoked {
                     attempt,
                     command: SentCommand {
-                        message_id: Uuid::now_v7(),
+                        // Every attempt with one id, applied at most once (see `fresh_commands`).
+                        message_id: (attempt > 1)
+                            .then(|| self.state.final_commands.last().copied())
+                            .flatten()
+                            .unwrap_or_else(Uuid::now_v7),
                         index: 0,
                         invocation,
                     },

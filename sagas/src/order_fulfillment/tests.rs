@@ -190,9 +190,13 @@ fn a_silent_participant_is_retried_then_compensated() {
         .expect_nothing_sent()
         .deadline_passes() // attempt 2 sent
         .expect_command::<Account>(s.customer_id, authorize(&s));
-    assert_ne!(
+    // The same message id: the participant applies the command at most once, whichever
+    // attempt reaches it first, and a reply to either attempt is the reply. (With a new id,
+    // attempt 1 could be rejected for want of stock while attempt 2, after a restock, is
+    // applied, and the saga would compensate without undoing it; a chaos run found that.)
+    assert_eq!(
         t.last_commands[0].message_id, first,
-        "a retry is a new message"
+        "a retry carries the first attempt's message id"
     );
     assert_eq!(t.state().steps[1].attempts, 2);
     t.deadline_passes()
@@ -460,4 +464,21 @@ fn the_reply_that_completes_a_step_is_recorded_in_its_step_succeeded() {
             "compensation_invoked"
         ]
     );
+}
+
+#[test]
+fn every_attempt_of_a_compensation_and_of_the_final_command_carries_one_message_id() {
+    let s = order();
+    let t = SagaTest::at_step(order_fulfillment(), &s, "authorize_payment")
+        .reply_rejected(0, "insufficient_funds")
+        .expect_compensation::<Inventory>(release(&s));
+    let release_id = t.last_commands[0].message_id;
+    let t = t.deadline_passes().deadline_passes();
+    assert_eq!(t.last_commands[0].message_id, release_id);
+    let t = t.all_ok();
+    let reject_id = t.last_commands[0].message_id;
+    assert_ne!(reject_id, release_id);
+    let t = t.deadline_passes();
+    assert_eq!(t.last_commands[0].message_id, reject_id);
+    t.all_ok().expect_status(SagaStatus::Compensated);
 }
