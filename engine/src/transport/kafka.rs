@@ -432,26 +432,9 @@ impl Transport for KafkaTransport {
     }
 
     async fn reader(&self) -> Result<Box<dyn Reader>, TransportError> {
-        let consumer: StreamConsumer = self
-            .config
-            .client_config(&[
-                // librdkafka requires a group id, but the group is never joined: partitions
-                // are assigned manually and offsets are kept in PostgreSQL.
-                ("group.id", format!("sagaflow-reader-{}", Uuid::new_v4())),
-                ("enable.auto.commit", "false".into()),
-                ("enable.auto.offset.store", "false".into()),
-                ("auto.offset.reset", "earliest".into()),
-                ("enable.partition.eof", "false".into()),
-                // How long the broker may hold a fetch that found nothing. Kafka answers as soon
-                // as a message arrives; Tansu was measured to hold it longer, so every hop of a
-                // saga waited up to librdkafka's default 500 ms: `bench saga` went from 198 to
-                // 403 sagas/s with 50 ms. An idle reader fetches 20 times a second.
-                ("fetch.wait.max.ms", "50".into()),
-            ])
-            .create()
-            .map_err(|e| unavailable("cannot create a Kafka consumer", e))?;
         Ok(Box::new(KafkaReader {
-            consumer: Some(consumer),
+            config: self.config.clone(),
+            consumer: None,
             assigned: HashMap::new(),
         }))
     }
@@ -494,19 +477,41 @@ impl Transport for KafkaTransport {
 /// A reader on a `StreamConsumer`: waiting is a future (cancellation-safe, no blocked thread
 /// per reader as a `BaseConsumer` polled in `spawn_blocking` would need), and librdkafka keeps
 /// fetching in the background, so a poll usually finds a whole batch ready.
+///
+/// Every assignment gets a consumer of its own. librdkafka 2.12 aborts the process
+/// (`rd_kafka_assignment_partition_stopped: Assertion rktp->rktp_started failed`) when an
+/// assignment replaces one whose partitions are still stopping, which happens when a broker
+/// is slow to answer and the consumer rewinds twice in a row (librdkafka issue 5573, fixed
+/// after the release the Rust bindings bundle). A fresh consumer has nothing to stop. It costs
+/// a connection and a metadata request per assignment, and assignments happen only when
+/// leases move or a batch is re-read after a failure.
 struct KafkaReader {
-    /// Always present; taken only by `drop`.
+    config: KafkaConfig,
+    /// The consumer of the current assignment; none before the first.
     consumer: Option<StreamConsumer>,
-    /// The current assignment: messages of other partitions still queued from an earlier one
-    /// are skipped.
+    /// The current assignment.
     assigned: HashMap<String, HashSet<i32>>,
 }
 
 impl KafkaReader {
-    fn consumer(&self) -> &StreamConsumer {
-        self.consumer
-            .as_ref()
-            .expect("the consumer lives as long as the reader")
+    fn create(&self) -> Result<StreamConsumer, TransportError> {
+        self.config
+            .client_config(&[
+                // librdkafka requires a group id, but the group is never joined: partitions
+                // are assigned manually and offsets are kept in PostgreSQL.
+                ("group.id", format!("sagaflow-reader-{}", Uuid::new_v4())),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+                ("auto.offset.reset", "earliest".into()),
+                ("enable.partition.eof", "false".into()),
+                // How long the broker may hold a fetch that found nothing. Kafka answers as soon
+                // as a message arrives; Tansu was measured to hold it longer, so every hop of a
+                // saga waited up to librdkafka's default 500 ms: `bench saga` went from 198 to
+                // 403 sagas/s with 50 ms. An idle reader fetches 20 times a second.
+                ("fetch.wait.max.ms", "50".into()),
+            ])
+            .create()
+            .map_err(|e| unavailable("cannot create a Kafka consumer", e))
     }
 }
 
@@ -566,11 +571,15 @@ impl Reader for KafkaReader {
             list.add_partition_offset(&p.topic, p.partition, offset)
                 .map_err(|e| unavailable("invalid position", e))?;
         }
-        // Replaces the whole assignment; librdkafka discards messages already fetched for the
-        // old positions, which is what makes a rewind exact.
-        let assigned = self.consumer().assign(&list);
+        // A new consumer: nothing fetched for the old positions survives, which is what makes a
+        // rewind exact.
+        let consumer = self.create()?;
+        let assigned = consumer.assign(&list);
         drop(list);
         assigned.map_err(|e| unavailable("cannot assign partitions", e))?;
+        if let Some(old) = self.consumer.replace(consumer) {
+            drop_off_runtime(old);
+        }
         self.assigned.clear();
         for p in positions {
             self.assigned
@@ -586,7 +595,11 @@ impl Reader for KafkaReader {
         if max == 0 {
             return Ok(out);
         }
-        let consumer = self.consumer();
+        let Some(consumer) = &self.consumer else {
+            // Nothing assigned yet.
+            tokio::time::sleep(wait).await;
+            return Ok(out);
+        };
         let assigned = &self.assigned;
         let mut stream = consumer.stream();
         let deadline = tokio::time::Instant::now() + wait;
