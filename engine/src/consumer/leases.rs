@@ -53,7 +53,9 @@ impl Leases {
         Leases {
             options,
             conn: None,
-            member_class: lock_key(&format!("sagaflow-member:{group}")),
+            // Members of the group on these topics: a deployment under another topic prefix
+            // in the same database is another group, and does not shrink this one's share.
+            member_class: lock_key(&format!("sagaflow-member:{group}:{}", topics.join(","))),
             member_id: (rand::random::<u32>() & 0x7fff_ffff) as i32,
             all,
             owned: BTreeSet::new(),
@@ -142,5 +144,40 @@ impl Leases {
             let _ = conn.close().await;
         }
         self.owned.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::PgPool;
+
+    fn leases(pool: &PgPool, topic: &str) -> Leases {
+        Leases::new(
+            pool.connect_options().as_ref().clone(),
+            "group",
+            &[topic.to_owned()],
+            4,
+        )
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn members_share_the_partitions_of_their_own_topics_only(pool: PgPool) {
+        let (mut a, mut b) = (leases(&pool, "one.t"), leases(&pool, "one.t"));
+        // a takes all four, b joins, a gives two up, b takes them.
+        for _ in 0..2 {
+            a.rebalance().await;
+            b.rebalance().await;
+        }
+        assert_eq!((a.owned.len(), b.owned.len()), (2, 2));
+        // The same group name under another topic prefix is a group of its own.
+        let mut other = leases(&pool, "two.t");
+        other.rebalance().await;
+        assert_eq!(other.owned.len(), 4);
+        a.rebalance().await;
+        assert_eq!(a.owned.len(), 2);
+        for l in [&mut a, &mut b, &mut other] {
+            l.release_all().await;
+        }
     }
 }
