@@ -30,5 +30,8 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
   fi
   export KAFKA_BROKERS
 fi
+# The chaos test starts brokers of its own (it pauses them and cuts their network).
+export SAGAFLOW_TANSU="${SAGAFLOW_TANSU:-$PWD/.tools/tansu/bin/tansu}"
+[ -x "$SAGAFLOW_TANSU" ] || bash scripts/broker.sh install >&2
 echo "PostgreSQL at 127.0.0.1:5432, Kafka-protocol broker at $KAFKA_BROKERS" >&2
 cargo test --workspace --locked "$@"

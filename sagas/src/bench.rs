@@ -10,9 +10,11 @@
 //!   touches thousands of streams. Order ids are time-ordered like the UUIDv7 ids
 //!   `POST /orders` mints; customer ids are random.
 
+use std::collections::{BTreeMap, HashMap};
+
 use async_trait::async_trait;
 use sagaflow_engine::app::{Request, Workload};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -78,6 +80,189 @@ impl Workload for ShopWorkload {
     async fn seed_events(&self, pool: &PgPool, events: i64) -> Result<(), sqlx::Error> {
         fill(pool, events).await
     }
+
+    /// Orders (more than half), cancellations of earlier orders, restocks and deposits, on
+    /// SKUs and accounts that start empty, so that stock and money run short now and then and
+    /// sagas compensate.
+    fn chaos_request(&self, choice: u64, earlier: &[Value]) -> Request {
+        let pick = |shift: u32, n: u64| ((choice >> shift) % n) as usize;
+        match choice % 100 {
+            55..70 if !earlier.is_empty() => {
+                let order = &earlier[pick(8, earlier.len() as u64)]["order_id"];
+                Request::post(
+                    format!("/orders/{}/cancel", order.as_str().unwrap_or_default()),
+                    json!({"reason": "changed my mind"}),
+                )
+            }
+            70..85 => Request::post(
+                format!("/inventory/{}/restock", chaos_sku(pick(8, 8))),
+                json!({"quantity": 1 + pick(16, 10)}),
+            ),
+            85..100 => Request::post(
+                format!("/accounts/{}/deposits", chaos_customer(pick(8, 16))),
+                json!({"amount_cents": 100 + 100 * pick(16, 50)}),
+            ),
+            _ => {
+                let first = pick(8, 8);
+                let mut lines = vec![
+                    json!({"sku": chaos_sku(first), "quantity": 1 + pick(12, 3), "unit_price_cents": 100 + 100 * pick(16, 9)}),
+                ];
+                if pick(20, 3) == 0 {
+                    lines.push(json!({"sku": chaos_sku((first + 1) % 8), "quantity": 1, "unit_price_cents": 250}));
+                }
+                Request::post(
+                    "/orders",
+                    json!({"customer_id": chaos_customer(pick(24, 16)), "lines": lines}),
+                )
+            }
+        }
+    }
+
+    async fn check(&self, pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+        check(pool).await
+    }
+}
+
+fn chaos_sku(n: usize) -> String {
+    format!("CHAOS-{n}")
+}
+
+fn chaos_customer(n: usize) -> Uuid {
+    Uuid::from_u128(0x0193_a0c4_0000_7000_8000_0000_0000_c000 + n as u128)
+}
+
+/// What a run of the shop must leave, read from the event store and the sagas: every order's
+/// saga ended, with its effects whole (completed) or wholly undone (compensated); no
+/// reservation, hold, capture, release or void applied twice; stock and money never negative
+/// and adding up.
+pub async fn check(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT stream_id, event_type, payload FROM events
+         WHERE stream_id LIKE 'order-%' OR stream_id LIKE 'inventory-%' OR stream_id LIKE 'account-%'
+         ORDER BY global_position",
+    )
+    .fetch_all(pool)
+    .await?;
+    let sagas: HashMap<Uuid, String> =
+        sqlx::query_as::<_, (Uuid, String)>("SELECT saga_id, state FROM sagas")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut findings = Vec::new();
+    // (stream, event type, order) → how many times.
+    let mut effects: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    // stream → (in, out, reserved-or-held) totals.
+    let mut balances: BTreeMap<String, [i64; 3]> = BTreeMap::new();
+    let mut orders: BTreeMap<String, (Value, Option<String>)> = BTreeMap::new();
+    for (stream, event_type, payload) in &rows {
+        let order = payload["order_id"].as_str().unwrap_or_default().to_owned();
+        let amount = payload["quantity"]
+            .as_i64()
+            .or_else(|| payload["amount_cents"].as_i64())
+            .unwrap_or(0);
+        let b = balances.entry(stream.clone()).or_default();
+        match event_type.as_str() {
+            "order_placed" => {
+                let id = stream.trim_start_matches("order-").to_owned();
+                orders.insert(id, (payload.clone(), None));
+            }
+            "order_confirmed" | "order_rejected" | "order_cancelled" => {
+                let id = stream.trim_start_matches("order-");
+                if let Some(o) = orders.get_mut(id) {
+                    o.1 = Some(event_type.clone());
+                }
+            }
+            "stock_restocked" | "funds_deposited" => b[0] += amount,
+            "stock_reserved" | "payment_authorized" => b[2] += amount,
+            "stock_released" | "payment_voided" => b[2] -= amount,
+            "stock_committed" | "payment_captured" => {
+                b[1] += amount;
+                b[2] -= amount;
+            }
+            _ => {}
+        }
+        if !order.is_empty() {
+            *effects
+                .entry((stream.clone(), event_type.clone(), order))
+                .or_default() += 1;
+        }
+    }
+    for ((stream, event_type, order), n) in &effects {
+        if *n > 1 {
+            findings.push(format!(
+                "{event_type} of order {order} applied {n} times on {stream}"
+            ));
+        }
+    }
+    for (stream, [into, out, held]) in &balances {
+        let left = into - out;
+        if left < 0 || *held < 0 || *held > left {
+            findings.push(format!(
+                "{stream}: {into} in, {out} out, {held} reserved or held: it does not add up"
+            ));
+        }
+    }
+    let count = |stream: &str, event_type: &str, order: &str| {
+        effects
+            .get(&(stream.to_owned(), event_type.to_owned(), order.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    };
+    for (id, (placed, outcome)) in &orders {
+        let Ok(order_id) = id.parse::<Uuid>() else {
+            continue;
+        };
+        let saga = crate::order_fulfillment::saga_id_of(order_id);
+        let state = sagas.get(&saga).map(String::as_str);
+        let account = format!(
+            "account-{}",
+            placed["customer_id"].as_str().unwrap_or_default()
+        );
+        let charged = placed["total_cents"].as_i64().unwrap_or(0) > 0;
+        let lines: Vec<String> = placed["lines"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|l| format!("inventory-{}", l["sku"].as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match state {
+            Some("completed") => {
+                let whole = outcome.as_deref() == Some("order_confirmed")
+                    && lines.iter().all(|s| {
+                        count(s, "stock_reserved", id) == 1 && count(s, "stock_released", id) == 0
+                    })
+                    && (!charged
+                        || (count(&account, "payment_captured", id) == 1
+                            && count(&account, "payment_voided", id) == 0));
+                if !whole {
+                    findings.push(format!(
+                        "order {id}: its saga completed, but its effects are not whole"
+                    ));
+                }
+            }
+            Some("compensated") => {
+                let undone = outcome.as_deref() != Some("order_confirmed")
+                    && outcome.is_some()
+                    && lines
+                        .iter()
+                        .all(|s| count(s, "stock_reserved", id) == count(s, "stock_released", id))
+                    && count(&account, "payment_authorized", id)
+                        == count(&account, "payment_voided", id)
+                    && count(&account, "payment_captured", id) == 0;
+                if !undone {
+                    findings.push(format!(
+                        "order {id}: its saga compensated, but not everything was undone"
+                    ));
+                }
+            }
+            Some(other) => findings.push(format!("order {id}: its saga is {other}")),
+            None => findings.push(format!("order {id} has no saga")),
+        }
+    }
+    Ok(findings)
 }
 
 /// Writes `n` events in one statement (see the module's description).

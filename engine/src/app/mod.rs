@@ -491,8 +491,4 @@ pub enum AppError {
     /// A type name was registered twice in the [`Registry`].
     #[error(transparent)]
     Duplicate(#[from] DuplicateName),
-    /// A process was asked to run a component the application does not have; the message
-    /// names those it has.
-    #[error("{0}")]
-    Components(String),
 }

@@ -133,7 +133,7 @@ impl App {
         let bell = bus.outbox_bell().clone();
         let readiness = Readiness::new(pool.clone(), transport.clone());
         let process = ProcessMetrics::new(self.name, self.version);
-        let groups = self.consumer_groups(&orchestrator);
+        let groups = self.consumer_groups();
         let mut scraper = Scraper::new(pool.clone(), transport.clone(), groups.clone());
         scraper.extra.push(process.registry.clone());
 
@@ -193,9 +193,9 @@ impl App {
         })
     }
 
-    /// Every consumer group of the application, whichever process runs it, with the topics it
-    /// reads: for `sagaflow_consumer_lag`.
-    fn consumer_groups(&self, orchestrator: &Orchestrator) -> Vec<ConsumerGroup> {
+    /// Every consumer group of the application, whichever process runs it, with the logical
+    /// topics it reads: what `sagaflow_consumer_lag` reports and what retention keeps.
+    pub fn consumer_groups(&self) -> Vec<ConsumerGroup> {
         let mut groups: Vec<ConsumerGroup> = self
             .projections
             .iter()
@@ -207,7 +207,7 @@ impl App {
         if !self.sagas.is_empty() {
             groups.push(ConsumerGroup {
                 group: crate::saga::ORCHESTRATOR_GROUP.to_owned(),
-                topics: orchestrator.topics(),
+                topics: crate::saga::orchestrator::topics_of(&self.sagas),
             });
         }
         groups.extend(self.participants.iter().map(|p| ConsumerGroup {

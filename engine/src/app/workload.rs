@@ -41,4 +41,19 @@ pub trait Workload: Send + Sync + 'static {
     /// Writes `events` events to the store, histories the application's read models can fold,
     /// for `bench rebuild`.
     async fn seed_events(&self, pool: &PgPool, events: i64) -> Result<(), sqlx::Error>;
+
+    /// A request of the mixed traffic `bench chaos` sends: `choice` is a number the harness
+    /// drew from its seeded generator (the same seed gives the same traffic), `earlier` the
+    /// answers to the sagas started so far (to cancel one, say). By default, another saga.
+    fn chaos_request(&self, choice: u64, earlier: &[Value]) -> Request {
+        let _ = earlier;
+        self.start_saga(choice as usize)
+    }
+
+    /// What must hold once every saga ended, whatever faults happened (conservation, no effect
+    /// applied twice): each violation, in words. `bench chaos` fails on any. None by default.
+    async fn check(&self, pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+        let _ = pool;
+        Ok(Vec::new())
+    }
 }

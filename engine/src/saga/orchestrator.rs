@@ -120,11 +120,7 @@ impl Orchestrator {
     /// Logical topics the orchestrator consumes: its sagas' start and abort events, and the
     /// replies.
     pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.sagas.values().flat_map(|s| s.event_topics()).collect();
-        topics.push(REPLIES_TOPIC.to_owned());
-        topics.sort();
-        topics.dedup();
-        topics
+        topics_of(self.sagas.values())
     }
 
     /// The orchestrator's consumer (group `orchestrator`).
@@ -625,6 +621,16 @@ fn reply_timing(m: &Delivery) -> Option<(String, &'static str, Uuid)> {
         outcome,
         e.metadata.causation_id?,
     ))
+}
+
+/// The logical topics an orchestrator of `sagas` consumes: their start and abort events, and
+/// the replies.
+pub fn topics_of<'a>(sagas: impl IntoIterator<Item = &'a Arc<Saga>>) -> Vec<String> {
+    let mut topics: Vec<String> = sagas.into_iter().flat_map(|s| s.event_topics()).collect();
+    topics.push(REPLIES_TOPIC.to_owned());
+    topics.sort();
+    topics.dedup();
+    topics
 }
 
 fn lock_key(saga_id: &Uuid) -> i64 {

@@ -5,12 +5,13 @@
 //! needs nothing of it.
 
 mod append;
+mod chaos;
 mod rebuild;
 mod relay;
 mod saga;
 mod stats;
 
-pub use stats::{Latencies, Progress};
+pub(crate) use stats::{Latencies, Progress};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     Saga(saga::SagaArgs),
     /// Rebuild every read model from 1,000,000 stored events, beside a plain sequential read.
     Rebuild(rebuild::RebuildArgs),
+    /// Run the application as separate processes under traffic and seeded faults, then check
+    /// that nothing was lost or applied twice.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// Runs one benchmark of `app`.
@@ -49,6 +53,7 @@ pub async fn run(
         BenchCommand::Relay(args) => relay::run(app, args, database, transport).await,
         BenchCommand::Saga(args) => saga::run(app, args, database, transport).await,
         BenchCommand::Rebuild(args) => rebuild::run(app, args, database).await,
+        BenchCommand::Chaos(args) => chaos::run(app, args, database, transport).await,
     }
 }
 

@@ -26,11 +26,6 @@ impl Latencies {
         self.samples.len()
     }
 
-    /// Whether no latency was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
-
     /// The `p`-th percentile (0–100) in milliseconds, nearest-rank.
     pub fn percentile_ms(&mut self, p: f64) -> f64 {
         if self.samples.is_empty() {
