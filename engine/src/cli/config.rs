@@ -30,6 +30,10 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub db_pool_size: u32,
+    /// At start-up, how long to wait for a database that is unreachable (down, restarting,
+    /// out of connections) before giving up with an error; retried with backoff meanwhile.
+    #[arg(long, env = "SAGAFLOW_DB_WAIT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub db_wait: Duration,
 }
 
 /// How log lines are written.

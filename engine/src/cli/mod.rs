@@ -258,12 +258,34 @@ fn init_logging(format: LogFormat) {
 
 /// Creates the database if it is missing and applies `app`'s migrations (the engine's and
 /// every registered part's); the pool on it.
+///
+/// A database that cannot be reached (down, restarting, out of connections) is waited for,
+/// with backoff, up to `--db-wait`: a process started with (or just before) its database
+/// does not exit at once, and a supervisor restarting it does not spin.
 pub async fn prepare_database(app: &App, args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let url = &args.database_url;
-    db::ensure_database(url)
-        .await
-        .with_context(|| format!("cannot reach or create the database at {}", mask_url(url)))?;
-    let pool = db::connect(url, args.db_pool_size).await?;
+    let until = std::time::Instant::now() + args.db_wait;
+    let mut backoff = std::time::Duration::from_millis(250);
+    let pool = loop {
+        let connected = async {
+            db::ensure_database(url).await?;
+            db::connect(url, args.db_pool_size).await
+        }
+        .await;
+        match connected {
+            Ok(pool) => break pool,
+            Err(e) if db::is_unavailable(&e) && std::time::Instant::now() + backoff < until => {
+                tracing::warn!(database = %mask_url(url), error = %e, retry_in_ms = backoff.as_millis() as u64, "database unreachable at start-up; waiting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot reach or create the database at {}", mask_url(url))
+                })
+            }
+        }
+    };
     db::migrate(&pool, &app.migrator()?)
         .await
         .context("applying migrations")?;

@@ -227,6 +227,9 @@ struct Process {
     component: String,
     child: Option<Child>,
     log: PathBuf,
+    /// When a process that ended on its own is started again (a second later, as a
+    /// supervisor would).
+    restart_at: Option<Instant>,
 }
 
 struct Cluster {
@@ -279,24 +282,26 @@ impl Cluster {
         self.processes[i].child = None;
     }
 
-    /// Processes that ended without the harness stopping them, restarted as a supervisor
-    /// would; each one is a finding.
+    /// Processes that ended without the harness stopping them, started again a second later
+    /// as a supervisor would; each one is a finding.
     fn reap(&mut self) -> Vec<String> {
         let mut ended = Vec::new();
         for i in 0..self.processes.len() {
-            let status = match &mut self.processes[i].child {
-                Some(child) => match child.try_wait() {
-                    Ok(Some(status)) => status,
-                    _ => continue,
-                },
-                None => continue,
-            };
-            ended.push(format!(
-                "process {} ended on its own ({status}); restarted",
-                self.processes[i].component
-            ));
-            self.processes[i].child = None;
-            let _ = self.spawn(i);
+            let p = &mut self.processes[i];
+            if let Some(child) = &mut p.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    ended.push(format!(
+                        "process {} ended on its own ({status}); restarted",
+                        p.component
+                    ));
+                    p.child = None;
+                    p.restart_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            if p.restart_at.is_some_and(|at| Instant::now() >= at) {
+                p.restart_at = None;
+                let _ = self.spawn(i);
+            }
         }
         ended
     }
@@ -601,6 +606,7 @@ pub(crate) async fn run(
                 component: c.clone(),
                 child: None,
                 log: logs.join(format!("{}.log", c.replace(':', "-"))),
+                restart_at: None,
             })
             .collect(),
     };
