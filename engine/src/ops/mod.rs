@@ -59,6 +59,7 @@ mod tests {
             .inc_by(0);
         http.command_seconds.with_label_values(&["t"]);
         http.commands_shed.with_label_values(&["overloaded"]);
+        http.admin_actions.with_label_values(&["saga_abort"]);
         crate::command::metrics::metrics()
             .append_seconds
             .with_label_values(&["t"]);
@@ -79,7 +80,7 @@ mod tests {
         ]
         .concat();
         let families = crate::metrics::registry().gather();
-        assert_eq!(families.len(), 15);
+        assert_eq!(families.len(), 16);
         for f in families {
             assert!(f.name().starts_with("sagaflow_"), "{}", f.name());
             assert!(!f.help().is_empty());
