@@ -1,5 +1,5 @@
-//! The web console every application gets at `/console`: from an aggregate id (an order, a
-//! trip) to why its saga ended, in a browser.
+//! The web console every application gets at `/console`: from an aggregate's id (a trip's, a
+//! booking's) to why its saga ended, in a browser.
 //!
 //! It is served by the engine itself, with nothing loaded from another host: the HTML shell,
 //! one script and one style sheet are embedded in the binary ([`pages`]); the script draws
@@ -15,7 +15,7 @@
 //! | `GET /admin/console/app` | what the application registered: sagas, aggregate types, projections ([`AppInfo`]) |
 //! | `GET /admin/console/overview?window=` | sagas by state, throughput and step latency, lag, outbox, dead letters ([`Overview`]) |
 //! | `GET /admin/console/sagas?saga_type=&state=&older_than=&q=&limit=&after=` | sagas, stuck ones first ([`SagaList`]) |
-//! | `GET /admin/console/sagas/{saga_id}` | a saga's path, timeline, data after each step and streams ([`SagaDetail`]) |
+//! | `GET /admin/console/sagas/{saga_id}` | a saga's path, timeline, data after each step, streams and dead letters ([`SagaDetail`]) |
 //! | `GET /admin/console/search?q=` | where an id leads ([`SearchResult`]) |
 //!
 //! The pages also read the routes every application has: `GET /streams/{stream_id}/events`
@@ -36,7 +36,7 @@ pub use overview::{
 };
 pub use pages::pages;
 pub use path::{saga_path, PathNode};
-pub use sagas::{ConsoleSaga, DataAfter, SagaActions, SagaDetail, SagaList};
+pub use sagas::{ConsoleSaga, DataAfter, SagaActions, SagaDeadLetter, SagaDetail, SagaList};
 pub use search::{SearchMatch, SearchResult};
 
 use std::sync::Arc;
@@ -62,8 +62,9 @@ pub struct Console {
     pub store: EventStore,
     /// The transport, asked for its end offsets (consumer lag).
     pub transport: Arc<dyn Transport>,
-    /// The application's name and release.
+    /// The application's name.
     pub app: &'static str,
+    /// The application's release.
     pub version: &'static str,
     /// The registered sagas.
     pub sagas: Arc<[Arc<Saga>]>,
@@ -90,6 +91,7 @@ pub fn data_router(console: Console) -> OpenApiRouter {
 /// A registered saga, as the console shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaInfo {
+    /// Its name: the `saga_type` of its instances.
     pub name: &'static str,
     /// The aggregate type whose events start it: an id of that type finds its saga.
     pub started_by: Option<&'static str>,
@@ -102,6 +104,7 @@ pub struct SagaInfo {
 /// One step of a registered saga.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StepInfo {
+    /// The step's name.
     pub name: &'static str,
     /// The aggregate type its commands go to.
     pub invokes: &'static str,
@@ -112,10 +115,15 @@ pub struct StepInfo {
 /// What the application registered, for the console's menus and filters.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AppInfo {
+    /// The application's name.
     pub name: &'static str,
+    /// The application's release.
     pub version: &'static str,
+    /// The registered sagas, in the order they were registered.
     pub sagas: Vec<SagaInfo>,
+    /// The registered aggregate types, sorted.
     pub aggregate_types: Vec<&'static str>,
+    /// The registered read models.
     pub projections: Vec<&'static str>,
     /// Every saga state, in the order of a saga's life.
     pub states: Vec<&'static str>,

@@ -39,51 +39,68 @@ pub(super) struct OverviewQuery {
 /// Sagas of one type in one state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StateCount {
+    /// The saga type.
     pub saga_type: String,
+    /// One of `running`, `compensating`, `completed`, `compensated`, `failed`.
     pub state: String,
+    /// How many sagas of that type are in that state now.
     pub count: i64,
 }
 
 /// Sagas that ended in one interval, by how they ended.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ThroughputBucket {
+    /// When the interval starts (it lasts `bucket_seconds`).
     pub start: DateTime<Utc>,
+    /// Sagas that completed in the interval (their last update is in it).
     pub completed: i64,
+    /// Sagas that compensated in the interval.
     pub compensated: i64,
+    /// Sagas that failed in the interval.
     pub failed: i64,
 }
 
 /// Step latency in one interval: the steps that finished in it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LatencyBucket {
+    /// When the interval starts (it lasts `bucket_seconds`).
     pub start: DateTime<Utc>,
     /// Steps measured.
     pub count: i64,
-    /// Median and 95th percentile, in milliseconds (absent without steps).
+    /// The median, in milliseconds (absent without steps).
     pub p50_ms: Option<f64>,
+    /// The 95th percentile, in milliseconds.
     pub p95_ms: Option<f64>,
 }
 
 /// The latency of one step of one saga type over the window.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StepLatency {
+    /// The saga type.
     pub saga_type: String,
+    /// The step's name.
     pub step: String,
+    /// Steps measured: succeeded or failed, from first invocation to their end.
     pub count: i64,
+    /// Median, in milliseconds.
     pub p50_ms: f64,
+    /// 95th percentile, in milliseconds.
     pub p95_ms: f64,
+    /// The slowest, in milliseconds.
     pub max_ms: f64,
 }
 
 /// How far one consumer group is behind on one topic.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConsumerLag {
+    /// The consumer group.
     pub group: String,
     /// The logical topic.
     pub topic: String,
     /// Messages behind the transport's end, summed over partitions (absent if the transport
     /// could not be asked: see `error`).
     pub lag: Option<i64>,
+    /// Why the lag is unknown.
     pub error: Option<String>,
 }
 
@@ -99,8 +116,11 @@ pub struct OutboxInfo {
 /// Dead letters of one consumer group in one status.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterCount {
+    /// The consumer group that parked them.
     pub consumer: String,
+    /// `parked`, `retried` or `discarded`.
     pub status: String,
+    /// How many.
     pub count: i64,
 }
 
@@ -109,9 +129,11 @@ pub struct DeadLetterCount {
 pub struct Overview {
     /// When it was read.
     pub at: DateTime<Utc>,
-    /// The interval the series cover, in seconds, and the length of one bucket.
+    /// The interval the series cover, in seconds.
     pub window_seconds: i64,
+    /// The length of one bucket of the series, in seconds.
     pub bucket_seconds: i64,
+    /// Sagas by type and state, now.
     pub sagas: Vec<StateCount>,
     /// Sagas that ended, per bucket, oldest first.
     pub throughput: Vec<ThroughputBucket>,
@@ -120,9 +142,13 @@ pub struct Overview {
     pub latency: Vec<LatencyBucket>,
     /// The same steps, per saga type and step.
     pub steps: Vec<StepLatency>,
+    /// How many of the most recently updated sagas of each state the latency is measured over.
     pub latency_sample: i64,
+    /// The lag of every consumer group of the application, whichever process runs it.
     pub consumers: Vec<ConsumerLag>,
+    /// What waits to be published.
     pub outbox: OutboxInfo,
+    /// Dead letters by consumer group and status.
     pub dead_letters: Vec<DeadLetterCount>,
     /// The sagas that have not ended and have not moved for longest.
     pub stuck: Vec<ConsoleSaga>,

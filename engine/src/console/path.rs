@@ -32,15 +32,19 @@ pub struct PathNode {
     pub status: String,
     /// The attempt last sent.
     pub attempts: u32,
+    /// How many of its attempts went unanswered in time.
     pub timeouts: u32,
     /// What went wrong along the way, in order: rejections and timeouts.
     pub errors: Vec<String>,
     /// The commands it sent, as `command on stream`.
     pub commands: Vec<String>,
+    /// When it was first sent.
     pub started_at: Option<DateTime<Utc>>,
+    /// When it ended (succeeded, failed, compensated, answered).
     pub finished_at: Option<DateTime<Utc>>,
-    /// For a failure, a failed step and a failed end: the code and the message.
+    /// For a failure, a failed step and a failed end: the code.
     pub code: Option<String>,
+    /// For a failure, a failed step and a failed end: the message.
     pub message: Option<String>,
 }
 

@@ -9,7 +9,9 @@ use crate::saga::read_model::SagaRow;
 /// Which sagas a page lists.
 #[derive(Debug, Default)]
 pub(super) struct Filter {
+    /// Only sagas of this type.
     pub saga_type: Option<String>,
+    /// Only sagas whose last event was recorded at or before this time.
     pub updated_at_or_before: Option<DateTime<Utc>>,
 }
 

@@ -6,6 +6,7 @@ use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -61,16 +62,23 @@ pub(super) struct ListQuery {
 /// A saga in the console's list.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConsoleSaga {
+    /// The saga's id.
     pub saga_id: Uuid,
+    /// Its type.
     pub saga_type: String,
+    /// `running`, `compensating`, `completed`, `compensated` or `failed`.
     pub state: String,
+    /// The step it executes or compensates now.
     pub current_step: Option<String>,
     /// Why it compensates or failed: `{step, code, message}`.
     pub failure: Option<Value>,
+    /// When it started.
     pub started_at: DateTime<Utc>,
+    /// When its last event was recorded.
     pub updated_at: DateTime<Utc>,
     /// Seconds since `updated_at`: how long it has not moved.
     pub idle_seconds: i64,
+    /// The version of its stream the row reflects.
     pub version: i64,
     /// Running or compensating: it has not ended.
     pub active: bool,
@@ -97,6 +105,7 @@ impl ConsoleSaga {
 /// updated first: the stuck ones), then those that ended (most recently updated first).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaList {
+    /// The page, in the list's order.
     pub sagas: Vec<ConsoleSaga>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,
@@ -232,6 +241,7 @@ pub struct DataAfter {
     pub after: String,
     /// The version of the saga's stream that recorded it.
     pub version: i64,
+    /// When that version was recorded.
     pub at: DateTime<Utc>,
     /// Whether this point changed the data (a step's replies may leave it as it was).
     pub changed: bool,
@@ -249,6 +259,49 @@ pub struct SagaActions {
     pub abort: bool,
 }
 
+/// A message of the saga's request that a consumer parked: often why a saga is stuck.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct SagaDeadLetter {
+    /// Its id among the dead letters.
+    pub id: i64,
+    /// The consumer group that parked it.
+    pub consumer: String,
+    /// The stream it concerns (a saga command's target).
+    pub stream_id: Option<String>,
+    /// The event's type, or for a saga command, the command's.
+    pub message: Option<String>,
+    /// The handler's last error.
+    pub error: String,
+    /// Failed attempts, over every time it was parked.
+    pub attempts: i32,
+    /// `parked`, `retried` or `discarded`.
+    pub status: String,
+    /// When it last failed.
+    pub last_failed_at: DateTime<Utc>,
+}
+
+/// The most dead letters a saga's page lists.
+const MAX_DEAD_LETTERS: i64 = 50;
+
+/// The dead letters of correlation id `correlation_id`, oldest first (an index scan: migration
+/// 0010).
+async fn dead_letters_of(
+    pool: &PgPool,
+    correlation_id: Uuid,
+) -> Result<Vec<SagaDeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, consumer_group AS consumer, envelope->>'stream_id' AS stream_id,
+                COALESCE(envelope->'payload'->'command'->>'command', envelope->>'event_type') AS message,
+                error, attempts, status, last_failed_at
+         FROM dead_letters WHERE envelope->'metadata'->>'correlation_id' = $1
+         ORDER BY id LIMIT $2",
+    )
+    .bind(correlation_id.to_string())
+    .bind(MAX_DEAD_LETTERS)
+    .fetch_all(pool)
+    .await
+}
+
 /// One saga, everything the console shows of it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SagaDetail {
@@ -263,7 +316,11 @@ pub struct SagaDetail {
     pub data: Vec<DataAfter>,
     /// Every stream it touched: its own first, then in the order they appear in its timeline.
     pub streams: Vec<String>,
+    /// Its events and its participants' events, in order (at most 1000).
     pub timeline: Timeline,
+    /// Messages of the saga's request that a consumer parked (at most 50).
+    pub dead_letters: Vec<SagaDeadLetter>,
+    /// What an operator can do to it now.
     pub actions: SagaActions,
 }
 
@@ -339,6 +396,7 @@ pub(super) async fn console_saga(
             streams.push(s);
         }
     }
+    let dead_letters = dead_letters_of(&console.pool, saga.correlation_id).await?;
     let definition = console
         .sagas
         .iter()
@@ -351,6 +409,7 @@ pub(super) async fn console_saga(
         data,
         streams,
         timeline,
+        dead_letters,
         actions,
     }))
 }

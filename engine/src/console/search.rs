@@ -32,8 +32,8 @@ const MAX_CORRELATED: i64 = 20;
 #[serde(deny_unknown_fields)]
 pub(super) struct SearchQuery {
     /// An id: a saga id, a correlation id, a stream id (`<type>-<id>`), or the id of an
-    /// aggregate (an order's id, say). Without one, nothing is found.
-    #[param(example = "SKU-1")]
+    /// aggregate (a trip's id, say). Without one, nothing is found.
+    #[param(example = "LIS-1")]
     q: Option<String>,
 }
 
@@ -58,6 +58,7 @@ pub struct SearchMatch {
 pub struct SearchResult {
     /// The query, trimmed.
     pub query: String,
+    /// Every place it leads to, the best first; none for an unknown id.
     pub matches: Vec<SearchMatch>,
 }
 
@@ -219,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_stream_id_is_one_path_segment() {
-        assert_eq!(encode_segment("order-0193a0c4"), "order-0193a0c4");
+        assert_eq!(encode_segment("trip-0193a0c4"), "trip-0193a0c4");
         assert_eq!(encode_segment("a b/c?d"), "a%20b%2Fc%3Fd");
         assert_eq!(encode_segment("é"), "%C3%A9");
     }

@@ -488,19 +488,34 @@
       empty || 'Nothing changed.');
   }
 
-  async function saga() {
+  // A saga that has not ended is read again every few seconds, and drawn again if it moved.
+  let sagaTimer = null;
+
+  async function saga(shown) {
+    clearTimeout(sagaTimer);
     const id = decodeURIComponent(location.pathname.split('/').pop());
-    render(h('p', {}, 'Loading…'));
+    if (shown === undefined) render(h('p', {}, 'Loading…'));
     let d;
     try {
       d = await api(`/admin/console/sagas/${encodeURIComponent(id)}`);
     } catch (e) {
-      render(h('h1', {}, 'Saga'), failure(e));
+      if (shown === undefined) render(h('h1', {}, 'Saga'), failure(e));
       return;
     }
     const v = d.saga;
+    const active = v.state === 'running' || v.state === 'compensating';
+    if (active) sagaTimer = setTimeout(() => saga(v.version), POLL_MS);
+    if (shown === v.version) return;
     const out = h('span', { id: 'action-result', cls: 'muted' });
-    const reload = () => setTimeout(saga, 300);
+    // After an action, the saga as it is now, with the action's answer.
+    const reload = () => {
+      clearTimeout(sagaTimer);
+      sagaTimer = setTimeout(async () => {
+        await saga(null);
+        const shownNow = document.getElementById('action-result');
+        if (shownNow) shownNow.replaceWith(out);
+      }, 300);
+    };
     const failed = v.failure ? `${v.failure.step}: ${v.failure.code}: ${v.failure.message}` : '';
     const own = `saga-${v.saga_id}`;
     render(
@@ -519,6 +534,11 @@
         h('dt', {}, 'Version'), h('dd', {}, v.version),
         v.current_step ? [h('dt', {}, 'Current step'), h('dd', {}, v.current_step)] : null,
         failed ? [h('dt', {}, 'Why'), h('dd', { id: 'why', cls: 'error' }, failed)] : null),
+      d.dead_letters.length ? h('section', { cls: 'warn' }, h('h2', {}, 'Dead letters of this saga ', h('small', {}, 'messages of its request a consumer parked')),
+        table('saga-dead-letters', ['#', 'Consumer', 'Stream', 'Message', 'Error', 'Attempts', 'Failed', 'Status'],
+          d.dead_letters.map((x) => row([h('a', { href: `/console/dead-letters${query({ status: x.status })}` }, x.id), x.consumer,
+            x.stream_id ? streamLink(x.stream_id) : '', x.message || '', h('span', { cls: 'error' }, x.error), x.attempts, time(x.last_failed_at), x.status],
+          { dataset: { id: x.id, status: x.status } })))) : null,
       h('section', {}, h('h2', {}, 'Path'),
         h('div', { cls: 'scroll' }, pathChart(d.path)),
         table('path-table', ['#', 'What', 'Name', 'Status', 'Attempts', 'Timeouts', 'Errors', 'Commands', 'Started', 'Finished'],
@@ -633,7 +653,7 @@
               d.status === 'parked' ? h('span', { cls: 'actions' },
                 h('button', { cls: 'retry', onclick: () => act(`Deliver dead letter #${d.id} (${d.event_type || 'message'} of ${d.stream_id || d.partition_key}) to ${d.consumer} again?`, `/admin/dead-letters/${d.id}/retry`, undefined, out, load) }, 'Retry'),
                 h('button', { cls: 'discard danger', onclick: () => act(`Discard dead letter #${d.id}? ${d.consumer} will never apply it.`, `/admin/dead-letters/${d.id}/discard`, undefined, out, load) }, 'Discard')) : ''],
-            { dataset: { id: d.id, status: d.status } })),
+            { dataset: { id: d.id, status: d.status, stream: d.stream_id || '' } })),
             'No dead letter here.'),
           page.next_after ? h('p', { cls: 'paging' }, h('a', { href: `/console/dead-letters${query({ status, after: page.next_after })}` }, 'Next page »')) : '');
       } catch (e) {
