@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,7 +91,10 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
+        // In a process group of its own, which the Chromium it starts joins: dropping the
+        // browser ends both, even when a test fails before the session is closed.
         let driver = Command::new(&chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -145,6 +149,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -263,7 +272,8 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
         return;
     };
     // The inventory read model cannot store SKU-PARKED while `console_broken` has a row: its
-    // restock is parked in the dead letters until that is fixed.
+    // restock is parked in the dead letters until that is fixed. The orders of the customers
+    // in `console_unconfirmable` cannot be confirmed: their saga keeps trying.
     sqlx::raw_sql(
         "CREATE TABLE console_broken (sku text NOT NULL);
          INSERT INTO console_broken VALUES ('SKU-PARKED');
@@ -275,33 +285,53 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
              RETURN NEW;
          END $$;
          CREATE TRIGGER console_refuse BEFORE INSERT OR UPDATE ON read_inventory
-             FOR EACH ROW EXECUTE FUNCTION console_refuse();",
+             FOR EACH ROW EXECUTE FUNCTION console_refuse();
+         CREATE TABLE console_unconfirmable (customer_id text NOT NULL);
+         CREATE FUNCTION console_refuse_confirmation() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.event_type = 'order_confirmed' AND EXISTS (
+                 SELECT 1 FROM events e JOIN console_unconfirmable u
+                   ON e.payload->>'customer_id' = u.customer_id
+                 WHERE e.stream_id = NEW.stream_id AND e.event_type = 'order_placed') THEN
+                 RAISE EXCEPTION 'disk full while confirming %', NEW.stream_id;
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER console_refuse_confirmation BEFORE INSERT ON events
+             FOR EACH ROW EXECUTE FUNCTION console_refuse_confirmation();",
     )
     .execute(&pool)
     .await
     .unwrap();
     let engine = start(&pool, Some(TOKEN)).await;
-    let customer = Uuid::now_v7();
+    let (customer, unlucky) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query("INSERT INTO console_unconfirmable VALUES ($1)")
+        .bind(unlucky.to_string())
+        .execute(&pool)
+        .await
+        .unwrap();
     engine.restock("SKU-A", 10).await;
     engine.restock("SKU-B", 1).await;
     engine.deposit(customer, 100_000).await;
+    engine.deposit(unlucky, 100_000).await;
     let (_, good) = engine.order(customer, &[("SKU-A", 2, 1_000)]).await;
     // One line in stock, one not: the reservation that succeeded is undone.
     let (declined, bad) = engine
         .order(customer, &[("SKU-A", 1, 1_000), ("SKU-B", 5, 500)])
         .await;
     assert_eq!(bad, saga_id_of(declined));
+    let (unconfirmable, stuck) = engine.order(unlucky, &[("SKU-A", 1, 3_000)]).await;
     engine.restock("SKU-PARKED", 7).await;
     wait_terminal(&pool, &[good, bad], WAIT).await;
-    eventually(WAIT, "the restock of SKU-PARKED parked", || async {
-        let parked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM dead_letters WHERE status = 'parked'
-               AND consumer_group = 'projection:inventory' AND envelope->>'stream_id' = 'inventory-SKU-PARKED'",
+    eventually(WAIT, "the restock and a confirmation parked", || async {
+        let parked: Vec<String> = sqlx::query_scalar(
+            "SELECT envelope->>'stream_id' FROM dead_letters WHERE status = 'parked'",
         )
-        .fetch_one(&pool)
+        .fetch_all(&pool)
         .await
         .unwrap();
-        parked == 1
+        parked.contains(&"inventory-SKU-PARKED".to_owned())
+            && parked.contains(&format!("order-{unconfirmable}"))
     })
     .await;
 
@@ -326,18 +356,33 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     until(
         c,
         "the overview's counts",
-        "const c = document.querySelector('.card-compensated b');
-         return c && c.textContent === '1' && document.querySelector('.card-completed b').textContent === '1'",
+        "const n = s => { const c = document.querySelector('.card-' + s + ' b'); return c && c.textContent; };
+         return n('completed') === '1' && n('compensated') === '1' && n('running') === '1'",
     )
     .await;
-    until(c, "the charts", "return document.querySelector('#throughput rect.s-completed') && document.querySelector('#latency polyline, #latency circle')").await;
+    until(
+        c,
+        "the charts",
+        "return document.querySelector('#throughput rect.s-completed') && document.querySelector('#latency polyline, #latency circle')",
+    )
+    .await;
     let parked = until(
         c,
-        "the parked dead letter",
+        "the parked dead letters",
         "const p = document.querySelector('#parked b'); return p && p.textContent",
     )
     .await;
-    assert_eq!(parked, "1");
+    assert!(
+        parked.as_str().unwrap().parse::<i64>().unwrap() >= 2,
+        "{parked}"
+    );
+    let listed = until(
+        c,
+        "the stuck saga",
+        "return [...document.querySelectorAll('#stuck a')].map(a => a.getAttribute('href'))",
+    )
+    .await;
+    assert_eq!(listed, json!([format!("/console/sagas/{stuck}")]));
     screenshot(c, "overview").await;
 
     // The declined order, found by its id in the search box: the saga's path reads forward,
@@ -355,12 +400,7 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
         &format!("return location.pathname === '/console/sagas/{bad}' && document.querySelector('#path-table')"),
     )
     .await;
-    let path = until(
-        c,
-        "the path",
-        "return [...document.querySelectorAll('#path-table tbody tr')].map(r => r.dataset.kind + ':' + r.dataset.name + ':' + r.children[3].textContent)",
-    )
-    .await;
+    let path = until(c, "the path", PATH_ROWS).await;
     assert_eq!(
         path,
         json!([
@@ -419,7 +459,13 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
             "{s} in {streams}"
         );
     }
-    until(c, "the timeline", "return document.querySelectorAll('#timeline tbody tr.src-participant').length > 0 && document.querySelectorAll('#timeline tbody tr.bad').length > 0").await;
+    until(
+        c,
+        "the timeline",
+        "return document.querySelectorAll('#timeline tbody tr.src-participant').length > 0
+            && document.querySelectorAll('#timeline tbody tr.bad').length > 0",
+    )
+    .await;
     let buttons = c
         .execute(
             "return [document.getElementById('retry-step').disabled, document.getElementById('abort').disabled]",
@@ -432,6 +478,51 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
         json!([true, true]),
         "an ended saga offers no action"
     );
+    screenshot(c, "saga-declined").await;
+
+    // The unconfirmable order's saga, aborted from its page: the steps it did are undone from
+    // the last to the first, and the order is rejected.
+    c.goto(&format!("{base}/console/sagas/{stuck}"))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the abort button",
+        "const a = document.getElementById('abort'); return a && !a.disabled",
+    )
+    .await;
+    let parked = until(
+        c,
+        "the saga's parked command",
+        "return [...document.querySelectorAll('#saga-dead-letters tbody tr[data-status=parked]')].map(r => r.children[3].textContent)",
+    )
+    .await;
+    assert!(
+        parked.as_array().unwrap().iter().all(|m| m == "confirm"),
+        "{parked}"
+    );
+    click(c, "#abort").await;
+    confirm(c).await;
+    let path = until(
+        c,
+        "the aborted saga compensated",
+        &format!("const rows = (() => {{ {PATH_ROWS} }})(); return rows.includes('end:compensated:compensated') && rows"),
+    )
+    .await;
+    assert_eq!(
+        path,
+        json!([
+            "step:reserve_stock:succeeded",
+            "step:authorize_payment:succeeded",
+            "step:confirm_order:aborted",
+            "step:capture_payment:pending",
+            "failure:confirm_order:aborted_by_operator",
+            "compensation:authorize_payment:compensated",
+            "compensation:reserve_stock:compensated",
+            "final:on_compensated:succeeded",
+            "end:compensated:compensated",
+        ])
+    );
     screenshot(c, "saga-compensated").await;
 
     // A stream stepped back in time: the state one version before the head, and what the
@@ -439,7 +530,13 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     c.goto(&format!("{base}/console/streams/inventory-SKU-A"))
         .await
         .unwrap();
-    let head = until(c, "the stream at its head", "const l = document.getElementById('version-label'); const s = document.getElementById('state'); return l && s && s.dataset.version && l.textContent").await;
+    let head = until(
+        c,
+        "the stream at its head",
+        "const l = document.getElementById('version-label'); const s = document.getElementById('state');
+         return l && s && s.dataset.version && l.textContent",
+    )
+    .await;
     let head: i64 = head
         .as_str()
         .unwrap()
@@ -453,17 +550,17 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     let state = until(
         c,
         "the state one version back",
-        &format!("const s = document.getElementById('state'); return s.dataset.version === '{}' && document.getElementById('event-type') && s.textContent", head - 1),
+        &format!(
+            "const s = document.getElementById('state');
+             return s.dataset.version === '{}' && document.getElementById('event-type') && s.textContent",
+            head - 1
+        ),
     )
     .await;
     let shown: Value = serde_json::from_str(state.as_str().unwrap()).unwrap();
-    let (_, expected) = common::read(
-        reqwest::get(format!(
-            "{base}/streams/inventory-SKU-A/state?at_version={}",
-            head - 1
-        ))
-        .await
-        .unwrap(),
+    let (_, expected) = get(
+        &engine,
+        &format!("/streams/inventory-SKU-A/state?at_version={}", head - 1),
     )
     .await;
     assert_eq!(shown, expected["state"]);
@@ -483,7 +580,8 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     .await;
     screenshot(c, "stream").await;
 
-    // The parked restock, retried after the fix: applied once.
+    // The parked restock, retried after the fix: applied once. The unconfirmable order's
+    // command, discarded.
     sqlx::query("DELETE FROM console_broken")
         .execute(&pool)
         .await
@@ -491,35 +589,32 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     c.goto(&format!("{base}/console/dead-letters"))
         .await
         .unwrap();
-    let id = until(c, "the parked dead letter", "const r = document.querySelector('#dead-letters tr[data-status=parked]'); return r && r.dataset.id").await;
-    screenshot(c, "dead-letters").await;
-    click(
+    let id = until(
         c,
-        &format!(
-            "#dead-letters tr[data-id='{}'] button.retry",
-            id.as_str().unwrap()
-        ),
+        "the parked restock",
+        "const r = document.querySelector('#dead-letters tr[data-stream=\"inventory-SKU-PARKED\"]'); return r && r.dataset.id",
     )
     .await;
+    let id = id.as_str().unwrap().to_owned();
+    screenshot(c, "dead-letters").await;
+    click(c, &format!("#dead-letters tr[data-id='{id}'] button.retry")).await;
     confirm(c).await;
-    until(c, "the list without it", "return document.getElementById('dead-letters') === null || document.querySelector('#dead-letters tr[data-status=parked]') === null").await;
+    until(
+        c,
+        "the list without the restock",
+        &format!("return document.querySelector('#action-result .ok') && !document.querySelector('#dead-letters tr[data-id=\"{id}\"]')"),
+    )
+    .await;
     eventually(WAIT, "SKU-PARKED in the inventory read model", || async {
         let (s, b) = get(&engine, "/inventory/SKU-PARKED").await;
         s == StatusCode::OK && b["on_hand"] == 7
     })
     .await;
-    let (_, row) = admin_get(
-        &engine,
-        &format!("/admin/dead-letters/{}", id.as_str().unwrap()),
-    )
-    .await;
+    let (_, row) = admin_get(&engine, &format!("/admin/dead-letters/{id}")).await;
     assert_eq!(row["status"], "retried");
     let again = engine
         .client
-        .post(format!(
-            "{base}/admin/dead-letters/{}/retry",
-            id.as_str().unwrap()
-        ))
+        .post(format!("{base}/admin/dead-letters/{id}/retry"))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -532,6 +627,27 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, stock) = get(&engine, "/inventory/SKU-PARKED").await;
     assert_eq!(stock["on_hand"], 7, "applied once");
+    let confirmation = until(
+        c,
+        "a parked confirmation",
+        &format!("const r = document.querySelector('#dead-letters tr[data-stream=\"order-{unconfirmable}\"]'); return r && r.dataset.id"),
+    )
+    .await;
+    let confirmation = confirmation.as_str().unwrap().to_owned();
+    click(
+        c,
+        &format!("#dead-letters tr[data-id='{confirmation}'] button.discard"),
+    )
+    .await;
+    confirm(c).await;
+    until(
+        c,
+        "the list without the confirmation",
+        &format!("return !document.querySelector('#dead-letters tr[data-id=\"{confirmation}\"]')"),
+    )
+    .await;
+    let (_, row) = admin_get(&engine, &format!("/admin/dead-letters/{confirmation}")).await;
+    assert_eq!(row["status"], "discarded");
 
     // A read model rebuilt from the console, with its progress.
     c.goto(&format!("{base}/console/projections"))
@@ -539,12 +655,18 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
         .unwrap();
     click(c, "#projections tr[data-name='inventory'] button.rebuild").await;
     confirm(c).await;
-    until(c, "the rebuild to finish", "const r = document.querySelector('#projections tr[data-name=inventory]'); return r && r.querySelector('.state-idle') && r.querySelector('progress') && !r.querySelector('button.rebuild').disabled").await;
+    until(
+        c,
+        "the rebuild to finish",
+        "const r = document.querySelector('#projections tr[data-name=inventory]');
+         return r && r.querySelector('.state-idle') && r.querySelector('progress') && !r.querySelector('button.rebuild').disabled",
+    )
+    .await;
     let (_, stock) = get(&engine, "/inventory/SKU-PARKED").await;
     assert_eq!(stock["on_hand"], 7, "the rebuilt read model");
     screenshot(c, "projections").await;
 
-    // The sagas list, stuck first; every action was audited.
+    // The sagas list; every action was audited.
     c.goto(&format!("{base}/console/sagas")).await.unwrap();
     let listed = until(
         c,
@@ -552,7 +674,7 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
         "return [...document.querySelectorAll('#sagas tbody tr')].map(r => r.dataset.sagaId)",
     )
     .await;
-    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
     screenshot(c, "sagas").await;
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
@@ -561,7 +683,9 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
         .await
         .unwrap();
     for line in [
+        "sagaflow_admin_actions_total{action=\"saga_abort\"} 1",
         "sagaflow_admin_actions_total{action=\"dead_letter_retry\"} 2",
+        "sagaflow_admin_actions_total{action=\"dead_letter_discard\"} 1",
         "sagaflow_admin_actions_total{action=\"projection_rebuild\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in the metrics");
@@ -569,6 +693,10 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     browser.close().await;
     engine.stop().await;
 }
+
+/// The rows of a saga's path table, as `kind:name:status`.
+const PATH_ROWS: &str = "return [...document.querySelectorAll('#path-table tbody tr')]
+    .map(r => r.dataset.kind + ':' + r.dataset.name + ':' + r.children[3].textContent)";
 
 /// Without an admin token the console is closed, and says how to open it; with one, its data
 /// needs the token, and the pages hold no business data.
