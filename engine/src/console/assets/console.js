@@ -287,6 +287,10 @@
     let timer = null;
     async function refresh() {
       clearTimeout(timer);
+      if (document.hidden) {
+        timer = setTimeout(refresh, POLL_MS);
+        return;
+      }
       try {
         const o = await api(`/admin/console/overview${query({ window: minutes })}`);
         body.replaceChildren(...drawOverview(o));
