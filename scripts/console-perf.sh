@@ -7,17 +7,22 @@
 # and prints the median, 95th percentile and maximum time to the first byte of the answer.
 #
 #   bash scripts/console-perf.sh [N]
+#
+# PGPORT chooses another PostgreSQL on 127.0.0.1 (5432 by default), one nothing else uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_postgres
+export PGPORT="${PGPORT:-5432}"
+if [ "$PGPORT" = 5432 ]; then
+  ensure_postgres
+fi
 N="${1:-100000}"
 RUNS=20
 DB=sagaflow_console_perf
 TOKEN=console-perf-token
 PORT=18089
 BASE="http://127.0.0.1:$PORT"
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+export DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/$DB"
 psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
 cargo build --release --bin sagaflow -q
 BIN="${CARGO_TARGET_DIR:-target}/release/sagaflow"
