@@ -24,3 +24,17 @@ ensure_postgres() {
   echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2
   return 1
 }
+
+# Installs headless Chromium and its WebDriver, for the console's browser test (tests/console.rs),
+# if either is missing. Where it cannot install them, that test is skipped with a message.
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    return 0
+  fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and chromium-driver for the console's browser test" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "chromium or chromedriver is missing and cannot be installed here: the console's browser test will be skipped" >&2
+  fi
+}

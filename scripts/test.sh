@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real services: starts PostgreSQL if it is down, installs
-# and starts a Kafka-protocol broker (Tansu, on 127.0.0.1 only, stopped again at the end), then
+# and starts a Kafka-protocol broker (Tansu, on 127.0.0.1 only, stopped again at the end),
+# installs headless Chromium and chromedriver (the console's browser test) if missing, then
 # every crate's unit tests and the end-to-end tests. Each database test gets its own fresh database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
+ensure_chromium
 # sqlx::test creates one database per test from this server.
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if [ -z "${KAFKA_BROKERS:-}" ]; then

@@ -116,10 +116,17 @@ impl Gen<'_> {
             if let Some(s) = self.matching(p) {
                 return s;
             }
-            if let Some(e) = schema["examples"].as_array().and_then(|e| e.first()) {
-                return e.as_str().unwrap_or_default().to_owned();
+            if p == r"\S" {
+                // Any text that is not blank.
+                let s = self.string(&json!({"maxLength": schema["maxLength"]}));
+                return format!("x{}", s.chars().skip(1).collect::<String>());
             }
-            return "a1".to_owned();
+            // A pattern beyond the simple forms: the document's example is the valid value.
+            // Every such parameter must have one (it shows users the form, too).
+            match schema["examples"].as_array().and_then(|e| e.first()) {
+                Some(e) => return e.as_str().unwrap_or_default().to_owned(),
+                None => panic!("the pattern {p:?} has no example in the document"),
+            }
         }
         match schema["format"].as_str() {
             Some("uuid") => return Uuid::now_v7().to_string(),

@@ -7,7 +7,7 @@
 //!   [`replay`], [`testing`];
 //! - messaging: [`transport`], [`consumer`], [`relay`];
 //! - sagas and read models: [`saga`], [`projection`];
-//! - the HTTP surface and operations: [`http`], [`ops`];
+//! - the HTTP surface and operations: [`http`], [`ops`], the web [`console`];
 //! - the application and its command line: [`app`], [`cli`].
 
 #![warn(missing_docs)]
@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod app;
 pub mod cli;
 pub mod command;
+pub mod console;
 pub mod consumer;
 pub mod db;
 #[doc(hidden)]

@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("messaging", &["transport", "consumer", "relay"]),
     ("sagas and read models", &["saga", "projection"]),
-    ("HTTP and operations", &["http", "ops"]),
+    ("HTTP and operations", &["http", "ops", "console"]),
     ("application", &["app", "cli", "doc_fixtures"]),
 ];
 

@@ -1,7 +1,7 @@
 //! An application: what a team registers (aggregates, participants, sagas, projections, routes,
 //! migrations), and everything derived from it, so that nothing is listed twice: the topics and
 //! consumer groups, the components a process can run, the lag metrics, replay and time travel,
-//! the rebuilds and admin routes of the read models, the migrations to apply.
+//! the rebuilds and admin routes of the read models, the web console, the migrations to apply.
 //!
 //! Mistakes are found when the application is checked ([`App::check`], which every build and
 //! every CLI command runs first), with a message that says what to change: two aggregate types

@@ -137,6 +137,17 @@ impl App {
         let mut scraper = Scraper::new(pool.clone(), transport.clone(), groups.clone());
         scraper.extra.push(process.registry.clone());
 
+        let console = crate::console::Console {
+            pool: pool.clone(),
+            store: bus.store().clone(),
+            transport: transport.clone(),
+            app: self.name,
+            version: self.version,
+            sagas: self.sagas.clone().into(),
+            aggregate_types: registry.types(),
+            projections: self.projection_names(),
+            groups: self.consumer_groups(),
+        };
         let document = Arc::new(OnceLock::new());
         let mut routes = OpenApiRouter::with_openapi(openapi::document(self.name, self.version))
             .merge(streams::router(streams::StreamsState {
@@ -147,14 +158,20 @@ impl App {
             .merge(ops::health_router())
             .merge(ops::readiness_router(readiness.clone()))
             .merge(ops::scrape::router(scraper))
-            .merge(openapi::router(document.clone()));
+            .merge(openapi::router(document.clone()))
+            .merge(crate::console::pages(
+                self.name,
+                self.version,
+                options.admin_token.is_configured(),
+            ));
         for module in &self.routes {
             routes = routes.merge(module(&services));
         }
         let admin = admin::protect(
             projections::admin_router(pool.clone(), transport.clone(), projections.clone())
                 .merge(dead_letters::router(pool.clone(), layout, bell.clone()))
-                .merge(sagas::admin_router(orchestrator.clone(), bell)),
+                .merge(sagas::admin_router(orchestrator.clone(), bell))
+                .merge(crate::console::data_router(console)),
             options.admin_token.clone(),
         );
         let (mut router, mut api) = routes.merge(admin).split_for_parts();

@@ -14,6 +14,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -21,6 +22,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::admin::{audited, AdminAction};
 use super::{ApiError, ErrorBody, PathParams, QueryParams};
 use crate::consumer::dead_letters::{
     self, DeadLetter, DeadLetterError, DeadLetterPage, DEFAULT_PAGE, MAX_PAGE, STATUSES,
@@ -158,14 +160,17 @@ async fn get_one(
         (status = 409, description = "`dead_letter_not_parked`, `dead_letter_undecodable` or `dead_letter_foreign_topic`", body = ErrorBody),
     )
 )]
-async fn retry(
-    State(state): State<AdminState>,
-    PathParams(id): PathParams<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    let row = dead_letters::retry(&state.pool, &state.layout, id).await?;
-    state.outbox_bell.ring();
-    tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter retried");
-    Ok(Json(row))
+async fn retry(State(state): State<AdminState>, PathParams(id): PathParams<i64>) -> Response {
+    let result = dead_letters::retry(&state.pool, &state.layout, id).await;
+    if let Ok(row) = &result {
+        state.outbox_bell.ring();
+        tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter retried");
+    }
+    audited(
+        AdminAction::DeadLetterRetry,
+        id,
+        result.map(Json).map_err(ApiError::from),
+    )
 }
 
 /// Gives up on a parked message: its group never applies it.
@@ -180,11 +185,14 @@ async fn retry(
         (status = 409, description = "`dead_letter_not_parked`", body = ErrorBody),
     )
 )]
-async fn discard(
-    State(state): State<AdminState>,
-    PathParams(id): PathParams<i64>,
-) -> Result<Json<DeadLetter>, ApiError> {
-    let row = dead_letters::discard(&state.pool, id).await?;
-    tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter discarded");
-    Ok(Json(row))
+async fn discard(State(state): State<AdminState>, PathParams(id): PathParams<i64>) -> Response {
+    let result = dead_letters::discard(&state.pool, id).await;
+    if let Ok(row) = &result {
+        tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter discarded");
+    }
+    audited(
+        AdminAction::DeadLetterDiscard,
+        id,
+        result.map(Json).map_err(ApiError::from),
+    )
 }

@@ -6,6 +6,7 @@
 //! | `sagaflow_command_seconds` | histogram | `aggregate_type` | HTTP command latency, from parsed request to answer |
 //! | `sagaflow_commands_in_flight` | gauge | | command requests being executed now |
 //! | `sagaflow_commands_shed_total` | counter | `reason` | command requests refused: `overloaded` (503 at once) or `timeout` |
+//! | `sagaflow_admin_actions_total` | counter | `action` | admin actions asked for with the right token, whatever their outcome: `saga_retry_step`, `saga_abort`, `dead_letter_retry`, `dead_letter_discard`, `projection_rebuild` (each also logged, target `sagaflow::audit`) |
 
 use std::sync::LazyLock;
 
@@ -18,6 +19,7 @@ pub(crate) struct HttpMetrics {
     pub command_seconds: HistogramVec,
     pub commands_in_flight: IntGauge,
     pub commands_shed: IntCounterVec,
+    pub admin_actions: IntCounterVec,
 }
 
 pub(crate) fn metrics() -> &'static HttpMetrics {
@@ -42,6 +44,11 @@ pub(crate) fn metrics() -> &'static HttpMetrics {
             "sagaflow_commands_shed_total",
             "Command requests refused with 503: overloaded (at the concurrency limit) or timeout.",
             &["reason"],
+        ),
+        admin_actions: counter_vec(
+            "sagaflow_admin_actions_total",
+            "Admin actions asked for with the right token, by action, whatever their outcome.",
+            &["action"],
         ),
     }
     });

@@ -11,7 +11,7 @@
 //! | with query parameters | 400 | [`super::QueryParams`]: a parameter of the wrong form |
 //! | every route | 400 | [`super::hygiene`]: a NUL in the path, query or body |
 //! | `POST` outside `/admin/` | 503 | [`super::limit_commands`]: overloaded or timed out |
-//! | reading the database | 503 | the database is unavailable |
+//! | reading the database (all but `/healthz`, `/metrics`, `/openapi.json` and the console's pages and assets) | 503 | the database is unavailable |
 //! | under `/admin/` | 401, 403 | [`super::admin::protect`]: no or a wrong token, or none configured |
 
 use std::collections::BTreeMap;
@@ -205,6 +205,12 @@ const COMMAND_HEADERS: [(&str, &str); 3] = [
 /// Routes that never read the database.
 const WITHOUT_DATABASE: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
 
+/// Whether the route at `path` never reads the database: those above, and the console's pages
+/// and assets (its data routes live under `/admin/console/`).
+pub fn reads_no_database(path: &str) -> bool {
+    WITHOUT_DATABASE.contains(&path) || path == "/console" || path.starts_with("/console/")
+}
+
 /// Adds the answers of the shared extractors and middleware to every operation (see the
 /// module's table), the admin token's security scheme, and the error schema.
 pub fn finish(api: &mut OpenApi) {
@@ -271,7 +277,7 @@ pub fn finish(api: &mut OpenApi) {
             add.entry("400").or_insert(
                 "`invalid_characters`: the path, query or body holds U+0000 (NUL), which cannot be stored",
             );
-            if !WITHOUT_DATABASE.contains(&path.as_str()) {
+            if !reads_no_database(path) {
                 add.insert("503", "`database_unavailable`; on commands also `overloaded` or `command_timeout` (see `Retry-After`)");
             } else if is_post && !admin {
                 add.insert(

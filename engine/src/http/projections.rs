@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::admin::{audited, AdminAction};
 use super::{ApiError, ErrorBody, PathParams};
 use crate::consumer::{group_lag, PartitionLag};
 use crate::projection::rebuild::{self, RebuildError, RebuildOptions, RebuildStatus};
@@ -137,7 +138,12 @@ async fn list(State(state): State<AdminState>) -> Result<Json<ProjectionList>, A
 async fn start_rebuild(
     State(state): State<AdminState>,
     PathParams(name): PathParams<String>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let result = rebuild_now(&state, &name).await;
+    audited(AdminAction::ProjectionRebuild, &name, result)
+}
+
+async fn rebuild_now(state: &AdminState, name: &str) -> Result<Response, ApiError> {
     let Some(p) = state.projections.iter().find(|p| p.name() == name).cloned() else {
         let known: Vec<&str> = state.projections.iter().map(|p| p.name()).collect();
         return Err(ApiError::not_found(
@@ -175,7 +181,7 @@ async fn start_rebuild(
     };
     tracing::info!(projection = %name, events = ?job.status.events_total, "rebuild started");
     // Read before the job runs, so the answer shows the rebuild that was just started.
-    let info = info(&state, &*p).await;
+    let info = info(state, &*p).await;
     tokio::spawn(async move {
         // The outcome is recorded in projection_status and logged by the job itself.
         let _ = job.run.await;

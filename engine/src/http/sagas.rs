@@ -28,6 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::admin::{audited, AdminAction};
 use super::{ApiError, CommandRequest, ErrorBody, ErrorDetail, PathParams, QueryParams};
 use crate::consumer::HandlerError;
 use crate::doorbell::Doorbell;
@@ -158,7 +159,25 @@ fn links(saga_id: Uuid) -> Value {
     })
 }
 
-fn parse_older_than(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+/// A comma-separated list of saga states (`running,compensating`); `None` for no list or an
+/// empty one; 400 `invalid_query` naming an unknown state.
+pub(crate) fn parse_states(list: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(list) = list.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let states: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    if let Some(bad) = states.iter().find(|s| !STATES.contains(&s.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("unknown saga state {bad:?}; one of {}", STATES.join(", ")),
+        ));
+    }
+    Ok(Some(states))
+}
+
+/// `older_than`: a number of seconds before `now`, or an RFC 3339 timestamp; 400
+/// `invalid_query` otherwise.
+pub(crate) fn parse_older_than(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(seconds) = v.parse::<i64>() {
         if seconds < 0 {
             return Err(ApiError::bad_request(
@@ -208,19 +227,7 @@ async fn list_sagas(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<SagaPage>, ApiError> {
     let now = Utc::now();
-    let states: Option<Vec<String>> = match q.state.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(list) => {
-            let states: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
-            if let Some(bad) = states.iter().find(|s| !STATES.contains(&s.as_str())) {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!("unknown saga state {bad:?}; one of {}", STATES.join(", ")),
-                ));
-            }
-            Some(states)
-        }
-    };
+    let states = parse_states(q.state.as_deref())?;
     let cutoff = q
         .older_than
         .as_deref()
@@ -376,8 +383,8 @@ pub struct SagaNotApplicable {
 async fn retry_step(
     State(admin): State<AdminState>,
     PathParams(saga_id): PathParams<Uuid>,
-) -> Result<Response, ApiError> {
-    run_admin(&admin, saga_id, SagaInput::RetryStep, |state| {
+) -> Response {
+    let result = run_admin(&admin, saga_id, SagaInput::RetryStep, |state| {
         let step = state.current_step_name().unwrap_or("-");
         match (state.status, state.deadline) {
             (Some(s), _) if s.is_terminal() => {
@@ -390,7 +397,8 @@ async fn retry_step(
             _ => "nothing is waiting to be retried".to_owned(),
         }
     })
-    .await
+    .await;
+    audited(AdminAction::SagaRetryStep, saga_id, result)
 }
 
 /// Compensates the completed steps of a running saga and ends it.
@@ -410,7 +418,7 @@ async fn abort(
     State(admin): State<AdminState>,
     PathParams(saga_id): PathParams<Uuid>,
     request: CommandRequest<Option<AbortBody>>,
-) -> Result<Response, ApiError> {
+) -> Response {
     let reason = request
         .body
         .and_then(|b| b.reason)
@@ -419,13 +427,14 @@ async fn abort(
         reason,
         by_operator: true,
     };
-    run_admin(&admin, saga_id, input, |state| {
+    let result = run_admin(&admin, saga_id, input, |state| {
         format!(
             "the saga is {}; only a running saga can be aborted",
             state.status.map_or("unknown", |s| s.as_str())
         )
     })
-    .await
+    .await;
+    audited(AdminAction::SagaAbort, saga_id, result)
 }
 
 async fn run_admin(

@@ -63,6 +63,7 @@ mod tests {
             .inc_by(0);
         http.command_seconds.with_label_values(&["t"]);
         http.commands_shed.with_label_values(&["overloaded"]);
+        http.admin_actions.with_label_values(&["saga_abort"]);
         crate::command::metrics::metrics()
             .append_seconds
             .with_label_values(&["t"]);

@@ -1,11 +1,14 @@
 //! The travel service as its own binary: `travel serve` over a fresh database books a small
-//! party's trip and rejects a large party's, through its saga, over HTTP.
+//! party's trip and rejects a large party's, through its saga, over HTTP; its console finds the
+//! rejected trip's saga by the trip's id and shows why it ended, as it does for any service.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
+
+const TOKEN: &str = "travel-console-token";
 
 struct Service {
     child: Child,
@@ -53,6 +56,7 @@ async fn serve(pool: &PgPool) -> Service {
         .env("SAGAFLOW_DB_POOL_SIZE", "6")
         .env("SAGAFLOW_PARTITIONS", "2")
         .env("RUST_LOG", "warn")
+        .env("SAGAFLOW_ADMIN_TOKEN", TOKEN)
         .stdin(Stdio::null())
         .spawn()
         .expect("start the travel binary");
@@ -104,4 +108,47 @@ async fn trips_are_booked_or_rejected_by_their_saga(pool: PgPool) {
     assert_eq!(doc["info"]["title"], "travel");
     assert!(doc["paths"]["/commands/trip/{aggregate_id}"].is_object());
     assert!(doc["paths"].get("/orders").is_none());
+
+    // The console is the travel service's too: the rejected trip's id leads to its saga, whose
+    // path shows where it broke and how it was undone.
+    let console = reqwest::get(format!("{}/console", service.base))
+        .await
+        .unwrap();
+    assert_eq!(console.status(), 200);
+    assert!(console.text().await.unwrap().contains("travel"));
+    let admin = |path: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(path).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let found = admin(format!("{}/admin/console/search?q=t-large", service.base)).await;
+    let saga = travel::booking::saga_id_of("t-large").to_string();
+    assert_eq!(found["matches"][0]["kind"], "saga", "{found}");
+    assert_eq!(found["matches"][0]["id"], saga.as_str());
+    assert_eq!(found["matches"][1]["id"], "trip-t-large");
+    let detail = admin(format!("{}/admin/console/sagas/{saga}", service.base)).await;
+    let path: Vec<String> = detail["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{}:{}:{}",
+                n["kind"].as_str().unwrap(),
+                n["name"].as_str().unwrap(),
+                n["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(path[0], "step:approve:failed", "{path:?}");
+    assert_eq!(path[1], "step:confirm:pending", "{path:?}");
+    assert!(path[2].starts_with("failure:approve:"), "{path:?}");
+    assert_eq!(path[3], "final:on_compensated:succeeded", "{path:?}");
+    assert_eq!(path[4], "end:compensated:compensated", "{path:?}");
+    let app = admin(format!("{}/admin/console/app", service.base)).await;
+    assert_eq!(app["name"], "travel");
+    assert_eq!(app["sagas"][0]["started_by"], "trip");
 }
