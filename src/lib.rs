@@ -162,6 +162,16 @@ pub mod saga {
     };
 }
 
+/// Outside-world participants: saga steps served by calling an external system, with the
+/// command's message id as idempotency key, retries with backoff and a circuit breaker.
+pub mod external {
+    #[doc(inline)]
+    pub use sagaflow_engine::external::{
+        Backoff, BreakerSettings, BreakerState, Call, CallError, ExternalParticipant,
+        ExternalSettings,
+    };
+}
+
 /// Read models: one row per stream, kept by a projector, rebuildable at any time.
 pub mod projection {
     #[doc(inline)]

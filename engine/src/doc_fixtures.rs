@@ -153,3 +153,67 @@ pub fn payout() -> Arc<Saga> {
         .invoke::<Wallet>(|p| Invoke::new(&p.to, WalletCommand::Deposit { cents: p.cents }))
         .build()
 }
+
+/// The charges made at a payment provider for one payout: the record of an outside-world
+/// participant.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Payment {
+    /// Cents charged.
+    pub charged: u64,
+}
+
+/// What a saga asks of the payment provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "command", content = "payload", rename_all = "snake_case")]
+pub enum PaymentCommand {
+    /// Charge the card.
+    Charge { amount_cents: u64 },
+}
+
+impl DomainCommand for PaymentCommand {
+    fn name(&self) -> &'static str {
+        "charge"
+    }
+}
+
+/// What the payment provider did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+pub enum PaymentEvent {
+    /// The card was charged.
+    Charged {
+        charge_id: String,
+        amount_cents: u64,
+    },
+}
+
+impl DomainEvent for PaymentEvent {}
+
+/// Payments are made by calling the provider, never decided here.
+#[derive(Debug, thiserror::Error)]
+#[error("payments are made through the payment provider")]
+pub struct ThroughTheProvider;
+
+impl DomainError for ThroughTheProvider {
+    fn code(&self) -> &'static str {
+        "through_the_provider"
+    }
+}
+
+impl Aggregate for Payment {
+    const TYPE: &'static str = "payment";
+    const CONTEXT: &'static str = "payments";
+    type Command = PaymentCommand;
+    type Event = PaymentEvent;
+    type Error = ThroughTheProvider;
+
+    fn handle(&self, _: &PaymentCommand) -> Result<Vec<PaymentEvent>, ThroughTheProvider> {
+        Err(ThroughTheProvider)
+    }
+
+    fn apply(&mut self, event: &PaymentEvent) {
+        match event {
+            PaymentEvent::Charged { amount_cents, .. } => self.charged += amount_cents,
+        }
+    }
+}

@@ -2,11 +2,11 @@
 //! the outbox, transports, sagas, projections and HTTP, and nothing of any particular domain.
 //!
 //! Modules depend only downward:
-//! - leaves: [`hash`], [`trace`], [`metrics`], [`envelope`], [`db`], [`doorbell`];
+//! - leaves: [`hash`], [`trace`], [`metrics`], [`envelope`], [`db`], [`doorbell`], [`backoff`];
 //! - core: [`aggregate`], [`store`], [`outbox`], [`command`], [`fold`], [`registry`],
 //!   [`replay`], [`testing`];
 //! - messaging: [`transport`], [`consumer`], [`relay`];
-//! - sagas and read models: [`saga`], [`projection`];
+//! - sagas and read models: [`saga`], outside-world participants ([`external`]), [`projection`];
 //! - the HTTP surface and operations: [`http`], [`ops`], the web [`console`];
 //! - the application and its command line: [`app`], [`cli`].
 
@@ -14,6 +14,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod command;
 pub mod console;
@@ -23,6 +24,7 @@ pub mod db;
 pub mod doc_fixtures;
 pub mod doorbell;
 pub mod envelope;
+pub mod external;
 pub mod fold;
 pub mod hash;
 pub mod http;

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
-        &["hash", "trace", "metrics", "envelope", "db", "doorbell"],
+        &[
+            "hash", "trace", "metrics", "envelope", "db", "doorbell", "backoff",
+        ],
     ),
     (
         "core",
@@ -28,7 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("messaging", &["transport", "consumer", "relay"]),
-    ("sagas and read models", &["saga", "projection"]),
+    ("sagas and read models", &["saga", "external", "projection"]),
     ("HTTP and operations", &["http", "ops", "console"]),
     ("application", &["app", "cli", "doc_fixtures"]),
 ];

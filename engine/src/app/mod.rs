@@ -29,6 +29,7 @@ use crate::aggregate::Aggregate;
 use crate::command::{CommandBus, Repository};
 use crate::consumer::Consumer;
 use crate::doorbell::Doorbell;
+use crate::external::{Breaker, ExternalHandler, ExternalParticipant};
 use crate::projection::{Projection, Projector};
 use crate::registry::{DuplicateName, Registry};
 use crate::saga::messages::{commands_topic, REPLIES_TOPIC};
@@ -59,15 +60,25 @@ pub(crate) struct AggregateSpec {
     pub(crate) name: &'static str,
     pub(crate) context: &'static str,
     pub(crate) register: fn(&CommandBus, &mut Registry) -> Result<(), DuplicateName>,
-    pub(crate) command_route: fn(&Registry) -> Router,
-    pub(crate) document: fn(&mut OpenApi),
+    /// Its generic command route and that route's document; none for the record of an
+    /// outside-world participant, whose events only its calls record.
+    pub(crate) command_route: Option<CommandRoute>,
 }
+
+/// An aggregate's generic command route, and what documents it.
+pub(crate) type CommandRoute = (fn(&Registry) -> Router, fn(&mut OpenApi));
+
+/// Builds a participant's consumer from the running application's repositories.
+pub(crate) type ConsumerFn =
+    Arc<dyn Fn(&Registry, Arc<dyn Transport>, Doorbell) -> Consumer + Send + Sync>;
 
 #[derive(Clone)]
 pub(crate) struct ParticipantSpec {
     pub(crate) name: &'static str,
     pub(crate) context: &'static str,
-    pub(crate) consumer: fn(&Registry, Arc<dyn Transport>, Doorbell) -> Consumer,
+    pub(crate) consumer: ConsumerFn,
+    /// The circuit breaker of an outside-world participant.
+    pub(crate) breaker: Option<Arc<Breaker>>,
 }
 
 fn register_aggregate<A: Aggregate>(
@@ -75,6 +86,18 @@ fn register_aggregate<A: Aggregate>(
     registry: &mut Registry,
 ) -> Result<(), DuplicateName> {
     registry.register(Arc::new(Repository::<A>::new(bus.clone())))
+}
+
+/// Aggregate `A`, without a command route.
+fn aggregate_spec<A: Aggregate>() -> AggregateSpec {
+    AggregateSpec {
+        type_id: TypeId::of::<A>(),
+        rust_name: std::any::type_name::<A>(),
+        name: A::TYPE,
+        context: A::CONTEXT,
+        register: register_aggregate::<A>,
+        command_route: None,
+    }
 }
 
 fn command_route_of<A: Aggregate>(registry: &Registry) -> Router {
@@ -153,20 +176,20 @@ impl App {
     /// `POST /commands/{A::TYPE}/{aggregate_id}`, its streams for time travel and replay, and
     /// its events on topic `<A::CONTEXT>.events`. Registering one type again changes nothing.
     pub fn aggregate<A: Aggregate>(mut self) -> Self {
-        if !self
+        let route: CommandRoute = (
+            command_route_of::<A>,
+            crate::http::openapi::document_command_route::<A>,
+        );
+        match self
             .aggregates
-            .iter()
-            .any(|a| a.type_id == TypeId::of::<A>())
+            .iter_mut()
+            .find(|a| a.type_id == TypeId::of::<A>())
         {
-            self.aggregates.push(AggregateSpec {
-                type_id: TypeId::of::<A>(),
-                rust_name: std::any::type_name::<A>(),
-                name: A::TYPE,
-                context: A::CONTEXT,
-                register: register_aggregate::<A>,
-                command_route: command_route_of::<A>,
-                document: crate::http::openapi::document_command_route::<A>,
-            });
+            Some(a) => a.command_route = Some(route),
+            None => self.aggregates.push(AggregateSpec {
+                command_route: Some(route),
+                ..aggregate_spec::<A>()
+            }),
         }
         self
     }
@@ -180,9 +203,50 @@ impl App {
             self.participants.push(ParticipantSpec {
                 name: A::TYPE,
                 context: A::CONTEXT,
-                consumer: participant_consumer::<A>,
+                consumer: Arc::new(participant_consumer::<A>),
+                breaker: None,
             });
         }
+        self
+    }
+
+    /// Registers an outside-world participant (see [`crate::external`]): component
+    /// `participant:<type>` runs the saga commands sent to its record aggregate's context by
+    /// calling the outside system, and records what it did as that aggregate's events. The
+    /// record aggregate is registered for its streams (time travel, replay, timelines) but
+    /// gets no command route: only the calls write its events. Registering a second
+    /// participant of one type changes nothing.
+    pub fn external<S: ExternalParticipant>(mut self, participant: S) -> Self {
+        let name = <S::Record as Aggregate>::TYPE;
+        if !self
+            .aggregates
+            .iter()
+            .any(|a| a.type_id == TypeId::of::<S::Record>())
+        {
+            self.aggregates.push(aggregate_spec::<S::Record>());
+        }
+        if self.participants.iter().any(|p| p.name == name) {
+            return self;
+        }
+        let participant = Arc::new(participant);
+        let breaker = Arc::new(Breaker::new(name, participant.settings().breaker));
+        let for_consumer = breaker.clone();
+        self.participants.push(ParticipantSpec {
+            name,
+            context: <S::Record as Aggregate>::CONTEXT,
+            consumer: Arc::new(move |registry, transport, outbox_bell| {
+                let repo = registry
+                    .get::<S::Record>()
+                    .expect("an outside-world participant's record type is registered with it");
+                let pool = repo.bus().pool().clone();
+                ExternalHandler::new(participant.clone(), repo, for_consumer.clone()).consumer(
+                    pool,
+                    transport,
+                    outbox_bell,
+                )
+            }),
+            breaker: Some(breaker),
+        });
         self
     }
 

@@ -131,7 +131,12 @@ impl App {
         let orchestrator = Arc::new(Orchestrator::new(pool.clone(), self.sagas.clone()));
         let projections: Arc<[Arc<dyn Projection>]> = self.projections.clone().into();
         let bell = bus.outbox_bell().clone();
-        let readiness = Readiness::new(pool.clone(), transport.clone());
+        let readiness = Readiness::new(pool.clone(), transport.clone()).with_breakers(
+            self.participants
+                .iter()
+                .filter_map(|p| p.breaker.clone())
+                .collect(),
+        );
         let process = ProcessMetrics::new(self.name, self.version);
         let groups = self.consumer_groups();
         let mut scraper = Scraper::new(pool.clone(), transport.clone(), groups.clone());
@@ -176,8 +181,10 @@ impl App {
         );
         let (mut router, mut api) = routes.merge(admin).split_for_parts();
         for a in &self.aggregates {
-            router = router.merge((a.command_route)(&registry));
-            (a.document)(&mut api);
+            if let Some((route, document)) = a.command_route {
+                router = router.merge(route(&registry));
+                document(&mut api);
+            }
         }
         openapi::restrict_path_parameter(
             &mut api,

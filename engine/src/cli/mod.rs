@@ -265,8 +265,14 @@ fn init_logging(format: LogFormat) {
 pub async fn prepare_database(app: &App, args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let url = &args.database_url;
     let until = std::time::Instant::now() + args.db_wait;
-    let mut backoff = std::time::Duration::from_millis(250);
+    let backoff = crate::backoff::Backoff::unlimited(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(5),
+    );
+    let mut attempt = 0;
     let pool = loop {
+        attempt += 1;
+        let pause = backoff.random_delay(attempt);
         let connected = async {
             db::ensure_database(url).await?;
             db::connect(url, args.db_pool_size).await
@@ -274,10 +280,9 @@ pub async fn prepare_database(app: &App, args: &DatabaseArgs) -> anyhow::Result<
         .await;
         match connected {
             Ok(pool) => break pool,
-            Err(e) if db::is_unavailable(&e) && std::time::Instant::now() + backoff < until => {
-                tracing::warn!(database = %mask_url(url), error = %e, retry_in_ms = backoff.as_millis() as u64, "database unreachable at start-up; waiting");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            Err(e) if db::is_unavailable(&e) && std::time::Instant::now() + pause < until => {
+                tracing::warn!(database = %mask_url(url), error = %e, retry_in_ms = pause.as_millis() as u64, "database unreachable at start-up; waiting");
+                tokio::time::sleep(pause).await;
             }
             Err(e) => {
                 return Err(e).with_context(|| {

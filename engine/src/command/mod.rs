@@ -730,6 +730,39 @@ impl<A: Aggregate> CommandBatch<A> {
         Ok(Ok(outcome))
     }
 
+    /// Holds `events` for [`CommandBatch::flush`] as if a command of aggregate `id` had decided
+    /// them: for a writer whose decision was made elsewhere (an outside-world participant
+    /// records what the outside system did). The state's `apply` evolves it as usual.
+    pub async fn record(
+        &mut self,
+        tx: &mut PgConnection,
+        id: &str,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<Decided, BatchError> {
+        let stream = stream_id::<A>(id);
+        if !self.states.contains_key(&stream) {
+            self.load(tx, [id]).await?;
+        }
+        let loaded = self.states.get_mut(&stream).expect("loaded above");
+        let new_events = new_events::<A>(events, metadata);
+        for e in events {
+            loaded.state.apply(e);
+        }
+        if !new_events.is_empty() {
+            self.pending
+                .entry(stream.clone())
+                .or_insert_with(|| (loaded.version, Vec::new()))
+                .1
+                .extend(new_events.iter().cloned());
+            loaded.version += new_events.len() as i64;
+        }
+        Ok(Decided {
+            version: loaded.version,
+            events: new_events,
+        })
+    }
+
     /// Appends the events every command decided since the last flush, with their outbox rows,
     /// in `tx` and in one statement. A stream that moved meanwhile is an
     /// [`AppendError::Conflict`]: the caller rolls back.

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::doorbell::Doorbell;
 use crate::trace::{self, SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
 use crate::transport::{Delivery, Position, Transport};
@@ -41,12 +42,46 @@ use leases::Leases;
 use metrics::metrics;
 
 /// An error of a handler. Any error rolls the batch back; the message is retried and, after
-/// `max_attempts`, parked.
+/// `max_attempts`, parked, unless the error is a [`Wait`].
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler's answer for a message that cannot be applied yet through no fault of its own
+/// (the outside system it calls is down): the batch rolls back and the partition pauses at
+/// that message until `until`, without counting a failure, so the message is never parked for
+/// it. The other partitions go on.
+#[derive(Debug)]
+pub struct Wait {
+    /// When to try the message again.
+    pub until: Instant,
+    /// Why, for the log.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "waiting: {}", self.reason)
+    }
+}
+
+impl std::error::Error for Wait {}
+
+/// The pause `error` asks for, if it is a [`Wait`].
+fn wait_of(error: &HandlerError) -> Option<Instant> {
+    error.downcast_ref::<Wait>().map(|w| w.until)
+}
 
 /// Applies messages inside the consumer's transaction.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
+    /// Called with a batch's messages before its transaction begins (the group may have
+    /// applied some of them already): the place for work that must not hold a transaction
+    /// open, such as calling an outside system. The default does nothing. An error rolls
+    /// nothing back (nothing began) and is handled like one of [`Handler::handle_batch`].
+    async fn prepare(&self, messages: &[&Delivery]) -> Result<(), HandlerError> {
+        let _ = messages;
+        Ok(())
+    }
+
     /// Applies one message. Everything it writes through `tx` commits together with the
     /// consumer offset, or not at all.
     async fn handle(&self, tx: &mut PgConnection, message: &Delivery) -> Result<(), HandlerError>;
@@ -100,7 +135,8 @@ pub struct ConsumerConfig {
     pub poll_wait: Duration,
     /// Attempts before a failing message is parked in `dead_letters`.
     pub max_attempts: u32,
-    /// First retry delay of a failing message; doubles per attempt.
+    /// First retry delay of a failing message; doubles per attempt up to 30 s (the engine's
+    /// [`Backoff`]).
     pub retry_backoff: Duration,
     /// How often partition ownership is rebalanced.
     pub rebalance_interval: Duration,
@@ -405,6 +441,12 @@ impl Consumer {
                 .await
             {
                 Ok(next) => return Ok(Applied::All(next)),
+                Err(ConsumeError::Handler(e)) if batch.len() == 1 && wait_of(&e).is_some() => {
+                    return Ok(Applied::Stopped {
+                        next: expected,
+                        retry_at: wait_of(&e).expect("checked"),
+                    });
+                }
                 Err(ConsumeError::Handler(_)) if batch.len() > 1 => {}
                 Err(ConsumeError::Handler(e)) => {
                     return self
@@ -437,6 +479,12 @@ impl Consumer {
                 Ok(n) => {
                     failures.remove(&m.message_id());
                     next = n;
+                }
+                Err(ConsumeError::Handler(e)) if wait_of(&e).is_some() => {
+                    return Ok(Applied::Stopped {
+                        next,
+                        retry_at: wait_of(&e).expect("checked"),
+                    });
                 }
                 Err(ConsumeError::Handler(e)) => {
                     return self
@@ -478,10 +526,9 @@ impl Consumer {
                 retry_at: Instant::now(),
             });
         }
-        let backoff = self.config.retry_backoff * 2u32.saturating_pow(f.attempts - 1);
-        let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
-        f.retry_at = Instant::now() + backoff.min(Duration::from_secs(30)) + jitter;
+        f.retry_at = Instant::now()
+            + Backoff::unlimited(self.config.retry_backoff, Duration::from_secs(30))
+                .random_delay(f.attempts);
         Ok(Applied::Stopped {
             next,
             retry_at: f.retry_at,
@@ -497,8 +544,12 @@ impl Consumer {
         groups: &BTreeMap<PartitionKey, Vec<Delivery>>,
     ) -> Result<(), ConsumeError> {
         let started = Instant::now();
-        let mut tx = self.pool.begin().await?;
         let all: Vec<&Delivery> = groups.values().flatten().collect();
+        self.handler
+            .prepare(&all)
+            .await
+            .map_err(ConsumeError::Handler)?;
+        let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = all.iter().map(|m| m.message_id()).collect();
         let mut fresh: HashSet<Uuid> = if self.config.skip_processed_ids {
             sqlx::query_scalar(

@@ -1,5 +1,6 @@
 //! Readiness (`GET /readyz`): whether this process should receive traffic.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::external::Breaker;
 use crate::transport::Transport;
 
 /// Whether this process should receive traffic: the database and the transport answer, and
@@ -23,6 +25,7 @@ pub struct Readiness {
     pool: PgPool,
     transport: Arc<dyn Transport>,
     draining: Arc<AtomicBool>,
+    breakers: Arc<[Arc<Breaker>]>,
     /// Longest wait for each check.
     pub check_timeout: Duration,
 }
@@ -34,8 +37,17 @@ impl Readiness {
             pool,
             transport,
             draining: Arc::new(AtomicBool::new(false)),
+            breakers: Arc::new([]),
             check_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// Also reports the state of these circuit breakers (those of the outside-world
+    /// participants). An open breaker does not make the process unready: everything else it
+    /// serves still works, and the commands for that participant wait.
+    pub fn with_breakers(mut self, breakers: Vec<Arc<Breaker>>) -> Self {
+        self.breakers = breakers.into();
+        self
     }
 
     /// From now on `/readyz` answers 503 `draining`; set when shutdown starts, never cleared.
@@ -112,6 +124,10 @@ pub struct ReadinessChecks {
     pub transport: String,
     /// `postgres` or `kafka`.
     pub transport_kind: &'static str,
+    /// The circuit breaker of each outside-world participant: `closed`, `half_open` or
+    /// `open` (calls to its outside system wait). Absent when there is none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub circuit_breakers: BTreeMap<&'static str, &'static str>,
 }
 
 /// Whether this process should receive traffic: 200 when the database and the transport
@@ -141,6 +157,11 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
             database: show(database),
             transport: show(transport),
             transport_kind: readiness.transport.kind(),
+            circuit_breakers: readiness
+                .breakers
+                .iter()
+                .map(|b| (b.participant(), b.state().as_str()))
+                .collect(),
         },
     };
     (status, Json(body)).into_response()

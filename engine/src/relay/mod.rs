@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 pub(crate) mod metrics;
 
+use crate::backoff::Backoff;
 use crate::consumer::dead_letters;
 use crate::doorbell::Doorbell;
 use crate::envelope::Envelope;
@@ -50,7 +51,8 @@ pub struct RelayConfig {
     pub idle_poll: Duration,
     /// How often a standby tries to become leader.
     pub standby_retry: Duration,
-    /// Longest backoff while the transport fails.
+    /// Longest pause between batches while the transport fails (the engine's [`Backoff`],
+    /// from 100 ms).
     pub max_backoff: Duration,
 }
 
@@ -143,7 +145,9 @@ impl Relay {
         // The session the shard's polls and batches run on, kept between them: the pool
         // pings every connection it takes back, a round trip per poll and per batch.
         let mut session: Option<PoolConnection<Postgres>> = None;
-        let mut backoff = Duration::from_millis(100);
+        let backoff = Backoff::unlimited(Duration::from_millis(100), self.config.max_backoff);
+        // Batches failed in a row.
+        let mut failed: u32 = 0;
         let mut last_lock_check = Instant::now();
         while !shutdown.is_cancelled() {
             if lock.is_none() {
@@ -195,21 +199,22 @@ impl Relay {
             };
             match self.relay_batch(shard, &mut floor, conn).await {
                 Ok(0) => {
-                    backoff = Duration::from_millis(100);
+                    failed = 0;
                     tokio::select! {
                         _ = waiter.wait(self.config.idle_poll) => {}
                         _ = shutdown.cancelled() => {}
                     }
                 }
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(_) => failed = 0,
                 Err(e) => {
                     // Whatever broke, the next batch starts on a session the pool checked.
                     session = None;
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     metrics().failures.inc();
-                    tracing::warn!(shard, error = %e, retry_in_ms = backoff.as_millis() as u64, "relay batch failed; rows kept");
-                    sleep_or_cancel(backoff, &shutdown).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    failed += 1;
+                    let pause = backoff.random_delay(failed);
+                    tracing::warn!(shard, error = %e, retry_in_ms = pause.as_millis() as u64, "relay batch failed; rows kept");
+                    sleep_or_cancel(pause, &shutdown).await;
                 }
             }
         }

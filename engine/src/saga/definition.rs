@@ -97,42 +97,9 @@ pub struct Invocation {
 }
 
 /// Retries of a step whose participant does not answer: attempt n+1 is sent after attempt n
-/// timed out and a further `initial × 2^(n-1)` (capped, with up to 20 % jitter) passed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    /// Pause after the first timed-out attempt; it doubles with each further one.
-    pub initial: Duration,
-    /// Attempts in all, the first one included; at least 1.
-    pub max_attempts: u32,
-    /// The longest pause between two attempts, before jitter; 60 s by default.
-    pub max_delay: Duration,
-}
-
-impl Backoff {
-    /// `max_attempts` attempts in all (at least one), pausing `initial` after the first timeout and
-    /// doubling up to 60 s.
-    pub fn exponential(initial: Duration, max_attempts: u32) -> Self {
-        Backoff {
-            initial,
-            max_attempts: max_attempts.max(1),
-            max_delay: Duration::from_secs(60),
-        }
-    }
-
-    /// One attempt, no retry.
-    pub fn none() -> Self {
-        Self::exponential(Duration::ZERO, 1)
-    }
-
-    /// The pause after attempt `attempt` timed out; `jitter` is in [0, 1).
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max_delay);
-        base + base.mul_f64(0.2 * jitter.clamp(0.0, 1.0))
-    }
-}
+/// timed out and a further `initial × 2^(n-1)` (capped, with up to 20 % jitter) passed. The
+/// engine's one backoff policy ([`crate::backoff`]).
+pub use crate::backoff::Backoff;
 
 /// Why a saga compensated or failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! Both carry `saga_id`, `saga_step` and `attempt` in their metadata, and the correlation id
 //! of the request that started the saga.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -33,6 +34,11 @@ pub struct SagaCommand {
     pub aggregate_id: String,
     /// The participant aggregate's command, as its serde form (`{"command": .., "payload": ..}`).
     pub command: Value,
+    /// When the saga stops waiting for this attempt's reply: an outside-world participant
+    /// stops retrying a failing call then (the saga decides what follows). Absent in commands
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<DateTime<Utc>>,
 }
 
 /// The payload of a reply.

@@ -308,25 +308,37 @@ impl Orchestrator {
                         name,
                         attempt,
                         commands,
+                        deadline_at,
                         ..
                     }
                     | SagaEvent::CompensationInvoked {
                         name,
                         attempt,
                         commands,
+                        deadline_at,
                         ..
                     } => {
                         for c in commands {
-                            outgoing.push(command_message(w.saga_id, name, *attempt, c, &metadata));
+                            outgoing.push(command_message(
+                                w.saga_id,
+                                name,
+                                *attempt,
+                                c,
+                                *deadline_at,
+                                &metadata,
+                            ));
                         }
                     }
                     SagaEvent::FinalCommandInvoked {
-                        attempt, command, ..
+                        attempt,
+                        command,
+                        deadline_at,
                     } => outgoing.push(command_message(
                         w.saga_id,
                         "on_compensated",
                         *attempt,
                         command,
+                        *deadline_at,
                         &metadata,
                     )),
                     _ => {}
@@ -643,6 +655,7 @@ fn command_message(
     step: &str,
     attempt: u32,
     c: &SentCommand,
+    deadline_at: DateTime<Utc>,
     metadata: &Metadata,
 ) -> OutboxMessage {
     let target = target_stream(&c.invocation);
@@ -659,6 +672,7 @@ fn command_message(
                 aggregate_type: c.invocation.aggregate_type.clone(),
                 aggregate_id: c.invocation.aggregate_id.clone(),
                 command: c.invocation.command.clone(),
+                deadline_at: Some(deadline_at),
             })
             .expect("commands serialize"),
             metadata: Metadata {

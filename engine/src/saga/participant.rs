@@ -63,26 +63,7 @@ impl<A: Aggregate> Participant<A> {
     /// Reads a saga command for this participant: `None` for a message that is not one, a
     /// rejection for one it cannot run.
     fn decode(envelope: &Envelope) -> Option<Result<(String, A::Command), ReplyOutcome>> {
-        if envelope.event_type != COMMAND_EVENT_TYPE {
-            return None;
-        }
-        let command = match SagaCommand::deserialize(&envelope.payload) {
-            Ok(c) if c.aggregate_type == A::TYPE => c,
-            Ok(c) => {
-                tracing::warn!(aggregate_type = %c.aggregate_type, "saga command for another participant; ignored");
-                return None;
-            }
-            Err(e) => return Some(Err(rejected("invalid_command", e.to_string()))),
-        };
-        if let Err(message) = A::validate_id(&command.aggregate_id) {
-            return Some(Err(rejected("invalid_id", message)));
-        }
-        Some(
-            match serde_json::from_value::<A::Command>(command.command) {
-                Ok(c) => Ok((command.aggregate_id, c)),
-                Err(e) => Err(rejected("invalid_command", e.to_string())),
-            },
-        )
+        decode_command::<A>(envelope).map(|r| r.map(|c| (c.0, c.1)))
     }
 
     /// Decides one decoded command in `batch`.
@@ -112,12 +93,47 @@ impl<A: Aggregate> Participant<A> {
     }
 }
 
+/// A saga command for `A`: the target id, the command and the attempt's deadline.
+pub(crate) type Decoded<A> = (
+    String,
+    <A as Aggregate>::Command,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// Reads a saga command for aggregate type `A`: `None` for a message that is not one, a
+/// rejection for one that cannot run (not decodable, an invalid id); otherwise the target id,
+/// the command and the attempt's deadline.
+pub(crate) fn decode_command<A: Aggregate>(
+    envelope: &Envelope,
+) -> Option<Result<Decoded<A>, ReplyOutcome>> {
+    if envelope.event_type != COMMAND_EVENT_TYPE {
+        return None;
+    }
+    let command = match SagaCommand::deserialize(&envelope.payload) {
+        Ok(c) if c.aggregate_type == A::TYPE => c,
+        Ok(c) => {
+            tracing::warn!(aggregate_type = %c.aggregate_type, "saga command for another participant; ignored");
+            return None;
+        }
+        Err(e) => return Some(Err(rejected("invalid_command", e.to_string()))),
+    };
+    if let Err(message) = A::validate_id(&command.aggregate_id) {
+        return Some(Err(rejected("invalid_id", message)));
+    }
+    Some(
+        match serde_json::from_value::<A::Command>(command.command) {
+            Ok(c) => Ok((command.aggregate_id, c, command.deadline_at)),
+            Err(e) => Err(rejected("invalid_command", e.to_string())),
+        },
+    )
+}
+
 /// The consumer group of the participant of aggregate type `aggregate_type`.
 pub fn group_of(aggregate_type: &str) -> String {
     format!("participant:{aggregate_type}")
 }
 
-fn rejected(code: &str, message: String) -> ReplyOutcome {
+pub(crate) fn rejected(code: &str, message: String) -> ReplyOutcome {
     ReplyOutcome::Rejected {
         code: code.to_owned(),
         message,
@@ -125,7 +141,7 @@ fn rejected(code: &str, message: String) -> ReplyOutcome {
 }
 
 /// The reply to `command`, addressed to its saga.
-fn reply_message(command: &Envelope, outcome: ReplyOutcome) -> Option<OutboxMessage> {
+pub(crate) fn reply_message(command: &Envelope, outcome: ReplyOutcome) -> Option<OutboxMessage> {
     let saga_id = command.metadata.saga_id.clone()?;
     let saga = Uuid::parse_str(&saga_id).ok()?;
     Some(OutboxMessage {

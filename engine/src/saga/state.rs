@@ -676,7 +676,8 @@ impl Decider<'_> {
 
     /// When attempt `attempt + 1` is due under `retry`, or `None` if `attempt` was the last.
     fn retry_at(&mut self, retry: Backoff, attempt: u32) -> Option<DateTime<Utc>> {
-        (attempt < retry.max_attempts)
+        retry
+            .allows_after(attempt)
             .then(|| self.now + chrono_duration(retry.delay(attempt, (self.jitter)())))
     }
 
