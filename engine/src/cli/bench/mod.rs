@@ -8,6 +8,7 @@ mod append;
 mod chaos;
 mod rebuild;
 mod relay;
+mod retention;
 mod saga;
 mod stats;
 
@@ -39,6 +40,9 @@ pub enum BenchCommand {
     /// Run the application as separate processes under traffic and seeded faults, then check
     /// that nothing was lost or applied twice.
     Chaos(chaos::ChaosArgs),
+    /// Run many sagas, then show what the tables that grow with traffic hold before and after
+    /// their retention windows.
+    Retention(retention::RetentionArgs),
 }
 
 /// Runs one benchmark of `app`.
@@ -54,6 +58,7 @@ pub async fn run(
         BenchCommand::Saga(args) => saga::run(app, args, database, transport).await,
         BenchCommand::Rebuild(args) => rebuild::run(app, args, database).await,
         BenchCommand::Chaos(args) => chaos::run(app, args, database, transport).await,
+        BenchCommand::Retention(args) => retention::run(app, args, database, transport).await,
     }
 }
 
