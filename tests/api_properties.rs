@@ -305,8 +305,11 @@ fn build(op: &Operation, g: &mut Gen, valid: bool) -> Built {
                 other => other.to_string(),
             };
         }
-        if value.is_empty() {
-            value = "x".into();
+        // An empty segment, or one that is only "." or ".." (even written
+        // %2E), is removed by every URL parser before the request leaves the
+        // client (RFC 3986 §5.2.4), so no client can send it: give it a letter.
+        if value.is_empty() || value == "." || value == ".." {
+            value.push('x');
         }
         path = path.replace(&format!("{{{name}}}"), &encode(&value));
     }

@@ -43,6 +43,12 @@ pub struct SagaArgs {
     /// Clients do not wait for their saga to end before starting the next.
     #[arg(long)]
     pub open_loop: bool,
+    /// Sagas started at fixed arrival rates (sagas per second, comma-separated: `10,100,300`),
+    /// each for `--seconds`, whatever the engine's pace: the latency a user sees at that load,
+    /// from the placement of the saga's start event to the saga's end (both stamped by the
+    /// server), as p50, p99 and p99.9. Replaces the closed-loop run.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["open_loop", "concurrency"])]
+    pub rate: Vec<f64>,
 }
 
 /// Connections of the benchmark's pool; the raw baseline runs at most this many clients.
@@ -99,6 +105,34 @@ pub(crate) async fn run(
             },
         )),
         _ => println!("(kafka skipped: set KAFKA_BROKERS or --kafka-brokers to include it)"),
+    }
+    if !args.rate.is_empty() {
+        for (name, transport_args) in runs {
+            println!(
+                "{:<10} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                "transport", "rate/s", "sagas", "ended/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+            );
+            for &rate in &args.rate {
+                let r = at_rate(app, &workload, &pool, rate, &args, &transport_args).await?;
+                let mut l = r.latencies;
+                println!(
+                    "{:<10} {:>8.0} {:>8} {:>10.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                    name,
+                    rate,
+                    r.completed,
+                    r.rate,
+                    l.percentile_ms(50.0),
+                    l.percentile_ms(99.0),
+                    l.percentile_ms(99.9),
+                    l.percentile_ms(100.0)
+                );
+            }
+        }
+        println!(
+            "raw baseline: {:.0} event+outbox transactions/s with {raw_clients} clients ",
+            raw.rate()
+        );
+        return Ok(());
     }
     let mut rows = Vec::new();
     for (name, transport_args) in runs {
@@ -248,6 +282,127 @@ async fn one_transport(
     running.stop().await;
     Ok(Outcome {
         placed,
+        completed: latencies.len(),
+        rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
+        latencies,
+    })
+}
+
+/// Sagas started at `rate` per second for `args.seconds`, without waiting for any: each at
+/// its arrival time. Latency runs from the placement of the start event (its `recorded_at`) to
+/// the saga's end, both from the database's clock.
+async fn at_rate(
+    app: &App,
+    workload: &Arc<dyn Workload>,
+    pool: &PgPool,
+    rate: f64,
+    args: &SagaArgs,
+    transport_args: &TransportArgs,
+) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        rate > 0.0,
+        "a rate is a positive number of sagas per second"
+    );
+    reset(pool).await?;
+    sqlx::query(
+        "TRUNCATE sagas, saga_deadlines, consumer_offsets, processed_messages, dead_letters",
+    )
+    .execute(pool)
+    .await?;
+    let transport = transport_args.connect(pool, &app.topics()).await?;
+    let kind = transport.kind();
+    let components = app.components().without(Component::Projections);
+    let service = app.build(pool.clone(), transport, &Options::default())?;
+    let running = service.start(&components, Default::default());
+    let addr = spawn_server(service.router.clone()).await?;
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    for request in workload.setup() {
+        client
+            .post(format!("{base}{}", request.path))
+            .json(&request.body)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    // A moment of warm-up at the rate, not measured.
+    let warm = (rate as usize).clamp(1, 200);
+    let total = (rate * args.seconds as f64).round() as usize;
+    let (progress, guard) =
+        Progress::start(&format!("{kind}: {rate}/s placed"), Some(total as u64));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = tokio::time::Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for n in 0..warm + total {
+        tokio::time::sleep_until(started + interval.mul_f64(n as f64)).await;
+        let (client, base, workload, progress) = (
+            client.clone(),
+            base.clone(),
+            workload.clone(),
+            progress.clone(),
+        );
+        sends.spawn(async move {
+            let request = workload.start_saga(1_000_000 + n);
+            let answer = client
+                .post(format!("{base}{}", request.path))
+                .json(&request.body)
+                .send()
+                .await
+                .ok()?;
+            let body: serde_json::Value = answer.json().await.ok()?;
+            let id: Uuid = body["saga_id"].as_str()?.parse().ok()?;
+            if n >= warm {
+                progress.add(1);
+                Some(id)
+            } else {
+                None
+            }
+        });
+    }
+    let mut measured = Vec::with_capacity(total);
+    while let Some(id) = sends.join_next().await {
+        if let Some(id) = id? {
+            measured.push(id);
+        }
+    }
+    drop(guard);
+    let drain_deadline = Instant::now() + DRAIN;
+    loop {
+        let done = read_model::ended_among(pool, &measured).await?.len();
+        if done >= measured.len() || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // From the start event's placement (the event the saga's first event names as its cause)
+    // to the saga's last update.
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT placed.recorded_at, s.updated_at
+         FROM UNNEST($1::uuid[]) AS w(saga_id)
+         JOIN sagas s ON s.saga_id = w.saga_id
+         JOIN events started ON started.stream_id = 'saga-' || s.saga_id AND started.stream_version = 1
+         JOIN events placed ON placed.message_id = (started.metadata->>'causation_id')::uuid
+         WHERE s.state IN ('completed', 'compensated', 'failed')",
+    )
+    .bind(&measured)
+    .fetch_all(pool)
+    .await?;
+    running.stop().await;
+    let mut latencies = Latencies::default();
+    let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
+    for (placed, ended) in &rows {
+        latencies.record((*ended - *placed).to_std().unwrap_or_default());
+        first = Some(first.map_or(*placed, |f| f.min(*placed)));
+        last = Some(last.map_or(*ended, |l| l.max(*ended)));
+    }
+    let span = match (first, last) {
+        (Some(f), Some(l)) => (l - f).to_std().unwrap_or(Duration::from_secs(1)),
+        _ => Duration::from_secs(1),
+    };
+    Ok(Outcome {
+        placed: measured.len(),
         completed: latencies.len(),
         rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
         latencies,
