@@ -126,6 +126,23 @@ pub(crate) async fn run(
                     l.percentile_ms(99.9),
                     l.percentile_ms(100.0)
                 );
+                if let Some(w) = &r.work {
+                    let hops: Vec<String> = w
+                        .hops
+                        .iter()
+                        .map(|(hop, n, p50, p99)| format!("{hop} {p50:.1}/{p99:.1} ms ({n})"))
+                        .collect();
+                    println!(
+                        "           per saga: {:.1} KB of WAL, {:.1} commits; waits p50/p99 at each hop: {}",
+                        w.wal_bytes / 1024.0,
+                        w.commits,
+                        if hops.is_empty() {
+                            "(embedded transport only)".to_owned()
+                        } else {
+                            hops.join(", ")
+                        }
+                    );
+                }
             }
         }
         println!(
@@ -168,6 +185,55 @@ struct Outcome {
     completed: usize,
     rate: f64,
     latencies: Latencies,
+    /// What a saga cost the database, and where its latency sat (fixed-rate runs).
+    work: Option<Work>,
+}
+
+/// What the sagas of a fixed-rate run cost the database, per saga, and how long their
+/// messages waited at each kind of hop.
+struct Work {
+    wal_bytes: f64,
+    commits: f64,
+    /// (hop, messages, p50 ms, p99 ms), embedded transport only (read from its log).
+    hops: Vec<(String, i64, f64, f64)>,
+}
+
+/// The database's WAL position (bytes) and committed transactions so far.
+async fn database_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,
+                (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// How long messages waited at each hop, from the embedded log: `relay` from a message's
+/// creation (its UUIDv7 id) to its append to the log (the writer's commit and the relay's
+/// wake-up and batch), `participant` from the append to the participant's transaction,
+/// `orchestrator` from the append of a start event or reply to the saga event it caused.
+async fn hop_waits(pool: &PgPool) -> anyhow::Result<Vec<(String, i64, f64, f64)>> {
+    Ok(sqlx::query_as(
+        "WITH m AS (
+             SELECT message_id, appended_at,
+                    to_timestamp((('x' || substr(replace(message_id::text, '-', ''), 1, 12))::bit(48)::bigint) / 1000.0) AS made
+             FROM message_log),
+         waits AS (
+             SELECT 'relay' AS hop, extract(epoch FROM appended_at - made) * 1000 AS ms FROM m
+             UNION ALL
+             SELECT 'participant', extract(epoch FROM p.processed_at - m.appended_at) * 1000
+             FROM processed_messages p JOIN m USING (message_id)
+             UNION ALL
+             SELECT 'orchestrator', extract(epoch FROM e.recorded_at - m.appended_at) * 1000
+             FROM events e JOIN m ON m.message_id = (e.metadata->>'causation_id')::uuid
+             WHERE e.stream_id LIKE 'saga-%')
+         SELECT hop, count(*),
+                (percentile_cont(0.5) WITHIN GROUP (ORDER BY ms))::float8,
+                (percentile_cont(0.99) WITHIN GROUP (ORDER BY ms))::float8
+         FROM waits GROUP BY hop ORDER BY hop",
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 async fn one_transport(
@@ -285,6 +351,7 @@ async fn one_transport(
         completed: latencies.len(),
         rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
         latencies,
+        work: None,
     })
 }
 
@@ -333,6 +400,7 @@ async fn at_rate(
     let (progress, guard) =
         Progress::start(&format!("{kind}: {rate}/s placed"), Some(total as u64));
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let (wal_before, commits_before) = database_counters(pool).await?;
     let started = tokio::time::Instant::now();
     let mut sends = tokio::task::JoinSet::new();
     for n in 0..warm + total {
@@ -389,6 +457,18 @@ async fn at_rate(
     .bind(&measured)
     .fetch_all(pool)
     .await?;
+    let (wal_after, commits_after) = database_counters(pool).await?;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sagas WHERE state IN ('completed', 'compensated', 'failed')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let per_saga = |d: i64| d as f64 / ended.max(1) as f64;
+    let work = Work {
+        wal_bytes: per_saga(wal_after - wal_before),
+        commits: per_saga(commits_after - commits_before),
+        hops: hop_waits(pool).await?,
+    };
     running.stop().await;
     let mut latencies = Latencies::default();
     let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
@@ -406,6 +486,7 @@ async fn at_rate(
         completed: latencies.len(),
         rate: latencies.len() as f64 / span.as_secs_f64().max(0.001),
         latencies,
+        work: Some(work),
     })
 }
 
