@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use crate::http::CommandLimits;
 use crate::transport::kafka::{KafkaConfig, KafkaTransport};
 use crate::transport::postgres::PostgresTransport;
-use crate::transport::{TopicLayout, Transport};
+use crate::transport::{TopicLayout, Transport, TransportError};
 
 /// The database URL used when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/sagaflow";
@@ -31,7 +31,8 @@ pub struct DatabaseArgs {
     )]
     pub db_pool_size: u32,
     /// At start-up, how long to wait for a database that is unreachable (down, restarting,
-    /// out of connections) before giving up with an error; retried with backoff meanwhile.
+    /// out of connections), and then for the Kafka broker, before giving up with an error;
+    /// retried with backoff meanwhile.
     #[arg(long, env = "SAGAFLOW_DB_WAIT", default_value = "60s", value_parser = parse_duration, global = true)]
     pub db_wait: Duration,
 }
@@ -132,6 +133,18 @@ impl TransportArgs {
         pool: &PgPool,
         topics: &[String],
     ) -> anyhow::Result<Arc<dyn Transport>> {
+        self.connect_waiting(pool, topics, Duration::ZERO).await
+    }
+
+    /// [`TransportArgs::connect`], waiting up to `wait` (with backoff) for a broker that is
+    /// unreachable: a process started while its broker is down or cut off from it does not
+    /// exit at once.
+    pub async fn connect_waiting(
+        &self,
+        pool: &PgPool,
+        topics: &[String],
+        wait: Duration,
+    ) -> anyhow::Result<Arc<dyn Transport>> {
         anyhow::ensure!(self.partitions > 0, "partitions must be positive");
         let transport: Arc<dyn Transport> = match self.transport {
             TransportKind::Postgres => {
@@ -149,11 +162,28 @@ impl TransportArgs {
             }
         };
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        transport
-            .ensure_topics(&topics)
-            .await
-            .with_context(|| format!("creating topics on the {} transport", transport.kind()))?;
-        Ok(transport)
+        let until = std::time::Instant::now() + wait;
+        let backoff =
+            crate::backoff::Backoff::unlimited(Duration::from_millis(250), Duration::from_secs(5));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pause = backoff.random_delay(attempt);
+            match transport.ensure_topics(&topics).await {
+                Ok(()) => return Ok(transport),
+                Err(e @ TransportError::Unavailable(_))
+                    if std::time::Instant::now() + pause < until =>
+                {
+                    tracing::warn!(transport = transport.kind(), error = %e, retry_in_ms = pause.as_millis() as u64, "transport unreachable at start-up; waiting");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("creating topics on the {} transport", transport.kind())
+                    })
+                }
+            }
+        }
     }
 }
 

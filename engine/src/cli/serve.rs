@@ -84,7 +84,9 @@ pub(crate) async fn serve(
     );
     let started = async {
         let pool = prepare_database(app, args).await?;
-        let transport = transport_args.connect(&pool, &app.topics()).await?;
+        let transport = transport_args
+            .connect_waiting(&pool, &app.topics(), args.db_wait)
+            .await?;
         anyhow::Ok((pool, transport))
     };
     let (pool, transport) = tokio::select! {

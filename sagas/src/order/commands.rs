@@ -48,7 +48,9 @@ pub enum OrderCommand {
     },
     /// Confirms a pending order. Idempotent: confirming a confirmed order does nothing.
     Confirm,
-    /// Rejects a pending order (the saga could not fulfil it). Idempotent.
+    /// Rejects a pending order (the saga could not fulfil it). Idempotent. Also revokes a
+    /// confirmation: one applied after the saga's confirm step timed out, when the saga had
+    /// already undone the reservation and the authorization.
     Reject {
         /// Why the order is rejected: not blank, at most
         /// [`Order::MAX_REASON_CHARS`](super::Order::MAX_REASON_CHARS) characters.

@@ -35,7 +35,9 @@ use crate::types::{check_canonical_uuid, AmountCents, Sku};
 pub enum OrderStatus {
     /// Placed, waiting for its fulfillment.
     Pending,
-    /// Fulfilled: stock reserved and payment authorized. Final.
+    /// Fulfilled: stock reserved and payment authorized. Final once its saga completed: a
+    /// confirmation applied after the saga gave up waiting for it is revoked by the saga's
+    /// rejection (see [`OrderCommand::Reject`]).
     Confirmed,
     /// Its fulfillment failed. Final.
     Rejected,
@@ -57,7 +59,11 @@ impl fmt::Display for OrderStatus {
 /// An order, identified by a UUID (stream `order-<uuid>`).
 ///
 /// Once placed, its customer, lines and total never change; only its status moves, once,
-/// out of `pending`.
+/// out of `pending`, with one exception: a rejection revokes a confirmation. The saga confirms
+/// the order in a step with a timeout; a confirmation that is applied only after the step
+/// timed out (its participant was down longer than the step's retries) finds the stock
+/// released and the payment voided already, and the saga's rejection, sent after the
+/// confirmation in the same partition, must win.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Order {
     status: Option<OrderStatus>,
@@ -146,6 +152,10 @@ impl Order {
                 reason: reason.to_owned(),
             }]),
             Some(OrderStatus::Rejected) => Ok(vec![]),
+            // Confirmed after its saga gave up the step: the saga's verdict wins.
+            Some(OrderStatus::Confirmed) => Ok(vec![OrderEvent::OrderRejected {
+                reason: reason.to_owned(),
+            }]),
             Some(status) => Err(OrderError::NotPending { status }),
         }
     }

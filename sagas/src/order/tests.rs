@@ -254,10 +254,16 @@ fn rejecting_twice_is_idempotent_and_keeps_the_first_reason() {
 }
 
 #[test]
-fn only_a_pending_order_is_rejected() {
+fn a_rejection_revokes_a_confirmation_the_saga_gave_up_on() {
+    // The confirmation was applied after its step timed out; the saga compensated and sends
+    // its rejection behind the confirmation.
     given::<Order>([placed(), OrderEvent::OrderConfirmed])
-        .when(reject("late"))
-        .then_error("order_not_pending");
+        .when(reject("timeout"))
+        .then([rejected("timeout")]);
+}
+
+#[test]
+fn a_cancelled_order_is_not_rejected() {
     given::<Order>([placed(), cancelled()])
         .when(reject("late"))
         .then_error("order_not_pending");
