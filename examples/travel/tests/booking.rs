@@ -278,12 +278,20 @@ async fn outage(service: &Service, provider: &FakeProvider) {
         Duration::from_secs(90),
         "every trip of the outage ended",
         || async {
-            let (_, page) = service.get("/trips?status=requested").await;
-            page["trips"].as_array().is_some_and(|t| t.is_empty())
-                && confirmed_outage_trips(service).await == TRIPS
+            let trips = outage_trips(service).await;
+            trips.len() == TRIPS && trips.iter().all(|(_, status)| status != "requested")
         },
     )
     .await;
+    let not_confirmed: Vec<_> = outage_trips(service)
+        .await
+        .into_iter()
+        .filter(|(_, status)| status != "confirmed")
+        .collect();
+    assert!(
+        not_confirmed.is_empty(),
+        "no trip rejected because of the outage: {not_confirmed:?}"
+    );
     assert!(
         started.elapsed() >= Duration::from_secs(5),
         "the trips waited for the provider"
@@ -318,16 +326,21 @@ async fn outage(service: &Service, provider: &FakeProvider) {
     assert!(provider.requests() > requests_before + TRIPS);
 }
 
-async fn confirmed_outage_trips(service: &Service) -> usize {
-    let (_, page) = service.get("/trips?status=confirmed&limit=500").await;
+/// The outage's trips in the read model, with their status.
+async fn outage_trips(service: &Service) -> Vec<(String, String)> {
+    let (_, page) = service.get("/trips?after=t-outage-&limit=500").await;
     page["trips"]
         .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["trip_id"].as_str().unwrap().starts_with("t-outage-"))
         .map(|t| {
-            t.iter()
-                .filter(|t| t["trip_id"].as_str().unwrap().starts_with("t-outage-"))
-                .count()
+            (
+                t["trip_id"].as_str().unwrap().to_owned(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
         })
-        .unwrap_or(0)
+        .collect()
 }
 
 /// The value of the series `series` (its name and labels as the text format writes them).
