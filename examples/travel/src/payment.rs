@@ -33,6 +33,9 @@ use sagaflow::{Aggregate, DomainCommand, DomainError, DomainEvent};
 /// The environment variable that holds the provider's base URL (`http://host:port`).
 pub const PAYMENT_URL_VAR: &str = "TRAVEL_PAYMENT_URL";
 
+/// The environment variable that may bound each call to the provider, in milliseconds.
+pub const PAYMENT_TIMEOUT_VAR: &str = "TRAVEL_PAYMENT_TIMEOUT_MS";
+
 /// What was charged for one trip, and whether it was refunded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Payment {
@@ -159,12 +162,21 @@ impl PaymentClient {
 
     /// A client of the provider named by [`PAYMENT_URL_VAR`]. Without it every call fails
     /// (technically: the commands wait), so `travel serve` refuses to start without it.
+    /// [`PAYMENT_TIMEOUT_VAR`], if set, bounds each call instead of the default 5 s.
     pub fn from_env() -> Self {
-        Self::with(
+        let client = Self::with(
             std::env::var(PAYMENT_URL_VAR)
                 .ok()
                 .filter(|u| !u.is_empty()),
-        )
+        );
+        match std::env::var(PAYMENT_TIMEOUT_VAR).map(|ms| ms.parse::<u64>()) {
+            Ok(Ok(ms)) if ms > 0 => {
+                let mut settings = client.settings;
+                settings.call_timeout = Duration::from_millis(ms);
+                client.settings(settings)
+            }
+            _ => client,
+        }
     }
 
     fn with(base_url: Option<String>) -> Self {

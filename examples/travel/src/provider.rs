@@ -5,8 +5,9 @@
 //!   charge, recorded once. A request without the header is `400`.
 //! - It declines every card whose token starts with [`DECLINED_PREFIX`] (`402
 //!   {"code": "card_declined"}`).
-//! - It can be slow ([`FakeProvider::set_delay`]: every answer waits first) and down for a
-//!   while ([`FakeProvider::down_for`]: every request is answered `503` until then).
+//! - It can be slow ([`FakeProvider::set_delay`]: it does the work, then waits before it
+//!   answers, so a caller that gives up has been charged all the same) and down for a while
+//!   ([`FakeProvider::down_for`]: every request is answered `503` until then).
 //!
 //! ```no_run
 //! # async fn run() {
@@ -102,7 +103,7 @@ impl FakeProvider {
         &self.url
     }
 
-    /// Every answer waits `delay` first.
+    /// Every answer waits `delay` after the work is done (`Duration::ZERO`: none).
     pub fn set_delay(&self, delay: Duration) {
         *self.inner.delay.lock().expect("not poisoned") = delay;
     }
@@ -135,13 +136,18 @@ impl FakeProvider {
 
 type Answer = (StatusCode, Json<Value>);
 
-/// Counts the request, waits the delay, and answers 503 while down.
-async fn arrive(p: &Inner) -> Result<(), Answer> {
-    p.requests.fetch_add(1, Ordering::SeqCst);
+/// Waits the delay, then answers.
+async fn answer(p: &Inner, answer: Answer) -> Answer {
     let delay = *p.delay.lock().expect("not poisoned");
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    answer
+}
+
+/// Counts the request, and answers 503 while down.
+fn arrive(p: &Inner) -> Result<(), Answer> {
+    p.requests.fetch_add(1, Ordering::SeqCst);
     let down = p
         .down_until
         .lock()
@@ -176,10 +182,16 @@ async fn charge(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Answer {
-    if let Err(answer) = arrive(&p).await {
-        return answer;
+    let done = charge_now(&p, &headers, &body);
+    answer(&p, done).await
+}
+
+/// Charges, once per key: what `POST /charges` answers.
+fn charge_now(p: &Inner, headers: &HeaderMap, body: &Value) -> Answer {
+    if let Err(unavailable) = arrive(p) {
+        return unavailable;
     }
-    let key = match key_of(&headers) {
+    let key = match key_of(headers) {
         Ok(key) => key,
         Err(answer) => return answer,
     };
@@ -219,10 +231,16 @@ async fn refund(
     Path(charge_id): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    if let Err(answer) = arrive(&p).await {
-        return answer;
+    let done = refund_now(&p, charge_id, &headers);
+    answer(&p, done).await
+}
+
+/// Refunds, once per key: what `POST /charges/{charge_id}/refunds` answers.
+fn refund_now(p: &Inner, charge_id: String, headers: &HeaderMap) -> Answer {
+    if let Err(unavailable) = arrive(p) {
+        return unavailable;
     }
-    let key = match key_of(&headers) {
+    let key = match key_of(headers) {
         Ok(key) => key,
         Err(answer) => return answer,
     };

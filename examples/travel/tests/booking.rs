@@ -1,9 +1,10 @@
 //! The travel service end to end, as its own binary over HTTP, on both transports, paying
-//! through a fake provider started for real: a trip confirmed and charged once; no rooms (the
-//! seats released); a declined card (the rooms released, then the seats); a trip cancelled
-//! while its card is charged (refunded, released); time travel on a flight; the service's own
-//! OpenAPI document and console; and a provider down for seconds under a hundred trips: every
-//! trip confirmed, the breaker opened, each charged once.
+//! through a fake provider started for real: a trip confirmed and charged once; a provider
+//! slower than the call's timeout (charged once all the same); no rooms (the seats released);
+//! a declined card (the rooms released, then the seats); a trip cancelled while its card is
+//! charged (refunded, released); time travel on a flight; the service's own OpenAPI document
+//! and console; and a provider down for seconds under a hundred trips: every trip confirmed,
+//! the breaker opened, each charged once.
 
 mod common;
 
@@ -81,6 +82,32 @@ async fn bookings(pool: PgPool, transport: Transport) {
         payment["state"]["charge"]["charge_id"],
         charge.charge_id.as_str()
     );
+
+    // A provider slower than the call's timeout: the charge it made is answered too late, the
+    // call is made again with the same idempotency key, and the card is charged once.
+    provider.set_delay(Duration::from_millis(1500));
+    service
+        .accepted(
+            "trip",
+            "t-slow",
+            "request",
+            trip("TP101", 1, "lisbon-palace", 1, "tok_visa"),
+        )
+        .await;
+    eventually(Duration::from_secs(20), "the slow charge made", || async {
+        charges_of(&provider, "t-slow") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    provider.set_delay(Duration::ZERO);
+    service.trip_ends("t-slow", "confirmed").await;
+    let charge = provider
+        .charges()
+        .into_iter()
+        .find(|c| c.reference == "t-slow")
+        .unwrap();
+    assert_eq!(charges_of(&provider, "t-slow"), 1);
+    assert!(charge.requests >= 2, "asked again with its key: {charge:?}");
 
     // No rooms: the seats are released, the trip rejected, nothing charged.
     service

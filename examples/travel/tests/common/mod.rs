@@ -90,6 +90,8 @@ pub async fn serve(pool: &PgPool, transport: Transport, payment_url: &str) -> Se
         .env("RUST_LOG", "warn")
         .env("SAGAFLOW_ADMIN_TOKEN", TOKEN)
         .env("TRAVEL_PAYMENT_URL", payment_url)
+        // A provider slower than this is given up on, and asked again with the same key.
+        .env("TRAVEL_PAYMENT_TIMEOUT_MS", "1000")
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
