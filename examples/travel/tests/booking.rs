@@ -2,9 +2,9 @@
 //! through a fake provider started for real: a trip confirmed and charged once; a provider
 //! slower than the call's timeout (charged once all the same); no rooms (the seats released);
 //! a declined card (the rooms released, then the seats); a trip cancelled while its card is
-//! charged (refunded, released); time travel on a flight; the service's own OpenAPI document
-//! and console; and a provider down for seconds under a hundred trips: every trip confirmed,
-//! the breaker opened, each charged once.
+//! charged (refunded, released); time travel on a flight; the read model's tags and rebuild;
+//! the service's own OpenAPI document and console; and a provider down for seconds under a
+//! hundred trips: every trip confirmed, the breaker opened, each charged once.
 
 mod common;
 
@@ -253,6 +253,48 @@ async fn bookings(pool: PgPool, transport: Transport) {
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_query"))
     );
+
+    // A trip's view carries its stream's version as its tag, and answers 304 to it.
+    let r = service
+        .client
+        .get(service.url("/trips/t-happy"))
+        .send()
+        .await
+        .unwrap();
+    let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let version = r.json::<serde_json::Value>().await.unwrap()["version"].clone();
+    assert_eq!(tag, format!("\"trip-t-happy@{version}\""));
+    let r = service
+        .client
+        .get(service.url("/trips/t-happy"))
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
+    // Rebuilt from the store, the read model holds the same trips.
+    let (_, before) = service.get("/trips?limit=500").await;
+    let r = service
+        .client
+        .post(service.url("/admin/projections/trips/rebuild"))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually(Duration::from_secs(30), "the trips rebuilt", || async {
+        let list = service.admin("/admin/projections").await;
+        list["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "trips" && p["state"] == "idle")
+    })
+    .await;
+    let (_, after) = service.get("/trips?limit=500").await;
+    assert_eq!(after["trips"], before["trips"]);
+    assert_eq!(before["trips"].as_array().unwrap().len(), 5);
 
     // The OpenAPI document is the travel service's own, with its read model's routes.
     let (_, doc) = service.get("/openapi.json").await;
