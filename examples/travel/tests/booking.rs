@@ -437,7 +437,8 @@ mod kafka_transport {
     }
 }
 
-/// `travel serve` without a payment provider stops at once and says what to set.
+/// `travel serve` without a payment provider, or with one that is not a URL, stops at once and
+/// says what to set.
 #[test]
 fn serving_without_a_payment_provider_is_refused() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_travel"))
@@ -448,4 +449,12 @@ fn serving_without_a_payment_provider_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TRAVEL_PAYMENT_URL is not set"), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_travel"))
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .env("TRAVEL_PAYMENT_URL", "payments.example")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a URL"), "{stderr}");
 }
