@@ -36,4 +36,5 @@ fi
 export SAGAFLOW_TANSU="${SAGAFLOW_TANSU:-$PWD/.tools/tansu/bin/tansu}"
 [ -x "$SAGAFLOW_TANSU" ] || bash scripts/broker.sh install >&2
 echo "PostgreSQL at 127.0.0.1:5432, Kafka-protocol broker at $KAFKA_BROKERS" >&2
+bash scripts/check-guide.sh
 cargo test --workspace --locked "$@"

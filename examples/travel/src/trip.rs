@@ -1,11 +1,14 @@
-//! The trip: requested by a traveller, approved, then confirmed, or rejected once.
+//! The trip: the starter aggregate. A traveller requests a trip; its `trip_requested` starts
+//! the [`booking`](crate::booking) saga, which confirms the trip or rejects it. The traveller
+//! may cancel it while the saga runs.
 //!
 //! ```text
-//!            request            approve            confirm
-//!   (none) ──────────► requested ────────► approved ────────► confirmed
-//!                          │ reject            │ reject
-//!                          ▼                   ▼
-//!                       rejected            rejected
+//!            request             confirm
+//!   (none) ──────────► requested ────────► confirmed
+//!                       │      │ reject
+//!                cancel │      ▼
+//!                       ▼    rejected
+//!                   cancelled
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -13,29 +16,59 @@ use utoipa::ToSchema;
 
 use sagaflow::{Aggregate, DomainCommand, DomainError, DomainEvent};
 
-/// The most travellers one trip may take; a larger party is refused at approval.
-pub const MAX_TRAVELLERS: u32 = 6;
+/// The most seats or rooms one trip may hold.
+pub const MAX_PARTY: u32 = 9;
+
+/// The most one trip may cost, in cents.
+pub const MAX_AMOUNT_CENTS: i64 = 10_000_000;
 
 /// Where a trip is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TripStatus {
     /// Requested; its booking saga runs.
     Requested,
-    /// Its party was approved; it waits for confirmation.
-    Approved,
-    /// Booked. Final: a confirmed trip is never rejected.
+    /// Seats and rooms held and the card charged. Final.
     Confirmed,
-    /// Refused, or its booking failed. Final.
+    /// Its booking failed (no seats, no rooms, card declined). Final.
     Rejected,
+    /// Cancelled by the traveller before it was confirmed. Final.
+    Cancelled,
+}
+
+impl TripStatus {
+    /// `requested`, `confirmed`, `rejected` or `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripStatus::Requested => "requested",
+            TripStatus::Confirmed => "confirmed",
+            TripStatus::Rejected => "rejected",
+            TripStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// The status named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            TripStatus::Requested,
+            TripStatus::Confirmed,
+            TripStatus::Rejected,
+            TripStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
 }
 
 /// A trip (stream `trip-<id>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Trip {
     status: Option<TripStatus>,
-    destination: String,
-    travellers: u32,
+    flight: String,
+    seats: u32,
+    hotel: String,
+    rooms: u32,
+    amount_cents: i64,
     reason: Option<String>,
 }
 
@@ -57,16 +90,26 @@ impl Trip {
 pub enum TripCommand {
     /// Requests the trip; its booking saga starts.
     Request {
-        /// Where to, 1 to 100 characters.
+        /// The flight to hold seats on.
+        #[schema(min_length = 1, max_length = 50)]
+        flight: String,
+        /// Seats to hold, 1 to 9.
+        #[schema(minimum = 1, maximum = 9)]
+        seats: u32,
+        /// The hotel to hold rooms in.
+        #[schema(min_length = 1, max_length = 50)]
+        hotel: String,
+        /// Rooms to hold, 1 to 9.
+        #[schema(minimum = 1, maximum = 9)]
+        rooms: u32,
+        /// What the card is charged, in cents, 1 to 10,000,000.
+        #[schema(minimum = 1, maximum = 10_000_000)]
+        amount_cents: i64,
+        /// The card, as the payment provider's token (never a card number).
         #[schema(min_length = 1, max_length = 100)]
-        destination: String,
-        /// How many travellers, 1 to 100; more than [`MAX_TRAVELLERS`] are refused at approval.
-        #[schema(minimum = 1, maximum = 100)]
-        travellers: u32,
+        card_token: String,
     },
-    /// Approves a requested trip (a step of the booking saga).
-    Approve,
-    /// Confirms an approved trip (a step of the booking saga).
+    /// Confirms the trip (the booking saga's last step).
     Confirm,
     /// Rejects a trip that is not confirmed (the booking saga compensated).
     Reject {
@@ -74,15 +117,21 @@ pub enum TripCommand {
         #[schema(min_length = 1, max_length = 200)]
         reason: String,
     },
+    /// Cancels a trip that is not confirmed: its booking saga undoes what it did.
+    Cancel {
+        /// Why, if the traveller said.
+        #[schema(max_length = 200)]
+        reason: Option<String>,
+    },
 }
 
 impl DomainCommand for TripCommand {
     fn name(&self) -> &'static str {
         match self {
             TripCommand::Request { .. } => "request",
-            TripCommand::Approve => "approve",
             TripCommand::Confirm => "confirm",
             TripCommand::Reject { .. } => "reject",
+            TripCommand::Cancel { .. } => "cancel",
         }
     }
 }
@@ -93,19 +142,30 @@ impl DomainCommand for TripCommand {
 pub enum TripEvent {
     /// The trip was requested: the event that starts its booking saga.
     TripRequested {
-        /// Where to.
-        destination: String,
-        /// How many travellers.
-        travellers: u32,
+        /// The flight.
+        flight: String,
+        /// Seats on it.
+        seats: u32,
+        /// The hotel.
+        hotel: String,
+        /// Rooms in it.
+        rooms: u32,
+        /// What the card is charged, in cents.
+        amount_cents: i64,
+        /// The card's token at the payment provider.
+        card_token: String,
     },
-    /// The party was approved.
-    TripApproved,
     /// The trip is booked.
     TripConfirmed,
-    /// The trip was refused, or its booking failed.
+    /// The booking failed.
     TripRejected {
         /// Why; the booking saga gives its failure code.
         reason: String,
+    },
+    /// The traveller cancelled the trip: the event that aborts its booking saga.
+    TripCancelled {
+        /// Why, if the traveller said.
+        reason: Option<String>,
     },
 }
 
@@ -120,12 +180,12 @@ pub enum TripError {
     /// The trip was never requested.
     #[error("no such trip")]
     NotFound,
-    /// The destination or the party size is out of bounds.
-    #[error("a destination is 1 to 100 characters and a party 1 to 100 travellers")]
+    /// A field of the request is out of bounds.
+    #[error("flight and hotel are 1 to 50 characters, seats and rooms 1 to {MAX_PARTY}, the amount 1 to {MAX_AMOUNT_CENTS} cents, the card token 1 to 100 characters")]
     InvalidRequest,
-    /// The party has more than [`MAX_TRAVELLERS`] travellers.
-    #[error("parties of more than {MAX_TRAVELLERS} travellers are not booked")]
-    PartyTooLarge,
+    /// The trip was cancelled: it is not confirmed any more.
+    #[error("the trip was cancelled")]
+    Cancelled,
     /// The command does not apply to a trip in this status.
     #[error("the trip is {0:?}")]
     WrongStatus(TripStatus),
@@ -137,7 +197,7 @@ impl DomainError for TripError {
             TripError::AlreadyRequested => "trip_already_requested",
             TripError::NotFound => "trip_not_found",
             TripError::InvalidRequest => "invalid_request",
-            TripError::PartyTooLarge => "party_too_large",
+            TripError::Cancelled => "trip_cancelled",
             TripError::WrongStatus(_) => "wrong_status",
         }
     }
@@ -145,6 +205,10 @@ impl DomainError for TripError {
     fn is_not_found(&self) -> bool {
         matches!(self, TripError::NotFound)
     }
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=50).contains(&s.chars().count())
 }
 
 impl Aggregate for Trip {
@@ -160,31 +224,47 @@ impl Aggregate for Trip {
             (TripCommand::Request { .. }, Some(_)) => Err(TripError::AlreadyRequested),
             (
                 TripCommand::Request {
-                    destination,
-                    travellers,
+                    flight,
+                    seats,
+                    hotel,
+                    rooms,
+                    amount_cents,
+                    card_token,
                 },
                 None,
             ) => {
-                let length = destination.chars().count();
-                if !(1..=100).contains(&length) || !(1..=100).contains(travellers) {
+                let valid = valid_name(flight)
+                    && valid_name(hotel)
+                    && (1..=MAX_PARTY).contains(seats)
+                    && (1..=MAX_PARTY).contains(rooms)
+                    && (1..=MAX_AMOUNT_CENTS).contains(amount_cents)
+                    && (1..=100).contains(&card_token.chars().count());
+                if !valid {
                     return Err(TripError::InvalidRequest);
                 }
                 Ok(vec![TripEvent::TripRequested {
-                    destination: destination.clone(),
-                    travellers: *travellers,
+                    flight: flight.clone(),
+                    seats: *seats,
+                    hotel: hotel.clone(),
+                    rooms: *rooms,
+                    amount_cents: *amount_cents,
+                    card_token: card_token.clone(),
                 }])
             }
             (_, None) => Err(TripError::NotFound),
-            (TripCommand::Approve, Some(Approved | Confirmed)) => Ok(vec![]),
-            (TripCommand::Approve, Some(Requested)) if self.travellers > MAX_TRAVELLERS => {
-                Err(TripError::PartyTooLarge)
-            }
-            (TripCommand::Approve, Some(Requested)) => Ok(vec![TripEvent::TripApproved]),
             (TripCommand::Confirm, Some(Confirmed)) => Ok(vec![]),
-            (TripCommand::Confirm, Some(Approved)) => Ok(vec![TripEvent::TripConfirmed]),
-            (TripCommand::Reject { .. }, Some(Rejected)) => Ok(vec![]),
-            (TripCommand::Reject { reason }, Some(Requested | Approved)) => {
+            (TripCommand::Confirm, Some(Requested)) => Ok(vec![TripEvent::TripConfirmed]),
+            (TripCommand::Confirm, Some(Cancelled)) => Err(TripError::Cancelled),
+            // A cancelled trip is cancelled already: the saga's rejection changes nothing.
+            (TripCommand::Reject { .. }, Some(Rejected | Cancelled)) => Ok(vec![]),
+            (TripCommand::Reject { reason }, Some(Requested)) => {
                 Ok(vec![TripEvent::TripRejected {
+                    reason: reason.clone(),
+                }])
+            }
+            (TripCommand::Cancel { .. }, Some(Cancelled)) => Ok(vec![]),
+            (TripCommand::Cancel { reason }, Some(Requested)) => {
+                Ok(vec![TripEvent::TripCancelled {
                     reason: reason.clone(),
                 }])
             }
@@ -195,18 +275,28 @@ impl Aggregate for Trip {
     fn apply(&mut self, event: &TripEvent) {
         match event {
             TripEvent::TripRequested {
-                destination,
-                travellers,
+                flight,
+                seats,
+                hotel,
+                rooms,
+                amount_cents,
+                ..
             } => {
                 self.status = Some(TripStatus::Requested);
-                self.destination.clone_from(destination);
-                self.travellers = *travellers;
+                self.flight.clone_from(flight);
+                self.seats = *seats;
+                self.hotel.clone_from(hotel);
+                self.rooms = *rooms;
+                self.amount_cents = *amount_cents;
             }
-            TripEvent::TripApproved => self.status = Some(TripStatus::Approved),
             TripEvent::TripConfirmed => self.status = Some(TripStatus::Confirmed),
             TripEvent::TripRejected { reason } => {
                 self.status = Some(TripStatus::Rejected);
                 self.reason = Some(reason.clone());
+            }
+            TripEvent::TripCancelled { reason } => {
+                self.status = Some(TripStatus::Cancelled);
+                self.reason.clone_from(reason);
             }
         }
     }
@@ -218,40 +308,53 @@ mod tests {
 
     use super::*;
 
-    fn requested(travellers: u32) -> TripEvent {
+    fn requested() -> TripEvent {
         TripEvent::TripRequested {
-            destination: "Lisbon".into(),
-            travellers,
+            flight: "TP1".into(),
+            seats: 2,
+            hotel: "H1".into(),
+            rooms: 1,
+            amount_cents: 50_000,
+            card_token: "tok_visa".into(),
         }
     }
 
     #[test]
-    fn a_small_party_is_approved_then_confirmed() {
-        given::<Trip>([requested(2)])
-            .when(TripCommand::Approve)
-            .then([TripEvent::TripApproved]);
-        given::<Trip>([requested(2), TripEvent::TripApproved])
+    fn a_requested_trip_is_confirmed_once() {
+        given::<Trip>([requested()])
             .when(TripCommand::Confirm)
             .then([TripEvent::TripConfirmed]);
+        given::<Trip>([requested(), TripEvent::TripConfirmed])
+            .when(TripCommand::Confirm)
+            .then([]);
     }
 
     #[test]
-    fn a_large_party_is_refused_at_approval() {
-        given::<Trip>([requested(MAX_TRAVELLERS + 1)])
-            .when(TripCommand::Approve)
-            .then_error("party_too_large");
+    fn a_request_out_of_bounds_is_refused() {
+        given::<Trip>([])
+            .when(TripCommand::Request {
+                flight: "TP1".into(),
+                seats: MAX_PARTY + 1,
+                hotel: "H1".into(),
+                rooms: 1,
+                amount_cents: 100,
+                card_token: "tok_visa".into(),
+            })
+            .then_error("invalid_request");
     }
 
     #[test]
-    fn a_confirmed_trip_is_never_rejected() {
-        given::<Trip>([
-            requested(2),
-            TripEvent::TripApproved,
-            TripEvent::TripConfirmed,
-        ])
-        .when(TripCommand::Reject {
-            reason: "late".into(),
-        })
-        .then_error("wrong_status");
+    fn a_cancelled_trip_is_never_confirmed_and_a_confirmed_one_never_cancelled() {
+        given::<Trip>([requested(), TripEvent::TripCancelled { reason: None }])
+            .when(TripCommand::Confirm)
+            .then_error("trip_cancelled");
+        given::<Trip>([requested(), TripEvent::TripCancelled { reason: None }])
+            .when(TripCommand::Reject {
+                reason: "card_declined".into(),
+            })
+            .then([]);
+        given::<Trip>([requested(), TripEvent::TripConfirmed])
+            .when(TripCommand::Cancel { reason: None })
+            .then_error("wrong_status");
     }
 }
