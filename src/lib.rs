@@ -158,7 +158,7 @@ pub mod saga {
     #[doc(inline)]
     pub use sagaflow_engine::saga::{
         saga_id, saga_stream, Backoff, Failure, Invoke, Saga, SagaData, SagaDefinition, SagaState,
-        SagaStatus, StepStatus, StepView,
+        SagaStatus, StepStatus, StepView, ABORTED, ABORTED_BY_OPERATOR,
     };
 }
 

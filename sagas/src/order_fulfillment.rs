@@ -157,7 +157,7 @@ pub fn order_fulfillment() -> Arc<Saga> {
         .retry(Backoff::exponential(Duration::from_secs(1), 60))
         .on_compensated::<Order>(|s, why| {
             // A cancelled order is cancelled already; anything else rejects it.
-            (why.code != "aborted").then(|| {
+            (why.code != sagaflow_engine::saga::ABORTED).then(|| {
                 Invoke::new(
                     s.order_id,
                     OrderCommand::Reject {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use sagaflow::runtime::saga::ABORTED;
+use sagaflow::saga::ABORTED;
 use sagaflow::saga::{Backoff, Invoke, Saga, SagaDefinition};
 
 use crate::flight::{Flight, FlightCommand};
