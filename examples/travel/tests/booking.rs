@@ -322,15 +322,67 @@ async fn bookings(pool: PgPool, transport: Transport) {
     );
 
     outage(&service, &provider).await;
+    let mut service = service;
+    crash_while_charging(&mut service, &provider).await;
 }
 
-/// The provider is down for 6 s while 100 trips are booked: every trip is confirmed (none
+/// kill -9 of the service while trips are being charged, then a restart: every trip ends
+/// confirmed, the provider charged each trip once (a call cut off by the crash is made again
+/// with the same key), and the seats and rooms held add up.
+async fn crash_while_charging(service: &mut Service, provider: &FakeProvider) {
+    const TRIPS: usize = 30;
+    supply(service, "TP700", 1000, "harbour-hotel", 1000).await;
+    provider.set_delay(Duration::from_millis(400));
+    let before = provider.requests();
+    let ids: Vec<String> = (0..TRIPS).map(|i| format!("t-crash-{i:03}")).collect();
+    for id in &ids {
+        service
+            .accepted(
+                "trip",
+                id,
+                "request",
+                trip("TP700", 1, "harbour-hotel", 1, "tok_visa"),
+            )
+            .await;
+    }
+    eventually(Duration::from_secs(60), "charges under way", || async {
+        provider.requests() >= before + 5
+    })
+    .await;
+    service.crash_and_restart().await;
+    provider.set_delay(Duration::ZERO);
+    for id in &ids {
+        service.trip_ends(id, "confirmed").await;
+    }
+    let charges = provider.charges();
+    for id in &ids {
+        assert_eq!(charges_of(provider, id), 1, "{id} charged once");
+    }
+    let repeated = charges
+        .iter()
+        .filter(|c| c.reference.starts_with("t-crash-") && c.requests > 1)
+        .count();
+    assert!(
+        repeated >= 1,
+        "a call the crash cut off was made again, with the same key"
+    );
+    let seats = held(service, "flight-TP700").await;
+    let rooms = held(service, "hotel-harbour-hotel").await;
+    for id in &ids {
+        assert_eq!(seats.get(id), Some(&1), "{id}'s seat held once");
+        assert_eq!(rooms.get(id), Some(&1), "{id}'s room held once");
+    }
+    assert_eq!(seats.values().sum::<u64>(), TRIPS as u64);
+    assert_eq!(rooms.values().sum::<u64>(), TRIPS as u64);
+}
+
+/// The provider is down for 30 s while 200 trips are booked: every trip is confirmed (none
 /// rejected because of the outage), the breaker opened, each trip charged exactly once.
 async fn outage(service: &Service, provider: &FakeProvider) {
-    const TRIPS: usize = 100;
+    const TRIPS: usize = 200;
     supply(service, "TP900", 1000, "grand-hotel", 1000).await;
     let requests_before = provider.requests();
-    provider.down_for(Duration::from_secs(6));
+    provider.down_for(Duration::from_secs(30));
     let started = Instant::now();
     let ids: Vec<String> = (0..TRIPS).map(|i| format!("t-outage-{i:03}")).collect();
     for id in &ids {
@@ -344,7 +396,7 @@ async fn outage(service: &Service, provider: &FakeProvider) {
             .await;
     }
     eventually(
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         "every trip of the outage ended",
         || async {
             let trips = outage_trips(service).await;
@@ -362,7 +414,7 @@ async fn outage(service: &Service, provider: &FakeProvider) {
         "no trip rejected because of the outage: {not_confirmed:?}"
     );
     assert!(
-        started.elapsed() >= Duration::from_secs(5),
+        started.elapsed() >= Duration::from_secs(29),
         "the trips waited for the provider"
     );
     assert!(provider.unavailable() > 0, "the provider turned calls away");

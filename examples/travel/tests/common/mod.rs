@@ -24,6 +24,8 @@ pub struct Service {
     pub base: String,
     pub client: reqwest::Client,
     log: std::path::PathBuf,
+    /// The command that starts this service again, with the same settings.
+    launch: Box<dyn Fn() -> Command + Send + Sync>,
 }
 
 impl Drop for Service {
@@ -80,55 +82,81 @@ fn free_port() -> u16 {
 pub async fn serve(pool: &PgPool, transport: Transport, payment_url: &str) -> Service {
     let port = free_port();
     let log = std::env::temp_dir().join(format!("travel-{}.log", uuid::Uuid::new_v4()));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_travel"));
-    command
-        .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", database_url(pool))
-        .env("SAGAFLOW_DB_POOL_SIZE", "6")
-        .env("SAGAFLOW_PARTITIONS", "2")
-        .env("RUST_LOG", "warn")
-        .env("SAGAFLOW_ADMIN_TOKEN", TOKEN)
-        .env("TRAVEL_PAYMENT_URL", payment_url)
-        // A provider slower than this is given up on, and asked again with the same key.
-        .env("TRAVEL_PAYMENT_TIMEOUT_MS", "1000")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
-    match transport {
-        Transport::Postgres => {
-            command.env("SAGAFLOW_TRANSPORT", "postgres");
+    let database = database_url(pool);
+    let payment_url = payment_url.to_owned();
+    let brokers = (transport == Transport::Kafka).then(|| {
+        std::env::var("KAFKA_BROKERS").expect(
+            "KAFKA_BROKERS is not set: start a broker with scripts/broker.sh start (scripts/test.sh does)",
+        )
+    });
+    let prefix = format!("travel{}", uuid::Uuid::new_v4().simple());
+    let log_path = log.clone();
+    let launch = move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_travel"));
+        command
+            .args(["serve", "--http-addr", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &database)
+            .env("SAGAFLOW_DB_POOL_SIZE", "6")
+            .env("SAGAFLOW_PARTITIONS", "2")
+            .env("RUST_LOG", "warn")
+            .env("SAGAFLOW_ADMIN_TOKEN", TOKEN)
+            .env("TRAVEL_PAYMENT_URL", &payment_url)
+            // A provider slower than this is given up on, and asked again with the same key.
+            .env("TRAVEL_PAYMENT_TIMEOUT_MS", "1000")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        match &brokers {
+            None => {
+                command.env("SAGAFLOW_TRANSPORT", "postgres");
+            }
+            Some(brokers) => {
+                command
+                    .env("SAGAFLOW_TRANSPORT", "kafka")
+                    .env("KAFKA_BROKERS", brokers)
+                    .env("SAGAFLOW_TOPIC_PREFIX", &prefix);
+            }
         }
-        Transport::Kafka => {
-            let brokers = std::env::var("KAFKA_BROKERS").expect(
-                "KAFKA_BROKERS is not set: start a broker with scripts/broker.sh start (scripts/test.sh does)",
-            );
-            command
-                .env("SAGAFLOW_TRANSPORT", "kafka")
-                .env("KAFKA_BROKERS", brokers)
-                .env(
-                    "SAGAFLOW_TOPIC_PREFIX",
-                    format!("travel{}", uuid::Uuid::new_v4().simple()),
-                );
-        }
-    }
+        command
+    };
     let service = Service {
-        child: command.spawn().expect("start the travel binary"),
+        child: launch().spawn().expect("start the travel binary"),
         base: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::new(),
         log,
+        launch: Box::new(launch),
     };
-    let ready = service.url("/readyz");
-    eventually(
-        Duration::from_secs(60),
-        "the service to be ready",
-        || async { matches!(reqwest::get(&ready).await, Ok(r) if r.status() == 200) },
-    )
-    .await;
+    service.ready().await;
     service
 }
 
 impl Service {
+    /// Waits until `/readyz` answers 200.
+    async fn ready(&self) {
+        let ready = self.url("/readyz");
+        eventually(
+            Duration::from_secs(60),
+            "the service to be ready",
+            || async { matches!(reqwest::get(&ready).await, Ok(r) if r.status() == 200) },
+        )
+        .await;
+    }
+
+    /// kill -9 of the service, then the same service started again, ready.
+    pub async fn crash_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL the service");
+        self.child.wait().expect("the killed service is reaped");
+        self.child = (self.launch)()
+            .spawn()
+            .expect("start the travel binary again");
+        self.ready().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
