@@ -291,9 +291,25 @@ pub async fn prepare_database(app: &App, args: &DatabaseArgs) -> anyhow::Result<
             }
         }
     };
-    db::migrate(&pool, &app.migrator()?)
-        .await
-        .context("applying migrations")?;
+    // Sessions cut while migrating (the database restarting, or an operator terminating them)
+    // are waited out the same way: each migration is its own transaction, and the migrator
+    // takes a lock, so running it again is safe.
+    let migrator = app.migrator()?;
+    loop {
+        attempt += 1;
+        let pause = backoff.random_delay(attempt);
+        match db::migrate(&pool, &migrator).await {
+            Ok(()) => break,
+            Err(
+                sqlx::migrate::MigrateError::Execute(e)
+                | sqlx::migrate::MigrateError::ExecuteMigration(e, _),
+            ) if db::is_unavailable(&e) && std::time::Instant::now() + pause < until => {
+                tracing::warn!(database = %mask_url(url), error = %e, retry_in_ms = pause.as_millis() as u64, "database went away while migrating; waiting");
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e).context("applying migrations"),
+        }
+    }
     tracing::info!(database = %mask_url(url), "database ready, migrations applied");
     Ok(pool)
 }
