@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sqlx::PgPool;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::telemetry::Telemetry;
 
 use crate::app::App;
 use crate::db;
@@ -107,7 +111,6 @@ impl App {
                 return ExitCode::from(2);
             }
         };
-        init_logging(cli.log_format);
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(r) => r,
             Err(e) => {
@@ -115,14 +118,26 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(run(self, cli)) {
+        // The gRPC exporter is built inside the runtime it sends with.
+        let telemetry = match runtime.block_on(async { init_logging(cli.log_format, self.name()) })
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot set up trace export: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        let status = match runtime.block_on(run(self, cli)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "{} stopped", "sagaflow");
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
-        }
+        };
+        // Flushes the spans still queued, while the runtime still runs.
+        telemetry.shutdown();
+        status
     }
 }
 
@@ -246,14 +261,37 @@ async fn rebuild_projection(app: &App, pool: &PgPool, name: &str) -> anyhow::Res
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+/// The log (filtered by `RUST_LOG`) and, when an OTLP endpoint is configured, the export
+/// of the engine's trace spans (see [`crate::telemetry`]), each with a filter of its own.
+fn init_logging(format: LogFormat, service_name: &str) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let log = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
+    let installed = crate::telemetry::init_from_env(service_name)?;
+    let (export, telemetry) = match installed {
+        Some(i) => (
+            Some(
+                i.layer.with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target(crate::trace::TRACE_TARGET, tracing::Level::DEBUG),
+                ),
+            ),
+            i.telemetry,
+        ),
+        None => (None, Telemetry::default()),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(export)
+        .try_init();
+    Ok(telemetry)
 }
 
 /// Creates the database if it is missing and applies `app`'s migrations (the engine's and

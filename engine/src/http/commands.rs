@@ -172,6 +172,7 @@ pub async fn run_command<A: Aggregate>(
         .with_span(trace::random_span_id());
     metadata.traceparent = Some(trace.header());
     let span = tracing::info_span!(
+        target: trace::TRACE_TARGET,
         "command",
         aggregate_type = A::TYPE,
         aggregate_id = %id,
@@ -181,6 +182,7 @@ pub async fn run_command<A: Aggregate>(
         span_id = %SpanIdHex(trace.span_id),
         parent_span_id = incoming.map(|c| tracing::field::display(SpanIdHex(c.span_id))),
     );
+    crate::telemetry::adopt(&span, incoming, trace);
     let started = std::time::Instant::now();
     let ctx = CommandContext {
         metadata,
