@@ -48,9 +48,15 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
+use tracing::subscriber::Interest;
+use tracing::{span, Metadata};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
+use tracing_subscriber::layer::{self, Filter, Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::trace::TraceContext;
+use crate::trace::{TraceContext, TRACE_TARGET};
 
 /// Whether spans are exported (set once, when the exporter is installed).
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -228,26 +234,114 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
-/// What [`init_from_env`] found to install.
-pub struct Installed<S> {
-    /// The layer that hands the engine's spans to OpenTelemetry.
-    pub layer: tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>,
-    /// The pipeline, to flush at exit.
-    pub telemetry: Telemetry,
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Builds the OTLP span export from the environment (see the module's documentation), with
-/// `service_name` as the service's name unless `OTEL_SERVICE_NAME` (or `service.name` in
-/// `OTEL_RESOURCE_ATTRIBUTES`) says otherwise. `None` when no endpoint is set. For `grpc`,
-/// call it inside the Tokio runtime the process runs on.
-pub fn init_from_env<S>(service_name: &str) -> anyhow::Result<Option<Installed<S>>>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
+/// The log layer of a process, before its filter.
+pub type LogLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The subscriber below the span export: the registry and the filtered log.
+type Logged = Layered<Filtered<LogLayer, Reevaluated<EnvFilter>, Registry>, Registry>;
+
+/// Installs the process's subscriber: `log` filtered by `filter` and, when the environment
+/// names an OTLP endpoint, the export of the engine's spans (see the module's documentation),
+/// with `service_name` as the service's name unless `OTEL_SERVICE_NAME` (or `service.name`
+/// in `OTEL_RESOURCE_ATTRIBUTES`) says otherwise. For `grpc`, call it inside the Tokio
+/// runtime the process runs on. A subscriber already installed is left as it is.
+pub fn install(log: LogLayer, filter: EnvFilter, service_name: &str) -> anyhow::Result<Telemetry> {
+    let (export, telemetry) = match exporter_from_env(service_name)? {
+        Some(provider) => (
+            Some(provider.tracer("sagaflow")),
+            Telemetry {
+                provider: Some(provider),
+            },
+        ),
+        None => (None, Telemetry::default()),
+    };
+    let _ = compose(log, filter, export).try_init();
+    if telemetry.provider.is_some() {
+        register_metrics();
+        ENABLED.store(true, Ordering::Relaxed);
+    }
+    Ok(telemetry)
+}
+
+/// The log, each with a filter of its own, and the span export of `tracer` (the spans of
+/// [`TRACE_TARGET`] alone).
+fn compose(
+    log: LogLayer,
+    filter: EnvFilter,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+) -> impl tracing::Subscriber + Send + Sync {
+    let logged: Logged = tracing_subscriber::registry().with(log.with_filter(Reevaluated(filter)));
+    let export = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Reevaluated(
+                Targets::new().with_target(TRACE_TARGET, tracing::Level::DEBUG),
+            ))
+    });
+    logged.with(export)
+}
+
+/// A per-layer filter that is asked again at every span and event rather than once per
+/// callsite. With several per-layer filters, one that answers "always" for a callsite lets
+/// the subscriber skip its `enabled` pass, and each layer then acts on what the previous pass
+/// left on the thread (an `enabled!` check, by the engine or a library, with no span or event
+/// after it): a log line or an exported span would be lost now and then.
+struct Reevaluated<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for Reevaluated<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &layer::Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.0.callsite_enabled(meta).is_never() {
+            Interest::never()
+        } else {
+            Interest::sometimes()
+        }
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &layer::Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_new_span(attrs, id, cx)
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, cx: layer::Context<'_, S>) {
+        self.0.on_record(id, values, cx)
+    }
+
+    fn on_enter(&self, id: &span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_enter(id, cx)
+    }
+
+    fn on_exit(&self, id: &span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_exit(id, cx)
+    }
+
+    fn on_close(&self, id: span::Id, cx: layer::Context<'_, S>) {
+        self.0.on_close(id, cx)
+    }
+}
+
+/// The tracer provider of the OTLP export the environment configures; `None` when it names
+/// no endpoint.
+fn exporter_from_env(service_name: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
     if env("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
         && env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
     {
@@ -302,22 +396,7 @@ where
             capacity,
         })
         .build();
-    let tracer = provider.tracer("sagaflow");
-    register_metrics();
-    ENABLED.store(true, Ordering::Relaxed);
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_level(false)
-        .with_target(false)
-        .with_tracked_inactivity(false);
-    Ok(Some(Installed {
-        layer,
-        telemetry: Telemetry {
-            provider: Some(provider),
-        },
-    }))
+    Ok(Some(provider))
 }
 
 impl Telemetry {
@@ -357,5 +436,102 @@ mod tests {
         assert_eq!(sc.span_id(), SpanId::from(parent.span_id));
         assert!(sc.is_sampled() && sc.is_remote());
         assert_eq!(sc.trace_flags(), TraceFlags::SAMPLED);
+    }
+}
+
+#[cfg(test)]
+mod export_tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use opentelemetry_sdk::trace::SimpleSpanProcessor;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collected {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With the log and the export each filtered, every span the export wants is exported
+    /// with the engine's ids, and every line the log wants is written, whatever `enabled!`
+    /// checks ran before them.
+    #[test]
+    fn adopted_spans_are_exported_with_the_engine_s_ids_and_no_log_line_is_lost() {
+        let collected = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_id_generator(EngineIds)
+            .with_span_processor(SimpleSpanProcessor::new(collected.clone()))
+            .build();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let log = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .boxed();
+        let subscriber = compose(
+            log,
+            EnvFilter::new("info,sqlx=warn"),
+            Some(provider.tracer("test")),
+        );
+        ENABLED.store(true, Ordering::Relaxed);
+        let client =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            // What the log wants and the export does not, then the other way round, each
+            // checked and not followed by a span or an event.
+            assert!(tracing::enabled!(target: "sqlx::query", tracing::Level::WARN));
+            let command = tracing::info_span!(target: TRACE_TARGET, "command");
+            adopt(&command, Some(client), client.with_span(0x1111));
+            let _entered = command.enter();
+            assert!(crate::trace::hop_spans_enabled());
+            tracing::info!("a line of the log");
+            let hop = tracing::debug_span!(target: TRACE_TARGET, "hop");
+            adopt(
+                &hop,
+                Some(client.with_span(0x1111)),
+                client.with_span(0x2222),
+            );
+        });
+        let spans = collected.0.lock().unwrap().clone();
+        let ids: Vec<(String, u64, u64)> = spans
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    u64::from_be_bytes(s.span_context.span_id().to_bytes()),
+                    u64::from_be_bytes(s.parent_span_id.to_bytes()),
+                )
+            })
+            .collect();
+        assert!(ids.contains(&("hop".into(), 0x2222, 0x1111)), "{ids:?}");
+        assert!(
+            ids.contains(&("command".into(), 0x1111, client.span_id)),
+            "{ids:?}"
+        );
+        assert!(spans
+            .iter()
+            .all(|s| s.span_context.trace_id() == TraceId::from(client.trace_id)));
+        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("a line of the log"), "{log}");
     }
 }

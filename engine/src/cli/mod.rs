@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sqlx::PgPool;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::telemetry::Telemetry;
@@ -262,7 +260,7 @@ async fn rebuild_projection(app: &App, pool: &PgPool, name: &str) -> anyhow::Res
 }
 
 /// The log (filtered by `RUST_LOG`) and, when an OTLP endpoint is configured, the export
-/// of the engine's trace spans (see [`crate::telemetry`]), each with a filter of its own.
+/// of the engine's trace spans (see [`crate::telemetry`]).
 fn init_logging(format: LogFormat, service_name: &str) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
@@ -270,28 +268,10 @@ fn init_logging(format: LogFormat, service_name: &str) -> anyhow::Result<Telemet
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_filter(filter)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
-    let installed = crate::telemetry::init_from_env(service_name)?;
-    let (export, telemetry) = match installed {
-        Some(i) => (
-            Some(
-                i.layer.with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target(crate::trace::TRACE_TARGET, tracing::Level::DEBUG),
-                ),
-            ),
-            i.telemetry,
-        ),
-        None => (None, Telemetry::default()),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(log)
-        .with(export)
-        .try_init();
-    Ok(telemetry)
+    crate::telemetry::install(log, filter, service_name)
 }
 
 /// Creates the database if it is missing and applies `app`'s migrations (the engine's and
