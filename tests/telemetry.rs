@@ -438,6 +438,69 @@ async fn one_trace_per_order(pool: PgPool, transport: &str, protocol: &str) {
     }
 }
 
+/// `OTEL_TRACES_SAMPLER=parentbased_always_off`: a trace the engine starts is not sampled, and
+/// none of its hops is exported; a client's sampled trace is exported whole.
+#[sqlx::test(migrator = "common::MIGRATOR")]
+async fn the_sampler_keeps_or_drops_a_trace_whole(pool: PgPool) {
+    let spans = Spans::default();
+    let endpoint = http_receiver(spans.clone()).await;
+    let mut env = engine_env("postgres", &endpoint, "http/protobuf");
+    env.push((
+        "OTEL_TRACES_SAMPLER".to_owned(),
+        "parentbased_always_off".to_owned(),
+    ));
+    let engine = start(&pool, &env).await;
+    let client = reqwest::Client::new();
+    let customer = Uuid::now_v7();
+    let r = client
+        .post(format!("{}/accounts/{customer}/deposits", engine.base))
+        .json(&json!({"amount_cents": 1_00}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let unsampled = r.headers()["traceresponse"].to_str().unwrap().to_owned();
+    assert!(unsampled.ends_with("-00"), "{unsampled}");
+    let unsampled_trace = unsampled[3..35].to_owned();
+    let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
+    let client_span = format!("{:016x}", rand::random::<u64>() | 1);
+    let correlation_id = Uuid::now_v7();
+    let (saga, _) = declined_order(
+        &engine,
+        &format!("00-{trace_id}-{client_span}-01"),
+        correlation_id,
+    )
+    .await;
+    wait_compensated(&pool, saga, &engine).await;
+    let mut last;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match check_tree(
+            &spans.of_trace(&trace_id),
+            &client_span,
+            correlation_id,
+            &spans.all(),
+        ) {
+            Ok(()) => break,
+            Err(e) => last = e,
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sampled trace is not whole: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let everything = spans.all();
+    assert!(
+        everything.iter().all(|s| s.trace_id == trace_id),
+        "spans of unsampled traces were exported (the deposit's trace {unsampled_trace}): {:?}",
+        everything
+            .iter()
+            .filter(|s| s.trace_id != trace_id)
+            .collect::<Vec<_>>()
+    );
+}
+
 /// A metric's value in the engine's `/metrics` (0 when absent).
 async fn metric(engine: &Binary, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", engine.base))

@@ -137,19 +137,23 @@ fn remote(parent: TraceContext) -> Context {
 
 /// Makes `span`'s exported span the one the engine means: span `own.span_id` of trace
 /// `own.trace_id`, child of the span `parent` points at (a root without one), whatever
-/// `tracing` span is current. Starts it now, on this thread. Does nothing when spans are not
-/// exported or `span` is disabled.
-pub fn adopt(span: &tracing::Span, parent: Option<TraceContext>, own: TraceContext) {
+/// `tracing` span is current. Starts it now, on this thread, and returns whether the sampler
+/// kept it; `None` when spans are not exported or `span` is disabled (nothing is done).
+pub fn adopt(
+    span: &tracing::Span,
+    parent: Option<TraceContext>,
+    own: TraceContext,
+) -> Option<bool> {
     if !enabled() || span.is_disabled() {
-        return;
+        return None;
     }
     let parent = parent.map(remote).unwrap_or_default();
-    if span.set_parent(parent).is_err() {
-        return;
-    }
+    span.set_parent(parent).ok()?;
     NEXT_IDS.with(|c| c.set((own.trace_id, own.span_id)));
-    let _ = span.context();
+    let cx = span.context();
     NEXT_IDS.with(|c| c.set((0, 0)));
+    let started = cx.span().span_context().clone();
+    (started.span_id() == SpanId::from(own.span_id)).then(|| started.is_sampled())
 }
 
 /// Counts what leaves the queue, and what the collector did not take.

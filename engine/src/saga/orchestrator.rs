@@ -66,7 +66,7 @@ pub struct Orchestrator {
     ended: broadcast::Sender<Uuid>,
     /// The replies applied by the consumer's batch in flight (step, outcome, the command's
     /// id, the trace id), timed once it commits.
-    replies: Mutex<Vec<(String, &'static str, Uuid, Option<u128>)>>,
+    replies: Mutex<Vec<ReplyTiming>>,
 }
 
 /// What [`Orchestrator::process`] decided, for the caller to publish after its commit.
@@ -634,8 +634,11 @@ impl Handler for Orchestrator {
 /// (target `sagaflow::slow_step`) with its trace id.
 const SLOW_STEP_SECONDS: f64 = 2.0;
 
-/// For a reply: its step, its outcome, the id of the command it answers and its trace id.
-fn reply_timing(m: &Delivery) -> Option<(String, &'static str, Uuid, Option<u128>)> {
+/// A reply's step, its outcome, the id of the command it answers and its trace id.
+type ReplyTiming = (String, &'static str, Uuid, Option<u128>);
+
+/// For a reply: its [`ReplyTiming`].
+fn reply_timing(m: &Delivery) -> Option<ReplyTiming> {
     let e = &m.envelope;
     if e.event_type != REPLY_EVENT_TYPE {
         return None;

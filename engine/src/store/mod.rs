@@ -477,8 +477,8 @@ fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
     if !crate::trace::hop_spans_enabled() {
         return Vec::new();
     }
-    // (the writer's context, its first stream, its events, their types)
-    let mut traces: Vec<(TraceContext, &str, usize, Vec<&str>)> = Vec::new();
+    // (the writer's context, its first stream and correlation id, its events, their types)
+    let mut traces: Vec<(TraceContext, &str, Uuid, usize, Vec<&str>)> = Vec::new();
     for (stream, _, events) in streams {
         for e in events.iter() {
             let Some(context) = e
@@ -492,20 +492,20 @@ fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
             let at = match traces.iter().position(|t| t.0 == context) {
                 Some(at) => at,
                 None => {
-                    traces.push((context, stream, 0, Vec::new()));
+                    traces.push((context, stream, e.metadata.correlation_id, 0, Vec::new()));
                     traces.len() - 1
                 }
             };
             let entry = &mut traces[at];
-            entry.2 += 1;
-            if !entry.3.contains(&e.event_type.as_str()) {
-                entry.3.push(&e.event_type);
+            entry.3 += 1;
+            if !entry.4.contains(&e.event_type.as_str()) {
+                entry.4.push(&e.event_type);
             }
         }
     }
     traces
         .into_iter()
-        .map(|(context, stream, events, types)| {
+        .map(|(context, stream, correlation_id, events, types)| {
             let own = context.with_span(crate::trace::random_span_id());
             let span = tracing::debug_span!(
                 target: TRACE_TARGET,
@@ -513,6 +513,7 @@ fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
                 stream_id = stream,
                 events,
                 event_types = %types.join(","),
+                correlation_id = %correlation_id,
                 trace_id = %TraceIdHex(context.trace_id),
                 span_id = %SpanIdHex(own.span_id),
                 parent_span_id = %SpanIdHex(context.span_id),
