@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
 ensure_chromium
+# ops/: alert rules and dashboard queries with promtool (installs Debian's prometheus if missing).
+bash scripts/ops-check.sh
 # sqlx::test creates one database per test from this server.
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 if [ -z "${KAFKA_BROKERS:-}" ]; then

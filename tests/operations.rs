@@ -454,7 +454,13 @@ async fn one_trace_follows_an_order_from_the_request_to_the_end_of_its_saga(
     let names: BTreeSet<&str> = trace.iter().map(|s| s.name).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["command", "consume_message", "relay_publish", "saga_step"]),
+        BTreeSet::from([
+            "append",
+            "command",
+            "consume_message",
+            "relay_publish",
+            "saga_step"
+        ]),
     );
     // The request's span: a child of the caller's, and what the response reported.
     let command: Vec<&CapturedSpan> = trace.iter().filter(|s| s.name == "command").collect();

@@ -2,7 +2,7 @@
 //! the outbox, transports, sagas, projections and HTTP, and nothing of any particular domain.
 //!
 //! Modules depend only downward:
-//! - leaves: [`hash`], [`trace`], [`metrics`], [`envelope`], [`db`], [`doorbell`], [`backoff`];
+//! - leaves: [`hash`], [`trace`], [`telemetry`], [`metrics`], [`envelope`], [`db`], [`doorbell`], [`backoff`];
 //! - core: [`aggregate`], [`store`], [`outbox`], [`command`], [`fold`], [`registry`],
 //!   [`replay`], [`testing`];
 //! - messaging: [`transport`], [`consumer`], [`relay`];
@@ -37,6 +37,7 @@ pub mod relay;
 pub mod replay;
 pub mod saga;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod trace;
 pub mod transport;

@@ -4,13 +4,15 @@
 //!
 //! Each hop is a `tracing` span that records its place in the trace as fields: `trace_id` (32
 //! hex digits), `span_id` and `parent_span_id` (16 hex digits each), next to `correlation_id`
-//! and `causation_id`. The command span is at INFO level; the per-message spans are at DEBUG
-//! under target [`TRACE_TARGET`], off unless asked for. The trace context itself always
-//! travels. The hops:
+//! and `causation_id`. All are under target [`TRACE_TARGET`]: the command span at INFO level,
+//! the per-message spans at DEBUG, off unless asked for (by `RUST_LOG`, or by the OTLP export
+//! of [`crate::telemetry`], which exports these spans with these ids). The trace context itself
+//! always travels. The hops:
 //!
 //! | span | where | `span_id` | `parent_span_id` |
 //! |---|---|---|---|
 //! | `command` | an HTTP command | random | the request's `traceparent`, if any |
+//! | `append` | the event store appending events (one span per trace among them) | random | the span that wrote the events (their `traceparent`) |
 //! | `relay_publish` | the relay publishing one message | [`publish_span_id`] | the span that wrote the message |
 //! | `consume_message` / `saga_step` | a consumer applying one message | [`consume_span_id`] | [`publish_span_id`] |
 //!
@@ -199,7 +201,8 @@ pub fn publish_traceparent(message_id: Uuid, traceparent: Option<&str>) -> Optio
     })
 }
 
-/// The target of the per-message spans (`relay_publish`, `consume_message`, `saga_step`).
+/// The target of the trace's spans: `command`, and the per-message ones (`append`,
+/// `relay_publish`, `consume_message`, `saga_step`).
 /// They are at DEBUG level, so that a process logging at INFO does not pay for them (a few
 /// microseconds each with a formatting subscriber); `RUST_LOG=info,sagaflow::trace=debug`
 /// turns them on, or a span exporter's own per-layer filter.
@@ -245,6 +248,36 @@ mod tests {
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more"
         )
         .is_some());
+    }
+
+    /// Ours reads and writes `traceparent` as OpenTelemetry's W3C propagator does, only
+    /// stricter on the ids' lengths (the propagator takes a 31-digit trace id).
+    #[test]
+    fn parse_and_format_agree_with_the_opentelemetry_propagator() {
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+        use opentelemetry_sdk::propagation::TraceContextPropagator;
+        use std::collections::HashMap;
+
+        let propagator = TraceContextPropagator::new();
+        let roots = (0..20).map(|_| TraceContext::new_root().header());
+        for header in [HEADER.to_owned(), format!("{}-00", &HEADER[..52])]
+            .into_iter()
+            .chain(roots)
+        {
+            let carrier = HashMap::from([("traceparent".to_owned(), header.clone())]);
+            let cx = propagator.extract(&carrier);
+            let theirs = cx.span().span_context().clone();
+            let ours = TraceContext::parse(&header).expect("valid");
+            assert_eq!(theirs.trace_id(), TraceId::from(ours.trace_id), "{header}");
+            assert_eq!(theirs.span_id(), SpanId::from(ours.span_id), "{header}");
+            assert_eq!(theirs.is_sampled(), ours.flags & 1 == 1, "{header}");
+            let mut injected = HashMap::new();
+            propagator.inject_context(&cx, &mut injected);
+            assert_eq!(injected["traceparent"], ours.header());
+        }
+        let short = "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01";
+        assert_eq!(TraceContext::parse(short), None);
     }
 
     #[test]

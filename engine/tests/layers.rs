@@ -13,7 +13,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
-            "hash", "trace", "metrics", "envelope", "db", "doorbell", "backoff",
+            "hash",
+            "trace",
+            "telemetry",
+            "metrics",
+            "envelope",
+            "db",
+            "doorbell",
+            "backoff",
         ],
     ),
     (

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sqlx::PgPool;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::telemetry::Telemetry;
 
 use crate::app::App;
 use crate::db;
@@ -107,7 +109,6 @@ impl App {
                 return ExitCode::from(2);
             }
         };
-        init_logging(cli.log_format);
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(r) => r,
             Err(e) => {
@@ -115,14 +116,26 @@ impl App {
                 return ExitCode::FAILURE;
             }
         };
-        match runtime.block_on(run(self, cli)) {
+        // The gRPC exporter is built inside the runtime it sends with.
+        let telemetry = match runtime.block_on(async { init_logging(cli.log_format, self.name()) })
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot set up trace export: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        let status = match runtime.block_on(run(self, cli)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "{} stopped", "sagaflow");
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
-        }
+        };
+        // Flushes the spans still queued, while the runtime still runs.
+        telemetry.shutdown();
+        status
     }
 }
 
@@ -246,14 +259,19 @@ async fn rebuild_projection(app: &App, pool: &PgPool, name: &str) -> anyhow::Res
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+/// The log (filtered by `RUST_LOG`) and, when an OTLP endpoint is configured, the export
+/// of the engine's trace spans (see [`crate::telemetry`]).
+fn init_logging(format: LogFormat, service_name: &str) -> anyhow::Result<Telemetry> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let log = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
+    crate::telemetry::install(log, filter, service_name)
 }
 
 /// Creates the database if it is missing and applies `app`'s migrations (the engine's and

@@ -888,10 +888,18 @@ fn consume_span(group: &str, hop: Hop, m: &Delivery) -> tracing::Span {
             )
         };
     }
-    match hop {
+    let span = match hop {
         Hop::SagaStep => span!("saga_step"),
         Hop::Message => span!("consume_message"),
+    };
+    if let Some(c) = context {
+        crate::telemetry::adopt(
+            &span,
+            Some(c.with_span(trace::publish_span_id(e.message_id))),
+            c.with_span(trace::consume_span_id(e.message_id, group)),
+        );
     }
+    span
 }
 
 fn to_positions(positions: &BTreeMap<PartitionKey, i64>) -> Vec<Position> {

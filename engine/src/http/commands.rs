@@ -167,11 +167,11 @@ pub async fn run_command<A: Aggregate>(
         .traceparent
         .as_deref()
         .and_then(TraceContext::parse);
-    let trace = incoming
+    let mut trace = incoming
         .unwrap_or_else(TraceContext::new_root)
         .with_span(trace::random_span_id());
-    metadata.traceparent = Some(trace.header());
     let span = tracing::info_span!(
+        target: trace::TRACE_TARGET,
         "command",
         aggregate_type = A::TYPE,
         aggregate_id = %id,
@@ -181,6 +181,12 @@ pub async fn run_command<A: Aggregate>(
         span_id = %SpanIdHex(trace.span_id),
         parent_span_id = incoming.map(|c| tracing::field::display(SpanIdHex(c.span_id))),
     );
+    // A command span the exporter's sampler left out is passed on as not sampled, so that the
+    // hops after it are left out too (the whole trace or none of it).
+    if crate::telemetry::adopt(&span, incoming, trace) == Some(false) {
+        trace.flags &= !0x01;
+    }
+    metadata.traceparent = Some(trace.header());
     let started = std::time::Instant::now();
     let ctx = CommandContext {
         metadata,

@@ -49,13 +49,17 @@ pub fn register_metrics() {
     let _ = crate::saga::metrics::metrics();
     let _ = crate::external::metrics::metrics();
     let _ = crate::http::metrics::metrics();
+    crate::telemetry::register_metrics();
     let _ = metrics::metrics();
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_recorded_series_is_named_sagaflow_and_documented_by_its_subsystem() {
+    use std::collections::BTreeMap;
+
+    /// Registers every series and touches one child of each vector, so that all appear in
+    /// the registry's output.
+    fn register_and_touch() {
         super::register_metrics();
         // Touch one child of each vector so it appears in the output.
         let http = crate::http::metrics::metrics();
@@ -81,6 +85,97 @@ mod tests {
         external.call_seconds.with_label_values(&["p"]);
         external.breaker_state.with_label_values(&["p"]);
         external.breaker_opened.with_label_values(&["p"]);
+        super::metrics::metrics()
+            .retention_deleted
+            .with_label_values(&["t"]);
+    }
+
+    /// The series of a `| `name` | type | …` table in `doc`, with their types.
+    fn table(doc: &str) -> BTreeMap<String, String> {
+        doc.lines()
+            .filter_map(|l| {
+                let row = l.trim_start_matches(['/', '!', ' ']).strip_prefix("| `")?;
+                let mut cells = row.split('|');
+                let name = cells.next()?.trim().trim_end_matches('`');
+                let kind = cells.next()?.trim();
+                Some((name.to_owned(), kind.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Every series a process exports, with its type: the registry's, the ones collected
+    /// at scrape time and the process's own.
+    fn exported() -> BTreeMap<String, String> {
+        register_and_touch();
+        let mut out: BTreeMap<String, String> = crate::metrics::registry()
+            .gather()
+            .iter()
+            .map(|f| {
+                let kind = format!("{:?}", f.get_field_type()).to_lowercase();
+                (f.name().to_owned(), kind)
+            })
+            .collect();
+        out.extend(table(include_str!("scrape.rs")));
+        out.extend(table(include_str!("../app/service.rs")));
+        out
+    }
+
+    /// The Grafana dashboard and the Prometheus alert rules query only series the engine
+    /// exports (a histogram's through its `_bucket`, `_sum` and `_count`).
+    #[test]
+    fn the_dashboard_and_alert_rules_query_only_exported_series() {
+        let exported = exported();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../ops/grafana/sagaflow.json"))
+                .expect("the dashboard is JSON");
+        let mut queries: Vec<String> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .map(|t| t["expr"].as_str().expect("an expr").to_owned())
+            .collect();
+        let rules = include_str!("../../../ops/prometheus/alerts.yml");
+        // The rules' expressions: `expr:` lines and the block lines under them.
+        let mut in_expr = false;
+        for line in rules.lines() {
+            let trimmed = line.trim_start();
+            if let Some(e) = trimmed.strip_prefix("expr:") {
+                queries.push(e.trim().trim_start_matches('|').to_owned());
+                in_expr = e.trim() == "|";
+            } else if in_expr && line.starts_with("          ") {
+                queries.push(trimmed.to_owned());
+            } else {
+                in_expr = false;
+            }
+        }
+        let mut used = std::collections::BTreeSet::new();
+        for q in &queries {
+            let mut rest = q.as_str();
+            while let Some(at) = rest.find("sagaflow_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                used.insert(name);
+            }
+        }
+        assert!(used.len() >= 15, "too few series found: {used:?}");
+        for name in &used {
+            let known = exported.contains_key(name)
+                || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                    name.strip_suffix(suffix)
+                        .and_then(|base| exported.get(base))
+                        .is_some_and(|kind| kind == "histogram")
+                });
+            assert!(known, "{name} is queried but no process exports it");
+        }
+    }
+
+    #[test]
+    fn every_recorded_series_is_named_sagaflow_and_documented_by_its_subsystem() {
+        register_and_touch();
         let docs = [
             include_str!("../command/metrics.rs"),
             include_str!("../consumer/metrics.rs"),
@@ -88,12 +183,10 @@ mod tests {
             include_str!("../saga/metrics.rs"),
             include_str!("../external/metrics.rs"),
             include_str!("../http/metrics.rs"),
+            include_str!("../telemetry.rs"),
             include_str!("metrics.rs"),
         ]
         .concat();
-        super::metrics::metrics()
-            .retention_deleted
-            .with_label_values(&["t"]);
         let families = crate::metrics::registry().gather();
         // Every series a table documents is registered (scrape-time ones aside: they are
         // collected by the scrape, not kept in the registry).

@@ -455,7 +455,7 @@ fn publish_span(m: &OutgoingMessage) -> tracing::Span {
         .traceparent
         .as_deref()
         .and_then(TraceContext::parse);
-    tracing::debug_span!(
+    let span = tracing::debug_span!(
         target: TRACE_TARGET,
         "relay_publish",
         message_id = %e.message_id,
@@ -467,7 +467,15 @@ fn publish_span(m: &OutgoingMessage) -> tracing::Span {
         trace_id = context.map(|c| tracing::field::display(TraceIdHex(c.trace_id))),
         span_id = context.map(|_| tracing::field::display(SpanIdHex(trace::publish_span_id(e.message_id)))),
         parent_span_id = context.map(|c| tracing::field::display(SpanIdHex(c.span_id))),
-    )
+    );
+    if let Some(c) = context {
+        crate::telemetry::adopt(
+            &span,
+            Some(c),
+            c.with_span(trace::publish_span_id(e.message_id)),
+        );
+    }
+    span
 }
 
 async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {

@@ -65,8 +65,8 @@ pub struct Orchestrator {
     /// Ids of the sagas this process brought to a terminal state, sent after the commit.
     ended: broadcast::Sender<Uuid>,
     /// The replies applied by the consumer's batch in flight (step, outcome, the command's
-    /// id), timed once it commits.
-    replies: Mutex<Vec<(String, &'static str, Uuid)>>,
+    /// id, the trace id), timed once it commits.
+    replies: Mutex<Vec<ReplyTiming>>,
 }
 
 /// What [`Orchestrator::process`] decided, for the caller to publish after its commit.
@@ -598,12 +598,25 @@ impl Handler for Orchestrator {
     async fn after_commit(&self) {
         self.publish_batch().await;
         // The command's id is a UUIDv7 minted when the step was invoked.
-        for (step, outcome, command_id) in self.replies.lock().await.drain(..) {
+        for (step, outcome, command_id, trace) in self.replies.lock().await.drain(..) {
             if let Some(age) = age_of(command_id) {
                 metrics()
                     .step_seconds
                     .with_label_values(&[step.as_str(), outcome])
                     .observe(age);
+                // The histogram has no exemplars (prometheus 0.14): a slow step's trace is
+                // found from this line.
+                if age >= SLOW_STEP_SECONDS {
+                    tracing::info!(
+                        target: "sagaflow::slow_step",
+                        step = %step,
+                        outcome,
+                        seconds = age,
+                        command_id = %command_id,
+                        trace_id = trace.map(|t| tracing::field::display(crate::trace::TraceIdHex(t))),
+                        "slow saga step"
+                    );
+                }
             }
         }
     }
@@ -617,8 +630,15 @@ impl Handler for Orchestrator {
     }
 }
 
-/// For a reply: its step, its outcome and the id of the command it answers.
-fn reply_timing(m: &Delivery) -> Option<(String, &'static str, Uuid)> {
+/// A saga step answered this many seconds or more after its command was sent is logged
+/// (target `sagaflow::slow_step`) with its trace id.
+const SLOW_STEP_SECONDS: f64 = 2.0;
+
+/// A reply's step, its outcome, the id of the command it answers and its trace id.
+type ReplyTiming = (String, &'static str, Uuid, Option<u128>);
+
+/// For a reply: its [`ReplyTiming`].
+fn reply_timing(m: &Delivery) -> Option<ReplyTiming> {
     let e = &m.envelope;
     if e.event_type != REPLY_EVENT_TYPE {
         return None;
@@ -632,6 +652,11 @@ fn reply_timing(m: &Delivery) -> Option<(String, &'static str, Uuid)> {
         e.metadata.saga_step.clone()?,
         outcome,
         e.metadata.causation_id?,
+        e.metadata
+            .traceparent
+            .as_deref()
+            .and_then(crate::trace::TraceContext::parse)
+            .map(|c| c.trace_id),
     ))
 }
 

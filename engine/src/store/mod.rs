@@ -257,6 +257,8 @@ impl EventStore {
             }
         }
         let metadata: Vec<&Value> = metadata_of.iter().map(|&i| &metadata_values[i]).collect();
+        // Open until the statement has run.
+        let _spans = append_spans(streams);
         let query = if topics.is_some() {
             sqlx::query(APPEND_AND_PUBLISH)
         } else {
@@ -465,4 +467,59 @@ pub fn decode_envelope<E: DomainEvent>(e: &Envelope) -> Result<E, StoreError> {
             source,
         }
     })
+}
+
+/// One `append` span per trace among the events of `streams` (a batch of the orchestrator
+/// holds many sagas): a child of the span that wrote the events, as their `traceparent`
+/// names it. None when the per-message spans are off.
+fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
+    use crate::trace::{SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
+    if !crate::trace::hop_spans_enabled() {
+        return Vec::new();
+    }
+    // (the writer's context, its first stream and correlation id, its events, their types)
+    let mut traces: Vec<(TraceContext, &str, Uuid, usize, Vec<&str>)> = Vec::new();
+    for (stream, _, events) in streams {
+        for e in events.iter() {
+            let Some(context) = e
+                .metadata
+                .traceparent
+                .as_deref()
+                .and_then(TraceContext::parse)
+            else {
+                continue;
+            };
+            let at = match traces.iter().position(|t| t.0 == context) {
+                Some(at) => at,
+                None => {
+                    traces.push((context, stream, e.metadata.correlation_id, 0, Vec::new()));
+                    traces.len() - 1
+                }
+            };
+            let entry = &mut traces[at];
+            entry.3 += 1;
+            if !entry.4.contains(&e.event_type.as_str()) {
+                entry.4.push(&e.event_type);
+            }
+        }
+    }
+    traces
+        .into_iter()
+        .map(|(context, stream, correlation_id, events, types)| {
+            let own = context.with_span(crate::trace::random_span_id());
+            let span = tracing::debug_span!(
+                target: TRACE_TARGET,
+                "append",
+                stream_id = stream,
+                events,
+                event_types = %types.join(","),
+                correlation_id = %correlation_id,
+                trace_id = %TraceIdHex(context.trace_id),
+                span_id = %SpanIdHex(own.span_id),
+                parent_span_id = %SpanIdHex(context.span_id),
+            );
+            crate::telemetry::adopt(&span, Some(context), own);
+            span
+        })
+        .collect()
 }
