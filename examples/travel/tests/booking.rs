@@ -77,6 +77,19 @@ async fn bookings(pool: PgPool, transport: Transport) {
     assert_eq!(charge.requests, 1, "one call per idempotency key");
     assert_eq!(held(&service, "flight-TP101").await["t-happy"], 2);
     assert_eq!(held(&service, "hotel-lisbon-palace").await["t-happy"], 1);
+    // The saga's timeline joins the four participants' events.
+    let timeline = service.timeline(saga_id_of("t-happy")).await;
+    for stream in [
+        "trip-t-happy",
+        "flight-TP101",
+        "hotel-lisbon-palace",
+        "payment-t-happy",
+    ] {
+        assert!(
+            timeline.iter().any(|(_, s)| s == stream),
+            "{stream} in the timeline: {timeline:?}"
+        );
+    }
     let payment = service.state("payment-t-happy", None).await;
     assert_eq!(
         payment["state"]["charge"]["charge_id"],
@@ -273,28 +286,59 @@ async fn bookings(pool: PgPool, transport: Transport) {
         .unwrap();
     assert_eq!(r.status(), 304);
 
-    // Rebuilt from the store, the read model holds the same trips.
+    // Rebuilt from the store while trips keep arriving, the read model holds the same trips,
+    // and every trip booked during the rebuild.
     let (_, before) = service.get("/trips?limit=500").await;
-    let r = service
-        .client
-        .post(service.url("/admin/projections/trips/rebuild"))
-        .bearer_auth(common::TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    eventually(Duration::from_secs(30), "the trips rebuilt", || async {
-        let list = service.admin("/admin/projections").await;
-        list["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "trips" && p["state"] == "idle")
-    })
-    .await;
-    let (_, after) = service.get("/trips?limit=500").await;
-    assert_eq!(after["trips"], before["trips"]);
     assert_eq!(before["trips"].as_array().unwrap().len(), 5);
+    supply(&service, "TP303", 100, "busy-hotel", 100).await;
+    const BUSY: usize = 20;
+    let rebuild = async {
+        let r = service
+            .client
+            .post(service.url("/admin/projections/trips/rebuild"))
+            .bearer_auth(common::TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        eventually(Duration::from_secs(30), "the trips rebuilt", || async {
+            let list = service.admin("/admin/projections").await;
+            list["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "trips" && p["state"] == "idle")
+        })
+        .await;
+    };
+    let traffic = async {
+        for i in 0..BUSY {
+            service
+                .accepted(
+                    "trip",
+                    &format!("t-busy-{i:02}"),
+                    "request",
+                    trip("TP303", 1, "busy-hotel", 1, "tok_visa"),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::join!(rebuild, traffic);
+    for i in 0..BUSY {
+        service
+            .trip_ends(&format!("t-busy-{i:02}"), "confirmed")
+            .await;
+    }
+    let (_, after) = service.get("/trips?limit=500").await;
+    let after: Vec<serde_json::Value> = after["trips"].as_array().unwrap().clone();
+    let kept: Vec<&serde_json::Value> = after
+        .iter()
+        .filter(|t| !t["trip_id"].as_str().unwrap().starts_with("t-busy-"))
+        .collect();
+    let was: Vec<&serde_json::Value> = before["trips"].as_array().unwrap().iter().collect();
+    assert_eq!(kept, was, "the trips before the rebuild, unchanged");
+    assert_eq!(after.len(), 5 + BUSY, "and every trip booked during it");
 
     // The OpenAPI document is the travel service's own, with its read model's routes.
     let (_, doc) = service.get("/openapi.json").await;
