@@ -900,10 +900,11 @@ async fn stuck_sagas_are_found_and_re_driven_by_retry_step(pool: PgPool) {
         &everything_but(&[Component::Orchestrator]),
     )
     .await;
-    let orchestrator = Arc::new(Orchestrator::new(
-        pool.clone(),
-        vec![reserved.clone(), released.clone()],
-    ));
+    // Publishing as the engine's writers do (straight to the log on the embedded transport).
+    let orchestrator = Arc::new(
+        Orchestrator::new(pool.clone(), vec![reserved.clone(), released.clone()])
+            .with_publishing(engine.service.bus.store().publishing().clone()),
+    );
     let bell = engine.service.bus.outbox_bell().clone();
     let stop = CancellationToken::new();
     let consumer = orchestrator.consumer(transport.clone(), bell.clone());

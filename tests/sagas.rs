@@ -234,7 +234,11 @@ impl OnlyOrchestrator {
         engine: &common::engine::Running,
         saga: &Arc<Saga>,
     ) -> Self {
-        let orchestrator = Arc::new(Orchestrator::new(pool.clone(), vec![saga.clone()]));
+        // Publishing as the engine's writers do (straight to the log on the embedded transport).
+        let orchestrator = Arc::new(
+            Orchestrator::new(pool.clone(), vec![saga.clone()])
+                .with_publishing(engine.service.bus.store().publishing().clone()),
+        );
         let stop = tokio_util::sync::CancellationToken::new();
         let bell = engine.service.bus.outbox_bell().clone();
         let consumer = orchestrator.consumer(transport.clone(), bell.clone());

@@ -321,16 +321,16 @@ fn check_tree(
     if !named("append").any(|s| &s.parent_span_id == command_id) {
         return Err("no append under the command".into());
     }
-    if !named("relay_publish").any(|s| &s.parent_span_id == command_id) {
-        return Err("no relay_publish of the command's events".into());
+    if !named("publish").any(|s| &s.parent_span_id == command_id) {
+        return Err("no publish of the command's events".into());
     }
-    let publish_ids: BTreeSet<&str> = named("relay_publish").map(|s| s.span_id.as_str()).collect();
+    let publish_ids: BTreeSet<&str> = named("publish").map(|s| s.span_id.as_str()).collect();
     let consumers = spans
         .iter()
         .filter(|s| s.name == "saga_step" || s.name == "consume_message");
     for s in consumers {
         if !publish_ids.contains(s.parent_span_id.as_str()) {
-            return Err(format!("{} not under a relay_publish: {s:?}", s.name));
+            return Err(format!("{} not under a publish: {s:?}", s.name));
         }
     }
     let groups: BTreeSet<&str> = named("saga_step")

@@ -13,7 +13,7 @@
 //!   `OTEL_EXPORTER_OTLP_TIMEOUT`: the batch span processor and the exporter.
 //!
 //! The spans exported are the hops of [`crate::trace`] (`command`, `append`,
-//! `relay_publish`, `consume_message`, `saga_step`), with the ids the engine gives them:
+//! `publish`, `consume_message`, `saga_step`), with the ids the engine gives them:
 //! each is started at once with [`adopt`], whose parent is the trace context the engine
 //! carries, and whose span id is the one the engine derived (so that the next hop, in this
 //! process or another, names it as its parent without anything being rewritten).

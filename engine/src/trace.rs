@@ -13,10 +13,10 @@
 //! |---|---|---|---|
 //! | `command` | an HTTP command | random | the request's `traceparent`, if any |
 //! | `append` | the event store appending events (one span per trace among them) | random | the span that wrote the events (their `traceparent`) |
-//! | `relay_publish` | the relay publishing one message | [`publish_span_id`] | the span that wrote the message |
+//! | `publish` | one message published: by the relay, or on the embedded transport by the transaction that wrote it | [`publish_span_id`] | the span that wrote the message |
 //! | `consume_message` / `saga_step` | a consumer applying one message | [`consume_span_id`] | [`publish_span_id`] |
 //!
-//! On Kafka the `traceparent` header names the `relay_publish` span ([`publish_traceparent`]),
+//! On Kafka the `traceparent` header names the `publish` span ([`publish_traceparent`]),
 //! so that any consumer of the topic continues the trace from the relay's hop.
 //!
 //! A message's `traceparent` names the span that wrote it: the command span for the events of
@@ -133,7 +133,7 @@ pub fn random_span_id() -> u64 {
     nonzero64(rand::random())
 }
 
-/// The span id of the relay publishing message `message_id`.
+/// The span id of message `message_id`'s `publish` span.
 pub fn publish_span_id(message_id: Uuid) -> u64 {
     derive(message_id, b"relay")
 }
@@ -192,7 +192,7 @@ pub fn caused_traceparent(cause_id: Uuid, cause_traceparent: Option<&str>) -> Op
 
 /// The `traceparent` a transport attaches to message `message_id` (whose own context is
 /// `traceparent`) for its consumers, such as the Kafka header: the same trace, pointing at the
-/// relay's `relay_publish` span. A context that is not valid W3C is passed on as it is.
+/// `publish` span. A context that is not valid W3C is passed on as it is.
 pub fn publish_traceparent(message_id: Uuid, traceparent: Option<&str>) -> Option<String> {
     let original = traceparent?;
     Some(match TraceContext::parse(original) {
@@ -202,7 +202,7 @@ pub fn publish_traceparent(message_id: Uuid, traceparent: Option<&str>) -> Optio
 }
 
 /// The target of the trace's spans: `command`, and the per-message ones (`append`,
-/// `relay_publish`, `consume_message`, `saga_step`).
+/// `publish`, `consume_message`, `saga_step`).
 /// They are at DEBUG level, so that a process logging at INFO does not pay for them (a few
 /// microseconds each with a formatting subscriber); `RUST_LOG=info,sagaflow::trace=debug`
 /// turns them on, or a span exporter's own per-layer filter.

@@ -77,6 +77,15 @@ impl Workload for ShopWorkload {
         )
     }
 
+    fn stream_command(&self, stream: usize) -> Option<Request> {
+        // A deposit to account `stream`: accounts of their own, apart from the funded ones.
+        let account = Uuid::from_u128(0x0193_a0c4_0000_7000_9000_0000_0000_0000 + stream as u128);
+        Some(Request::post(
+            format!("/accounts/{account}/deposits"),
+            json!({"amount_cents": 100}),
+        ))
+    }
+
     async fn seed_events(&self, pool: &PgPool, events: i64) -> Result<(), sqlx::Error> {
         fill(pool, events).await
     }

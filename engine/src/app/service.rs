@@ -16,12 +16,14 @@ use super::{App, AppError, Component, Components, ParticipantSpec};
 use crate::aggregate::Aggregate;
 use crate::command::{CommandBus, CommandBusConfig, Repository};
 use crate::consumer::Consumer;
+use crate::doorbell::Doorbell;
 use crate::http::admin::{self, AdminToken};
 use crate::http::query::QueryState;
 use crate::http::{
     self, dead_letters, limit_commands, openapi, projections, sagas, streams, CommandLimits,
 };
 use crate::ops::{self, ConsumerGroup, Readiness, Retention, Scraper};
+use crate::outbox::{Publishing, OUTBOX_CHANNEL};
 use crate::projection::Projection;
 use crate::registry::Registry;
 use crate::relay::{Relay, RelayConfig, RelayStats};
@@ -119,16 +121,23 @@ impl App {
     ) -> Result<Service, AppError> {
         self.check()?;
         ops::register_metrics();
-        let bus = CommandBus::new(pool.clone(), CommandBusConfig::default());
-        let registry = Arc::new(self.registry(&bus)?);
         let layout = transport.layout().clone();
+        let mut bus = CommandBus::new(pool.clone(), CommandBusConfig::default());
+        // On the embedded transport every writer appends to the log itself: no relay hop.
+        if let Some(log_bell) = transport.log_bell() {
+            bus = bus.with_log(layout.clone(), log_bell);
+        }
+        let publishing = bus.store().publishing().clone();
+        let registry = Arc::new(self.registry(&bus)?);
         let services = Services {
             pool: pool.clone(),
             layout: layout.clone(),
             registry: registry.clone(),
             bus: bus.clone(),
         };
-        let orchestrator = Arc::new(Orchestrator::new(pool.clone(), self.sagas.clone()));
+        let orchestrator = Arc::new(
+            Orchestrator::new(pool.clone(), self.sagas.clone()).with_publishing(publishing.clone()),
+        );
         let projections: Arc<[Arc<dyn Projection>]> = self.projections.clone().into();
         let bell = bus.outbox_bell().clone();
         let readiness = Readiness::new(pool.clone(), transport.clone()).with_breakers(
@@ -174,7 +183,12 @@ impl App {
         }
         let admin = admin::protect(
             projections::admin_router(pool.clone(), transport.clone(), projections.clone())
-                .merge(dead_letters::router(pool.clone(), layout, bell.clone()))
+                .merge(dead_letters::router(
+                    pool.clone(),
+                    layout,
+                    publishing,
+                    bell.clone(),
+                ))
                 .merge(sagas::admin_router(orchestrator.clone(), bell))
                 .merge(crate::console::data_router(console)),
             options.admin_token.clone(),
@@ -317,7 +331,13 @@ impl Service {
                 self.retention.clone(),
                 shutdown.clone(),
             ));
-            let relay = Relay::new(self.pool.clone(), self.transport.clone(), bell, relay);
+            // Writers that append to the log themselves leave the relay only the outbox rows
+            // written before they did: it wakes on its own bell, which nothing rings, and polls.
+            let relay_bell = match self.bus.store().publishing() {
+                Publishing::Outbox => bell,
+                Publishing::Log(_) => Doorbell::new(self.pool.clone(), OUTBOX_CHANNEL),
+            };
+            let relay = Relay::new(self.pool.clone(), self.transport.clone(), relay_bell, relay);
             relay_stats = Some(relay.stats());
             tasks.spawn(relay.run(shutdown.clone()));
         }

@@ -38,6 +38,15 @@ pub trait Workload: Send + Sync + 'static {
     /// A command request for `bench append`; it answers 202.
     fn command(&self, n: usize) -> Request;
 
+    /// A command request on stream number `stream` (a deposit to account `stream`, say), the
+    /// same kind whatever the stream, for `bench append --hot`: it sends it on one stream from
+    /// every client, and on a stream per client, and compares the two. It answers 202.
+    /// `None` (the default) for a workload that has none.
+    fn stream_command(&self, stream: usize) -> Option<Request> {
+        let _ = stream;
+        None
+    }
+
     /// Writes `events` events to the store, histories the application's read models can fold,
     /// for `bench rebuild`.
     async fn seed_events(&self, pool: &PgPool, events: i64) -> Result<(), sqlx::Error>;

@@ -14,8 +14,10 @@ use super::config::{
 };
 use super::prepare_database;
 use crate::app::{App, Component, Options};
+use crate::doorbell::Doorbell;
 use crate::http::admin::AdminToken;
-use crate::relay::RelayConfig;
+use crate::outbox::{Publishing, OUTBOX_CHANNEL};
+use crate::relay::{Relay, RelayConfig};
 
 /// The flags of `serve`.
 #[derive(Debug, Clone, Args)]
@@ -104,7 +106,43 @@ pub(crate) async fn serve(
     if !options.admin_token.is_configured() {
         tracing::warn!("SAGAFLOW_ADMIN_TOKEN is not set: admin routes answer 403");
     }
-    let service = app.build(pool.clone(), transport, &options)?;
+    let service = app.build(pool.clone(), transport.clone(), &options)?;
+    if matches!(service.bus.store().publishing(), Publishing::Log(_)) {
+        // Writers append to the log themselves: what an earlier release left in the outbox
+        // goes first, or a stream's new events could overtake its older ones.
+        let relay = Relay::new(
+            pool.clone(),
+            transport.clone(),
+            Doorbell::new(pool.clone(), OUTBOX_CHANNEL),
+            RelayConfig::default(),
+        );
+        // Within the start-up wait, like the database and the broker.
+        let deadline = Instant::now() + args.db_wait;
+        let drained = async {
+            loop {
+                match relay.drain().await {
+                    Ok(moved) => return anyhow::Ok(moved),
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "cannot move the outbox's rows yet; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e).context("moving the outbox's rows to the log"),
+                }
+            }
+        };
+        tokio::select! {
+            moved = drained => {
+                let moved = moved?;
+                if moved > 0 {
+                    tracing::info!(moved, "moved the outbox's rows to the log");
+                }
+            }
+            signal = signals.recv() => {
+                tracing::info!(signal, "shutdown requested during start-up; exiting");
+                return Ok(());
+            }
+        }
+    }
     let running = service.start(&components, RelayConfig::default());
     let readiness = service.readiness.clone();
     let stop_serving = CancellationToken::new();

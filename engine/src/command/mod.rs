@@ -1,5 +1,6 @@
 //! The command bus: load an aggregate, let it decide, append what it decided together with the
-//! outbox rows in one transaction, and retry the decision on a concurrency conflict a bounded
+//! messages it publishes (outbox rows, or log entries on the embedded transport) in one
+//! transaction, and retry the decision on a concurrency conflict a bounded
 //! number of times.
 //!
 //! Loading is never O(stream length) per command: each [`Repository`] keeps the loaded
@@ -28,7 +29,7 @@ use crate::aggregate::{encode_event, events_topic, stream_id, Aggregate, DomainE
 use crate::doorbell::Doorbell;
 use crate::envelope::{Metadata, RecordedEvent};
 use crate::hash::fnv1a;
-use crate::outbox::OUTBOX_CHANNEL;
+use crate::outbox::{Publishing, TopicLayout, OUTBOX_CHANNEL};
 use crate::store::{
     decode, read_stream_on, read_streams_on, AppendError, EventStore, NewEvent, StoreError,
 };
@@ -220,7 +221,7 @@ impl CommandBus {
         });
     }
 
-    /// Appends `events` to `stream` at `expected` with their outbox rows (topic `topic`), in a
+    /// Appends `events` to `stream` at `expected` with their messages (topic `topic`), in a
     /// transaction shared with other commands that are ready at the same moment: one commit
     /// (and one fsync) for many commands. Returns once that transaction committed.
     async fn group_commit(
@@ -247,7 +248,17 @@ impl CommandBus {
             .unwrap_or(Err(AppendError::Database(sqlx::Error::PoolClosed)))
     }
 
-    /// Rung after every commit that wrote outbox rows.
+    /// The bus's writers append to the embedded log in their own transactions
+    /// ([`Publishing::Log`] with `layout`) and ring `bell`, the log's doorbell, after each
+    /// such commit. Call it before the first command.
+    pub fn with_log(mut self, layout: TopicLayout, bell: Doorbell) -> Self {
+        self.store = self.store.with_publishing(Publishing::Log(layout));
+        self.outbox_bell = bell;
+        self
+    }
+
+    /// Rung after every commit that published messages: the relay's doorbell, or with
+    /// [`CommandBus::with_log`] the log's.
     pub fn outbox_bell(&self) -> &Doorbell {
         &self.outbox_bell
     }
@@ -375,7 +386,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// Runs `command` against aggregate `id`.
     ///
-    /// Events and their outbox rows are appended in one transaction; on a version conflict the
+    /// Events and their messages (outbox rows or log entries) are appended in one transaction; on a version conflict the
     /// decision is made again on the refreshed state, at most `max_attempts` times. With an
     /// idempotency key, the key and `respond(outcome)` are stored in that same transaction, so
     /// a repeat either finds both or neither.
@@ -763,7 +774,7 @@ impl<A: Aggregate> CommandBatch<A> {
         })
     }
 
-    /// Appends the events every command decided since the last flush, with their outbox rows,
+    /// Appends the events every command decided since the last flush, with their messages,
     /// in `tx` and in one statement. A stream that moved meanwhile is an
     /// [`AppendError::Conflict`]: the caller rolls back.
     pub async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), BatchError> {

@@ -35,7 +35,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
-use crate::outbox::{self, OutboxMessage};
+use crate::outbox::{OutboxMessage, Publishing};
 use crate::transport::{Delivery, TopicLayout};
 
 /// A parked message as an operator sees it.
@@ -152,10 +152,12 @@ async fn lock_parked(tx: &mut PgConnection, id: i64) -> Result<DeadLetter, DeadL
 }
 
 /// Delivers a parked message again (see the module documentation for why it is applied
-/// once). Returns the row as it is now. Ring the outbox bell afterwards to publish at once.
+/// once), published where `publishing` says. Returns the row as it is now. Ring the bell of
+/// that publishing afterwards (the relay's, or the log's) to deliver it at once.
 pub async fn retry(
     pool: &PgPool,
     layout: &TopicLayout,
+    publishing: &Publishing,
     id: i64,
 ) -> Result<DeadLetter, DeadLetterError> {
     let mut tx = pool.begin().await?;
@@ -177,15 +179,6 @@ pub async fn retry(
             topic: row.topic.clone(),
             prefix: layout.prefix.clone(),
         })?;
-    outbox::enqueue(
-        &mut tx,
-        &[OutboxMessage {
-            topic: logical.to_owned(),
-            partition_key: row.partition_key.clone(),
-            envelope,
-        }],
-    )
-    .await?;
     // The copy reaches every group on the topic: each that parked it gets it again too.
     sqlx::query(
         "UPDATE dead_letters SET status = 'retried', resolved_at = now()
@@ -195,6 +188,17 @@ pub async fn retry(
     .bind(&row.topic)
     .execute(&mut *tx)
     .await?;
+    // The last write: on the embedded log it locks a partition head until the commit.
+    publishing
+        .write(
+            &mut tx,
+            &[OutboxMessage {
+                topic: logical.to_owned(),
+                partition_key: row.partition_key.clone(),
+                envelope,
+            }],
+        )
+        .await?;
     tx.commit().await?;
     Ok(find(pool, id).await?.expect("the row exists"))
 }

@@ -239,7 +239,8 @@ impl Consumer {
         &self.config.topics
     }
 
-    /// Rings `bell` after each committed batch: for handlers that write outbox rows.
+    /// Rings `bell` after each committed batch: for handlers that publish messages (the relay's
+    /// bell, or the log's when writers append to it).
     pub fn with_outbox_bell(mut self, bell: Doorbell) -> Self {
         self.outbox_bell = Some(bell);
         self

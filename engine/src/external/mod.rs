@@ -49,7 +49,6 @@ use crate::command::{CommandBatch, Loaded, Repository};
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop, Wait};
 use crate::doorbell::Doorbell;
 use crate::envelope::Metadata;
-use crate::outbox;
 use crate::saga::messages::{commands_topic, ReplyEvent, ReplyOutcome, COMMAND_EVENT_TYPE};
 use crate::saga::participant::{decode_command, group_of, rejected, reply_message};
 use crate::transport::{Delivery, Transport};
@@ -517,7 +516,7 @@ impl<S: ExternalParticipant> Handler for ExternalHandler<S> {
             }
         }
         batch.flush(tx).await?;
-        outbox::enqueue(&mut *tx, &replies).await?;
+        self.repo.bus().store().publish(&mut *tx, &replies).await?;
         *self.batch.lock().await = Some(batch);
         *self.committing.lock().expect("not poisoned") = committing;
         Ok(())

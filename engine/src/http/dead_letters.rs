@@ -28,6 +28,7 @@ use crate::consumer::dead_letters::{
     self, DeadLetter, DeadLetterError, DeadLetterPage, DEFAULT_PAGE, MAX_PAGE, STATUSES,
 };
 use crate::doorbell::Doorbell;
+use crate::outbox::Publishing;
 use crate::transport::TopicLayout;
 
 impl From<DeadLetterError> for ApiError {
@@ -53,12 +54,19 @@ impl From<DeadLetterError> for ApiError {
 struct AdminState {
     pool: PgPool,
     layout: TopicLayout,
+    publishing: Publishing,
     outbox_bell: Doorbell,
 }
 
 /// The dead-letter admin routes, over the deployment's topic `layout` (to find a parked
-/// message's logical topic) and the `outbox_bell` (rung after a retry).
-pub fn router(pool: PgPool, layout: TopicLayout, outbox_bell: Doorbell) -> OpenApiRouter {
+/// message's logical topic), its `publishing` (where a retried message is written) and the
+/// `outbox_bell` rung after a retry (the bell of that publishing).
+pub fn router(
+    pool: PgPool,
+    layout: TopicLayout,
+    publishing: Publishing,
+    outbox_bell: Doorbell,
+) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(get_one))
@@ -67,6 +75,7 @@ pub fn router(pool: PgPool, layout: TopicLayout, outbox_bell: Doorbell) -> OpenA
         .with_state(AdminState {
             pool,
             layout,
+            publishing,
             outbox_bell,
         })
 }
@@ -161,7 +170,7 @@ async fn get_one(
     )
 )]
 async fn retry(State(state): State<AdminState>, PathParams(id): PathParams<i64>) -> Response {
-    let result = dead_letters::retry(&state.pool, &state.layout, id).await;
+    let result = dead_letters::retry(&state.pool, &state.layout, &state.publishing, id).await;
     if let Ok(row) = &result {
         state.outbox_bell.ring();
         tracing::info!(id, message_id = %row.message_id, consumer = %row.consumer, "dead letter retried");

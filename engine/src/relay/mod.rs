@@ -35,7 +35,6 @@ use crate::doorbell::Doorbell;
 use crate::envelope::Envelope;
 use crate::metrics::age_of;
 use crate::outbox::OUTBOX_SHARDS;
-use crate::trace::{self, SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
 use crate::transport::{OutgoingMessage, Transport};
 use metrics::metrics;
 
@@ -223,6 +222,53 @@ impl Relay {
             .fetch_and(!(1 << shard), Ordering::Relaxed);
         if let Some(conn) = lock {
             let _ = conn.close().await;
+        }
+    }
+
+    /// Moves every row the outbox holds, as the running relay does, and returns how many this
+    /// call moved once the outbox is empty. A shard another relay leads is left to that relay,
+    /// and waited for.
+    ///
+    /// For a process whose writers append to the embedded log themselves: rows written to the
+    /// outbox before that (by an earlier release) must reach the log before anything written
+    /// after them, or a stream's events would be read out of order. It logs its progress while
+    /// rows remain.
+    pub async fn drain(&self) -> Result<u64, RelayError> {
+        let mut moved = 0u64;
+        let mut last_report = Instant::now();
+        loop {
+            let left = crate::outbox::depth(&self.pool).await?;
+            if left == 0 {
+                return Ok(moved);
+            }
+            if last_report.elapsed() > Duration::from_secs(2) {
+                tracing::info!(
+                    left,
+                    moved,
+                    "moving the outbox's rows to the log before starting"
+                );
+                last_report = Instant::now();
+            }
+            let mut led = false;
+            for shard in 0..OUTBOX_SHARDS {
+                let Some(lock) = self.try_lead(shard).await? else {
+                    continue;
+                };
+                led = true;
+                let mut conn = self.pool.acquire().await?;
+                let mut floor = Floor::default();
+                loop {
+                    let n = self.relay_batch(shard, &mut floor, &mut conn).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    moved += n as u64;
+                }
+                let _ = lock.close().await;
+            }
+            if !led {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 
@@ -432,7 +478,7 @@ impl Floor {
 
 /// Why a relay batch failed; its rows stay in the outbox and are sent again.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RelayError {
+pub enum RelayError {
     /// The transport did not accept the whole batch.
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
@@ -444,38 +490,16 @@ pub(crate) enum RelayError {
 /// The consumer group under which the relay parks outbox rows it cannot read.
 pub const RELAY_DEAD_LETTER_GROUP: &str = "outbox-relay";
 
-/// The span of the relay publishing `m`; it closes when dropped.
+/// The `publish` span of `m`; it closes when dropped.
 fn publish_span(m: &OutgoingMessage) -> tracing::Span {
-    if !trace::hop_spans_enabled() {
-        return tracing::Span::none();
-    }
     let e = &m.envelope;
-    let context = e
-        .metadata
-        .traceparent
-        .as_deref()
-        .and_then(TraceContext::parse);
-    let span = tracing::debug_span!(
-        target: TRACE_TARGET,
-        "relay_publish",
-        message_id = %e.message_id,
-        topic = %m.topic,
-        partition = m.partition,
-        event_type = %e.event_type,
-        correlation_id = %e.metadata.correlation_id,
-        causation_id = e.metadata.causation_id.map(tracing::field::display),
-        trace_id = context.map(|c| tracing::field::display(TraceIdHex(c.trace_id))),
-        span_id = context.map(|_| tracing::field::display(SpanIdHex(trace::publish_span_id(e.message_id)))),
-        parent_span_id = context.map(|c| tracing::field::display(SpanIdHex(c.span_id))),
-    );
-    if let Some(c) = context {
-        crate::telemetry::adopt(
-            &span,
-            Some(c),
-            c.with_span(trace::publish_span_id(e.message_id)),
-        );
-    }
-    span
+    crate::outbox::publish_span(
+        e.message_id,
+        &e.event_type,
+        &e.metadata,
+        &m.topic,
+        m.partition,
+    )
 }
 
 async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {

@@ -33,7 +33,7 @@ use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata};
 use crate::metrics::age_of;
-use crate::outbox::{self, OutboxMessage};
+use crate::outbox::{OutboxMessage, Publishing};
 use crate::store::{decode_envelope, read_stream_on, AppendError, EventStore, NewEvent};
 use crate::transport::{Delivery, Transport};
 
@@ -115,6 +115,13 @@ impl Orchestrator {
             ended: broadcast::channel(ENDED_CAPACITY).0,
             replies: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same orchestrator, publishing its commands where `publishing` says (as every
+    /// writer of the deployment does).
+    pub fn with_publishing(mut self, publishing: Publishing) -> Self {
+        self.store = self.store.with_publishing(publishing);
+        self
     }
 
     /// Logical topics the orchestrator consumes: its sagas' start and abort events, and the
@@ -367,7 +374,6 @@ impl Orchestrator {
                     AppendError::Database(e) => e.into(),
                 }
             })?;
-        outbox::enqueue(&mut *tx, &outgoing).await?;
         touched.sort();
         touched.dedup();
         let alarms: Vec<(Uuid, &Loaded)> = touched
@@ -389,6 +395,8 @@ impl Orchestrator {
         }
         let touched: Vec<(Uuid, &Loaded)> = touched.iter().map(|id| (*id, &states[id])).collect();
         write_summaries(&mut *tx, &touched).await?;
+        // The transaction's last write: on the embedded log it locks partition heads.
+        self.store.publish(&mut *tx, &outgoing).await?;
         Ok(Processed { states, decided })
     }
 

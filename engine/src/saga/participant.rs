@@ -1,6 +1,6 @@
 //! A participant runs saga commands against one aggregate type and replies.
 //!
-//! Each command is decided on the aggregate and its events, their outbox rows and the reply
+//! Each command is decided on the aggregate and its events, their messages and the reply
 //! are written in the consumer's transaction, with the consumer offset: a command is applied
 //! exactly once even when it is delivered twice (the consumer skips a message id it already
 //! applied), and a reply exists if and only if the command's effects do.
@@ -23,7 +23,7 @@ use crate::command::{CommandBatch, Repository};
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata};
-use crate::outbox::{self, OutboxMessage};
+use crate::outbox::OutboxMessage;
 use crate::transport::{Delivery, Transport};
 
 /// Runs saga commands for aggregates of type `A`.
@@ -202,9 +202,10 @@ impl<A: Aggregate> Handler for Participant<A> {
                 }
             }
         }
-        // Every stream's events with their outbox rows in one statement, then the replies.
+        // Every stream's events with their messages in one statement, then the replies: the
+        // transaction's last writes (on the embedded log they lock partition heads).
         batch.flush(tx).await?;
-        outbox::enqueue(&mut *tx, &replies).await?;
+        self.repo.bus().store().publish(&mut *tx, &replies).await?;
         *self.batch.lock().await = Some(batch);
         Ok(())
     }

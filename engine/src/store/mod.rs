@@ -4,7 +4,7 @@
 //! - an append is all or nothing, and only succeeds if the stream is exactly at the expected
 //!   version (`UNIQUE (stream_id, stream_version)` plus a head check), so versions are gap-free
 //!   and no decision is made on stale state;
-//! - appends run inside a caller's transaction, so the outbox rows (and anything else the
+//! - appends run inside a caller's transaction, so the published messages (and anything else the
 //!   caller writes) commit or roll back together with the events.
 
 #[cfg(test)]
@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::aggregate::{decode_event_at, Aggregate, DomainEvent};
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
+use crate::outbox::{OutboxMessage, Publishing};
 
 /// An event about to be appended.
 #[derive(Debug, Clone)]
@@ -121,17 +122,88 @@ WITH t AS (
 )
 SELECT message_id, global_position, recorded_at FROM inserted";
 
+/// [`APPEND_AND_PUBLISH`] for [`Publishing::Log`]: each event goes to the embedded log (on
+/// physical topic `$9`, partition `$10`) instead of the outbox, as
+/// [`crate::outbox::append_to_log`] does it: offsets from the head rows, locked in (topic,
+/// partition) byte order until the commit. The heads count every event given: if one is not
+/// inserted (a conflict), the caller rolls the transaction back, offsets and all.
+const APPEND_AND_LOG: &str = r#"
+WITH t AS (
+    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[],
+                         $8::jsonb[], $9::text[], $10::int4[])
+         WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
+                              payload, metadata, topic, partition, ord)
+), inserted AS (
+    INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
+    SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
+    FROM t
+    WHERE (t.stream_version > t.expected + 1
+           OR (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected)
+    ORDER BY t.ord
+    ON CONFLICT (stream_id, stream_version) DO NOTHING
+    RETURNING global_position, stream_id, stream_version, message_id, event_type, schema_version, payload,
+              metadata, recorded_at
+), counts AS (
+    SELECT topic, partition, count(*) AS n FROM t GROUP BY topic, partition
+), heads AS (
+    INSERT INTO message_log_heads AS h (topic, partition, next_offset)
+    SELECT topic, partition, n FROM counts ORDER BY topic COLLATE "C", partition
+    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = h.next_offset + EXCLUDED.next_offset
+    RETURNING h.topic, h.partition, h.next_offset
+), logged AS (
+    INSERT INTO message_log (topic, partition, "offset", partition_key, message_id, envelope)
+    SELECT t.topic, t.partition,
+           heads.next_offset - counts.n - 1
+               + row_number() OVER (PARTITION BY t.topic, t.partition ORDER BY i.global_position),
+           i.stream_id, i.message_id,
+           jsonb_build_object('message_id', i.message_id, 'stream_id', i.stream_id,
+                              'stream_version', i.stream_version, 'event_type', i.event_type,
+                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)::text
+    FROM inserted i
+    JOIN t ON t.message_id = i.message_id
+    JOIN counts ON counts.topic = t.topic AND counts.partition = t.partition
+    JOIN heads ON heads.topic = t.topic AND heads.partition = t.partition
+)
+SELECT message_id, global_position, recorded_at FROM inserted"#;
+
 /// The event store: the `events` table, appended to under the expected-version guard and read
 /// by stream or in global order. Cloning shares the pool.
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    publishing: Publishing,
 }
 
 impl EventStore {
-    /// An event store on `pool`, whose database the engine's migrations were applied to.
+    /// An event store on `pool`, whose database the engine's migrations were applied to,
+    /// publishing to the outbox.
     pub fn new(pool: PgPool) -> Self {
-        EventStore { pool }
+        EventStore {
+            pool,
+            publishing: Publishing::Outbox,
+        }
+    }
+
+    /// The same store, publishing where `publishing` says: every writer of a deployment must
+    /// publish the same way.
+    pub fn with_publishing(mut self, publishing: Publishing) -> Self {
+        self.publishing = publishing;
+        self
+    }
+
+    /// Where the store's writers publish.
+    pub fn publishing(&self) -> &Publishing {
+        &self.publishing
+    }
+
+    /// Publishes `messages` inside `tx` where [`EventStore::publishing`] says, in their order.
+    /// Call it as the transaction's last write (see [`crate::outbox::append_to_log`]).
+    pub async fn publish(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[OutboxMessage],
+    ) -> Result<(), sqlx::Error> {
+        self.publishing.write(tx, messages).await
     }
 
     /// The pool the store reads with (appends run on the caller's transaction).
@@ -195,9 +267,12 @@ impl EventStore {
         Ok(recorded.pop().unwrap_or_default())
     }
 
-    /// [`EventStore::append_many`] that also writes each appended event to the outbox, on the
+    /// [`EventStore::append_many`] that also publishes each appended event (to the outbox, or
+    /// to the log: [`EventStore::publishing`]), on the
     /// topic given for its stream and keyed by its stream id, in the same statement: the
-    /// events are sent (and parsed) once, and the outbox row costs no round trip of its own.
+    /// events are sent (and parsed) once, and the message costs no round trip of its own. With
+    /// [`Publishing::Log`] it locks partition heads until the transaction ends: make it the
+    /// transaction's last write but for [`EventStore::publish`].
     pub async fn append_and_publish(
         &self,
         tx: &mut PgConnection,
@@ -234,11 +309,22 @@ impl EventStore {
         let mut last_metadata: Option<&Metadata> = None;
         let mut event_topics: Vec<&str> = Vec::with_capacity(total);
         let mut shards = Vec::with_capacity(total);
+        let mut log_topics: Vec<String> = Vec::new();
+        let mut partitions = Vec::new();
         for (n, (stream, expected_version, events)) in streams.iter().enumerate() {
-            if let Some(topics) = topics {
-                let shard = crate::outbox::shard_of(stream);
-                event_topics.extend(std::iter::repeat_n(topics[n], events.len()));
-                shards.extend(std::iter::repeat_n(shard, events.len()));
+            match (topics, &self.publishing) {
+                (None, _) => {}
+                (Some(topics), Publishing::Outbox) => {
+                    let shard = crate::outbox::shard_of(stream);
+                    event_topics.extend(std::iter::repeat_n(topics[n], events.len()));
+                    shards.extend(std::iter::repeat_n(shard, events.len()));
+                }
+                (Some(topics), Publishing::Log(layout)) => {
+                    let topic = layout.topic(topics[n]);
+                    let partition = layout.partition_of(stream);
+                    log_topics.extend(std::iter::repeat_n(topic, events.len()));
+                    partitions.extend(std::iter::repeat_n(partition, events.len()));
+                }
             }
             for (i, e) in events.iter().enumerate() {
                 stream_ids.push(*stream);
@@ -259,10 +345,10 @@ impl EventStore {
         let metadata: Vec<&Value> = metadata_of.iter().map(|&i| &metadata_values[i]).collect();
         // Open until the statement has run.
         let _spans = append_spans(streams);
-        let query = if topics.is_some() {
-            sqlx::query(APPEND_AND_PUBLISH)
-        } else {
-            sqlx::query(APPEND)
+        let query = match (topics, &self.publishing) {
+            (None, _) => sqlx::query(APPEND),
+            (Some(_), Publishing::Outbox) => sqlx::query(APPEND_AND_PUBLISH),
+            (Some(_), Publishing::Log(_)) => sqlx::query(APPEND_AND_LOG),
         };
         let query = query
             .bind(&stream_ids)
@@ -273,10 +359,15 @@ impl EventStore {
             .bind(&schema_versions)
             .bind(&payloads)
             .bind(&metadata);
-        let query = if topics.is_some() {
-            query.bind(&event_topics).bind(&shards)
-        } else {
-            query
+        let query = match (topics, &self.publishing) {
+            (None, _) => query,
+            (Some(_), Publishing::Outbox) => query.bind(&event_topics).bind(&shards),
+            (Some(_), Publishing::Log(_)) => query.bind(&log_topics).bind(&partitions),
+        };
+        // The `publish` spans of the events, open until the statement ran.
+        let _publish_spans = match (topics, &self.publishing) {
+            (Some(_), Publishing::Log(_)) => log_spans(streams, &log_topics, &partitions),
+            _ => Vec::new(),
         };
         let rows = query.fetch_all(&mut *tx).await?;
         let mut inserted: std::collections::HashMap<Uuid, (i64, DateTime<Utc>)> = rows
@@ -472,6 +563,26 @@ pub fn decode_envelope<E: DomainEvent>(e: &Envelope) -> Result<E, StoreError> {
 /// One `append` span per trace among the events of `streams` (a batch of the orchestrator
 /// holds many sagas): a child of the span that wrote the events, as their `traceparent`
 /// names it. None when the per-message spans are off.
+/// The `publish` span of each event written straight to the log, on `topics[i]` and
+/// `partitions[i]` for the i-th event.
+fn log_spans(
+    streams: &[(&str, i64, &[NewEvent])],
+    topics: &[String],
+    partitions: &[i32],
+) -> Vec<tracing::Span> {
+    if !crate::trace::hop_spans_enabled() {
+        return Vec::new();
+    }
+    streams
+        .iter()
+        .flat_map(|s| s.2.iter())
+        .zip(topics.iter().zip(partitions))
+        .map(|(e, (topic, partition))| {
+            crate::outbox::publish_span(e.message_id, &e.event_type, &e.metadata, topic, *partition)
+        })
+        .collect()
+}
+
 fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
     use crate::trace::{SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
     if !crate::trace::hop_spans_enabled() {

@@ -279,3 +279,176 @@ async fn append_and_publish_with_a_stale_stream_is_a_conflict(pool: PgPool) {
     assert_eq!(count(&pool, "events").await, 1);
     assert_eq!(count(&pool, "outbox").await, 0);
 }
+
+fn log_store(pool: &PgPool) -> EventStore {
+    EventStore::new(pool.clone()).with_publishing(Publishing::Log(crate::outbox::TopicLayout {
+        prefix: "t".into(),
+        partitions: 2,
+    }))
+}
+
+/// `(partition, offset, stream_id, stream_version)` of every logged event, in log order.
+async fn logged_events(pool: &PgPool) -> Vec<(i32, i64, String, i64)> {
+    sqlx::query_as(
+        "SELECT partition, \"offset\", envelope::jsonb->>'stream_id',
+                (envelope::jsonb->>'stream_version')::int8
+         FROM message_log ORDER BY partition, \"offset\"",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// With [`Publishing::Log`] the events go to the log (not the outbox) in the append's
+/// transaction: gap-free offsets from 0 per partition, each stream in version order, the
+/// envelope as the outbox would have held it, and a rolled-back append leaves no offset used.
+#[sqlx::test(migrations = "./migrations")]
+async fn appends_published_to_the_log_take_gap_free_offsets_in_commit_order(pool: PgPool) {
+    let store = log_store(&pool);
+    // A rolled-back append first: its offsets are not lost to the next one.
+    let mut tx = pool.begin().await.unwrap();
+    store
+        .append_and_publish_one(&mut tx, "s-0", 0, &[new_event(0)], "c.events")
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    // 16 writers, each appending 5 times to its own stream; streams share the 2 partitions.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let (pool, store) = (pool.clone(), store.clone());
+        writers.spawn(async move {
+            for v in 0..5 {
+                let mut tx = pool.begin().await.unwrap();
+                store
+                    .append_and_publish_one(
+                        &mut tx,
+                        &format!("s-{w}"),
+                        v,
+                        &[new_event(v)],
+                        "c.events",
+                    )
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        });
+    }
+    // Meanwhile a reader never sees an offset before every lower one is visible.
+    let reader = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut reads = 0;
+            loop {
+                let (n, end): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*), COALESCE(max(\"offset\") + 1, 0) FROM message_log WHERE partition = 0",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                assert_eq!(n, end, "a gap was visible");
+                reads += 1;
+                if n == 0 || reads < 50 {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let total: i64 = sqlx::query_scalar("SELECT count(*) FROM message_log")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                if total == 80 {
+                    return reads;
+                }
+            }
+        }
+    });
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    assert!(reader.await.unwrap() >= 50);
+    assert_eq!(count(&pool, "outbox").await, 0);
+    let logged = logged_events(&pool).await;
+    assert_eq!(logged.len(), 80);
+    for partition in 0..2 {
+        let offsets: Vec<i64> = logged
+            .iter()
+            .filter(|l| l.0 == partition)
+            .map(|l| l.1)
+            .collect();
+        assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
+    }
+    for w in 0..16 {
+        let versions: Vec<i64> = logged
+            .iter()
+            .filter(|l| l.2 == format!("s-{w}"))
+            .map(|l| l.3)
+            .collect();
+        assert_eq!(versions, vec![1, 2, 3, 4, 5], "s-{w}");
+    }
+    let topics: Vec<String> = sqlx::query_scalar("SELECT DISTINCT topic FROM message_log")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(topics, vec!["t.c.events".to_owned()]);
+}
+
+/// A conflicting append through the log writes nothing once rolled back, and the heads
+/// stay where they were.
+#[sqlx::test(migrations = "./migrations")]
+async fn a_conflicting_append_to_the_log_leaves_no_message(pool: PgPool) {
+    let store = log_store(&pool);
+    let mut tx = pool.begin().await.unwrap();
+    store
+        .append_and_publish_one(&mut tx, "s-1", 0, &[new_event(1)], "c.events")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let (expected, actual) = conflict(
+        store
+            .append_and_publish_one(&mut tx, "s-1", 0, &[new_event(2)], "c.events")
+            .await,
+    );
+    assert_eq!((expected, actual), (0, 1));
+    tx.rollback().await.unwrap();
+    assert_eq!(count(&pool, "message_log").await, 1);
+    let heads: i64 = sqlx::query_scalar("SELECT sum(next_offset)::int8 FROM message_log_heads")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(heads, 1);
+}
+
+/// Other messages go to the log through [`EventStore::publish`], after the events of the
+/// same transaction in their partition, and in their given order.
+#[sqlx::test(migrations = "./migrations")]
+async fn messages_published_to_the_log_follow_the_events_of_their_transaction(pool: PgPool) {
+    let store = log_store(&pool);
+    let mut tx = pool.begin().await.unwrap();
+    store
+        .append_and_publish_one(&mut tx, "k", 0, &[new_event(1)], "c.events")
+        .await
+        .unwrap();
+    let messages: Vec<OutboxMessage> = (0..3)
+        .map(|n| OutboxMessage {
+            topic: "c.events".into(),
+            partition_key: "k".into(),
+            envelope: Envelope {
+                message_id: Uuid::now_v7(),
+                stream_id: "k".into(),
+                stream_version: 10 + n,
+                event_type: "other".into(),
+                schema_version: 1,
+                payload: json!({}),
+                metadata: Metadata::new_root(),
+            },
+        })
+        .collect();
+    store.publish(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+    let versions: Vec<(i64, i64)> = logged_events(&pool)
+        .await
+        .into_iter()
+        .map(|l| (l.1, l.3))
+        .collect();
+    assert_eq!(versions, vec![(0, 1), (1, 10), (2, 11), (3, 12)]);
+}

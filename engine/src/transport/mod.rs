@@ -18,40 +18,9 @@ use async_trait::async_trait;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::doorbell::Doorbell;
 use crate::envelope::Envelope;
-use crate::hash::fnv1a;
-
-/// Naming and partitioning shared by both transports.
-#[derive(Debug, Clone)]
-pub struct TopicLayout {
-    /// Prepended to every logical topic: `<prefix>.<context>.events`.
-    pub prefix: String,
-    /// Partitions per topic. Fixed for the life of a deployment: a key always maps to the
-    /// same partition, which is what keeps per-key order.
-    pub partitions: i32,
-}
-
-impl Default for TopicLayout {
-    fn default() -> Self {
-        TopicLayout {
-            prefix: "sagaflow".into(),
-            partitions: 8,
-        }
-    }
-}
-
-impl TopicLayout {
-    /// The physical topic of a logical one (`trip.events` → `sagaflow.trip.events`).
-    pub fn topic(&self, logical: &str) -> String {
-        format!("{}.{}", self.prefix, logical)
-    }
-
-    /// The partition of a key: FNV-1a modulo the partition count, the same in every process
-    /// and for both transports.
-    pub fn partition_of(&self, key: &str) -> i32 {
-        (fnv1a(key.as_bytes()) % self.partitions.max(1) as u64) as i32
-    }
-}
+pub use crate::outbox::TopicLayout;
 
 /// A message the relay hands to a transport.
 #[derive(Debug, Clone)]
@@ -172,6 +141,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Called by the relay after the transaction of a successful [`Transport::publish`]
     /// committed, to wake readers.
     fn published(&self) {}
+
+    /// `Some` for a transport whose log is in the engine's database, which writers append to
+    /// in their own transactions ([`crate::outbox::Publishing::Log`] with this layout) instead
+    /// of the outbox: the doorbell they ring after such a commit, which wakes the readers.
+    /// `None` (the default) for a transport only the relay publishes to.
+    fn log_bell(&self) -> Option<Doorbell> {
+        None
+    }
 
     /// The offset after the last message of each partition of a physical topic (0 for an
     /// empty partition), in partition order; for consumer lag.

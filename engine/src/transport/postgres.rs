@@ -1,12 +1,15 @@
 //! The embedded transport: a partitioned log in the `message_log` table.
 //!
-//! The relay appends inside its own transaction, taking offsets from `message_log_heads`; the
-//! head row stays locked until that transaction commits, so offsets within a partition are
-//! gap-free and become visible in order even when several relays (one per outbox shard) write
-//! to the same partition. Readers are woken by a doorbell (`LISTEN/NOTIFY`) and poll as a
-//! fallback.
+//! Writers append to it in their own transactions ([`crate::outbox::Publishing::Log`]): the
+//! events of a command, a saga's commands, a participant's replies are in the log when the
+//! transaction that decided them commits, with no relay hop. The relay appends what is left in
+//! the outbox (rows from before writers appended directly, dead letters sent again) the same
+//! way, inside its own transaction. Offsets come from `message_log_heads`, whose row stays
+//! locked until the appending transaction commits, so offsets within a partition are gap-free
+//! and become visible in order ([`crate::outbox::append_to_log`]). Readers are woken by a
+//! doorbell (`LISTEN/NOTIFY`), rung by the writers after their commit, and poll as a fallback.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,8 +18,9 @@ use sqlx::{PgConnection, PgPool, Row};
 use super::{Delivery, OutgoingMessage, Position, Reader, TopicLayout, Transport, TransportError};
 use crate::doorbell::Doorbell;
 use crate::envelope::Envelope;
+use crate::outbox::{append_to_log, LogEntry};
 
-/// The notification channel rung after the relay commits new messages.
+/// The notification channel rung after a commit that appended messages to the log.
 pub const LOG_CHANNEL: &str = "sagaflow_message_log";
 
 /// The embedded transport: a partitioned log in the engine's own database, needing no broker.
@@ -58,67 +62,22 @@ impl Transport for PostgresTransport {
         if batch.is_empty() {
             return Ok(());
         }
-        // Count per partition, in a fixed (sorted) order so that relays lock head rows in the
-        // same order and cannot deadlock.
-        let mut counts: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for m in batch {
-            *counts.entry((m.topic.as_str(), m.partition)).or_default() += 1;
-        }
-        let topics: Vec<&str> = counts.keys().map(|k| k.0).collect();
-        let partitions: Vec<i32> = counts.keys().map(|k| k.1).collect();
-        let ns: Vec<i64> = counts.values().copied().collect();
-        let heads = sqlx::query(
-            "INSERT INTO message_log_heads (topic, partition, next_offset)
-             SELECT t, p, n FROM UNNEST($1::text[], $2::int4[], $3::int8[]) WITH ORDINALITY AS u(t, p, n, ord)
-             ORDER BY ord
-             ON CONFLICT (topic, partition)
-             DO UPDATE SET next_offset = message_log_heads.next_offset + EXCLUDED.next_offset
-             RETURNING topic, partition, next_offset",
-        )
-        .bind(&topics)
-        .bind(&partitions)
-        .bind(&ns)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut next: HashMap<(String, i32), i64> = HashMap::with_capacity(heads.len());
-        for row in heads {
-            let topic: String = row.get(0);
-            let partition: i32 = row.get(1);
-            let end: i64 = row.get(2);
-            let n = counts[&(topic.as_str(), partition)];
-            next.insert((topic, partition), end - n);
-        }
-        let mut t = Vec::with_capacity(batch.len());
-        let mut p = Vec::with_capacity(batch.len());
-        let mut o = Vec::with_capacity(batch.len());
-        let mut k = Vec::with_capacity(batch.len());
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut envelopes = Vec::with_capacity(batch.len());
-        for m in batch {
-            let slot = next
-                .get_mut(&(m.topic.clone(), m.partition))
-                .expect("every partition got a head");
-            t.push(m.topic.as_str());
-            p.push(m.partition);
-            o.push(*slot);
-            *slot += 1;
-            k.push(m.key.as_str());
-            ids.push(m.envelope.message_id);
-            envelopes.push(m.payload.as_str());
-        }
-        sqlx::query(
-            "INSERT INTO message_log (topic, partition, \"offset\", partition_key, message_id, envelope)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::text[], $5::uuid[], $6::text[])",
-        )
-        .bind(&t)
-        .bind(&p)
-        .bind(&o)
-        .bind(&k)
-        .bind(&ids)
-        .bind(&envelopes)
-        .execute(&mut *tx)
-        .await?;
+        let entries: Vec<LogEntry> = batch
+            .iter()
+            .map(|m| LogEntry {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                key: m.key.clone(),
+                message_id: m.envelope.message_id,
+                envelope: m.payload.clone(),
+            })
+            .collect();
+        append_to_log(tx, &entries).await?;
         Ok(())
+    }
+
+    fn log_bell(&self) -> Option<Doorbell> {
+        Some(self.bell.clone())
     }
 
     fn published(&self) {

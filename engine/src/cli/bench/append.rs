@@ -30,6 +30,11 @@ pub struct AppendArgs {
     /// How many times to run the pair of phases (baseline, then sagaflow).
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// Also, in each round, the workload's per-stream command sent by every client to a
+    /// stream of its own, then by every client to one stream (a hot aggregate), and the ratio
+    /// of the two.
+    #[arg(long)]
+    pub hot: bool,
 }
 
 pub(crate) struct PhaseResult {
@@ -78,6 +83,8 @@ pub(crate) async fn run(
 
     let mut raw_total = (0u64, Duration::ZERO);
     let mut http_total = (0u64, Duration::ZERO);
+    // Summed rates of the distinct-streams and the one-stream phases.
+    let mut hot_total = (0f64, 0f64);
     println!(
         "{:<34} {:>9} {:>7} {:>10} {:>8} {:>8}",
         "phase", "ok", "failed", "per second", "p50 ms", "p99 ms"
@@ -95,6 +102,39 @@ pub(crate) async fn run(
         print_row(&format!("sagaflow POST {path} (round {round})"), &mut http);
         http_total.0 += http.ok;
         http_total.1 += http.elapsed;
+
+        if args.hot {
+            let Some(one) = workload.stream_command(0) else {
+                anyhow::bail!("the workload has no per-stream command (Workload::stream_command)");
+            };
+            reset(&pool).await?;
+            let mut distinct =
+                streams_phase(&client, &base, &workload, args.concurrency, duration, false).await?;
+            print_row(
+                &format!("a stream per client (round {round})"),
+                &mut distinct,
+            );
+            hot_total.0 += distinct.rate();
+            reset(&pool).await?;
+            let mut hot =
+                streams_phase(&client, &base, &workload, args.concurrency, duration, true).await?;
+            print_row(
+                &format!("one stream, all clients (round {round})"),
+                &mut hot,
+            );
+            hot_total.1 += hot.rate();
+            println!("  ({} {})", one.path, one.body);
+        }
+    }
+    if args.hot {
+        println!(
+            "hot/distinct: {:.2} (target >= 0.80)",
+            if hot_total.0 > 0.0 {
+                hot_total.1 / hot_total.0
+            } else {
+                0.0
+            }
+        );
     }
     let raw_rate = raw_total.0 as f64 / raw_total.1.as_secs_f64();
     let http_rate = http_total.0 as f64 / http_total.1.as_secs_f64();
@@ -145,6 +185,50 @@ async fn http_phase(
             while Instant::now() < deadline {
                 n += concurrency;
                 let request = workload.command(n);
+                let t = Instant::now();
+                let url = format!("{base}{}", request.path);
+                let ok = match client.post(&url).json(&request.body).send().await {
+                    Ok(r) => r.status() == reqwest::StatusCode::ACCEPTED && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    lat.record(t.elapsed());
+                    progress.add(1);
+                } else {
+                    failed += 1;
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    collect(workers, start).await
+}
+
+/// The workload's per-stream command from `concurrency` clients for `duration`: to stream 0
+/// from every client with `hot`, otherwise to a stream per client.
+async fn streams_phase(
+    client: &reqwest::Client,
+    base: &str,
+    workload: &Arc<dyn Workload>,
+    concurrency: usize,
+    duration: Duration,
+    hot: bool,
+) -> anyhow::Result<PhaseResult> {
+    let (progress, _guard) =
+        Progress::start(if hot { "one stream" } else { "a stream each" }, None);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let client = client.clone();
+        let (base, workload) = (base.to_owned(), workload.clone());
+        let progress = progress.clone();
+        workers.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let mut failed = 0u64;
+            let stream = if hot { 0 } else { w };
+            while Instant::now() < deadline {
+                let request = workload.stream_command(stream).expect("checked before");
                 let t = Instant::now();
                 let url = format!("{base}{}", request.path);
                 let ok = match client.post(&url).json(&request.body).send().await {

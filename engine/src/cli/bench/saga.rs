@@ -208,9 +208,11 @@ async fn database_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
     .await?)
 }
 
-/// How long messages waited at each hop, from the embedded log: `relay` from a message's
-/// creation (its UUIDv7 id) to its append to the log (the writer's commit and the relay's
-/// wake-up and batch), `participant` from the append to the participant's transaction,
+/// How long messages waited at each hop, from the embedded log: `log` from a message's
+/// creation (its UUIDv7 id) to its append to the log (about zero now that writers append
+/// themselves, the append's time being its transaction's start; through the relay it was the
+/// writer's commit and the relay's wake-up and batch), `participant` from the append to the
+/// participant's transaction,
 /// `orchestrator` from the append of a start event or reply to the saga event it caused.
 async fn hop_waits(pool: &PgPool) -> anyhow::Result<Vec<(String, i64, f64, f64)>> {
     Ok(sqlx::query_as(
@@ -219,7 +221,7 @@ async fn hop_waits(pool: &PgPool) -> anyhow::Result<Vec<(String, i64, f64, f64)>
                     to_timestamp((('x' || substr(replace(message_id::text, '-', ''), 1, 12))::bit(48)::bigint) / 1000.0) AS made
              FROM message_log),
          waits AS (
-             SELECT 'relay' AS hop, extract(epoch FROM appended_at - made) * 1000 AS ms FROM m
+             SELECT 'log' AS hop, extract(epoch FROM appended_at - made) * 1000 AS ms FROM m
              UNION ALL
              SELECT 'participant', extract(epoch FROM p.processed_at - m.appended_at) * 1000
              FROM processed_messages p JOIN m USING (message_id)
