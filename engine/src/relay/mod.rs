@@ -599,6 +599,82 @@ mod tests {
         assert_eq!(crate::outbox::depth(&pool).await.unwrap(), 0);
     }
 
+    /// `drain` moves every row the outbox holds (in each shard's id order, so a key keeps its
+    /// order), and for a shard another relay leads it waits until that relay moved them.
+    #[sqlx::test(migrations = "./migrations")]
+    async fn drain_empties_the_outbox_and_waits_for_a_shard_led_elsewhere(pool: PgPool) {
+        let transport = Arc::new(PostgresTransport::new(pool.clone(), TopicLayout::default()));
+        let relay = || {
+            Relay::new(
+                pool.clone(),
+                transport.clone(),
+                Doorbell::new(pool.clone(), crate::outbox::OUTBOX_CHANNEL),
+                RelayConfig::default(),
+            )
+        };
+        let keys: Vec<String> = (0..20).map(|i| format!("stream-{i}")).collect();
+        let mut tx = pool.begin().await.unwrap();
+        for _ in 0..3 {
+            let batch: Vec<OutboxMessage> = keys.iter().map(|k| message(k)).collect();
+            enqueue(&mut tx, &batch).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        // Another relay leads the first key's shard and moves nothing until released.
+        let held = shard_of(&keys[0]);
+        let other = relay();
+        let lock = other
+            .try_lead(held)
+            .await
+            .unwrap()
+            .expect("the shard is free");
+        let draining = tokio::spawn({
+            let relay = relay();
+            async move { relay.drain().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !draining.is_finished(),
+            "the held shard's rows are still there"
+        );
+        let left = crate::outbox::depth(&pool).await.unwrap();
+        let in_held: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE shard = $1")
+            .bind(held)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(left, in_held, "every other shard was moved");
+        // The leader moves its shard (as its run loop would), and the drain returns.
+        let mut conn = pool.acquire().await.unwrap();
+        let mut floor = Floor::default();
+        while other
+            .relay_batch(held, &mut floor, &mut conn)
+            .await
+            .unwrap()
+            > 0
+        {}
+        lock.close().await.unwrap();
+        let moved = tokio::time::timeout(Duration::from_secs(10), draining)
+            .await
+            .expect("the drain ends once the outbox is empty")
+            .unwrap();
+        assert_eq!(moved as i64, 60 - in_held);
+        assert_eq!(crate::outbox::depth(&pool).await.unwrap(), 0);
+        // Each key's three messages are in the log in the order they were written.
+        let logged: Vec<(String, Uuid)> = sqlx::query_as(
+            "SELECT partition_key, message_id FROM message_log ORDER BY partition, \"offset\"",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(logged.len(), 60);
+        for key in &keys {
+            let ids: Vec<Uuid> = logged.iter().filter(|l| &l.0 == key).map(|l| l.1).collect();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(ids, sorted, "{key} in order");
+        }
+    }
+
     #[test]
     fn the_floor_waits_for_the_transactions_running_at_its_candidate() {
         let mut floor = Floor::default();
