@@ -16,7 +16,7 @@ fn order(customer: Uuid) -> Value {
 }
 
 #[sqlx::test(migrator = "common::MIGRATOR")]
-async fn an_accepted_order_has_its_event_and_its_message_in_the_log(pool: PgPool) {
+async fn an_accepted_order_has_its_event_in_the_log_and_its_saga_started(pool: PgPool) {
     let app = start(pool).await;
     let customer = Uuid::now_v7();
     let (status, body) = app.post("/orders", order(customer)).await;
@@ -34,17 +34,37 @@ async fn an_accepted_order_has_its_event_and_its_message_in_the_log(pool: PgPool
 
     // On the embedded transport the command's transaction appended it to the log itself.
     assert_eq!(app.count("outbox").await, 0);
-    let log: Vec<(String, String, i64, Value)> =
-        sqlx::query_as("SELECT topic, partition_key, \"offset\", envelope::jsonb FROM message_log")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(log.len(), 1);
+    let log: Vec<(String, String, i64, Value)> = sqlx::query_as(
+        "SELECT topic, partition_key, \"offset\", envelope::jsonb FROM message_log ORDER BY topic",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // The order's event, and the first step's commands of the saga it started (a reservation
+    // per line): nothing runs here but the HTTP routes, so the command's own transaction
+    // started the saga.
+    assert_eq!(log.len(), 3, "{log:?}");
     // The test transport's topics have a prefix of their own.
-    assert!(log[0].0.ends_with(".order.events"), "{}", log[0].0);
-    assert_eq!(log[0].1, format!("order-{order_id}"));
-    assert_eq!(log[0].2, 0);
-    assert_eq!(log[0].3["message_id"], events[0]["message_id"]);
+    let event = log.iter().find(|l| l.0.ends_with(".order.events")).unwrap();
+    assert_eq!(event.1, format!("order-{order_id}"));
+    assert_eq!(event.2, 0);
+    assert_eq!(event.3["message_id"], events[0]["message_id"]);
+    let commands: Vec<_> = log
+        .iter()
+        .filter(|l| l.0.ends_with(".inventory.commands"))
+        .collect();
+    assert_eq!(commands.len(), 2, "{log:?}");
+    for command in commands {
+        assert_eq!(
+            command.3["metadata"]["causation_id"],
+            events[0]["message_id"]
+        );
+    }
+    let sagas: Vec<(String, String)> = sqlx::query_as("SELECT saga_type, state FROM sagas")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sagas, vec![("order_fulfillment".into(), "running".into())]);
 }
 
 #[sqlx::test(migrator = "common::MIGRATOR")]
@@ -94,8 +114,8 @@ async fn domain_routes_and_the_generic_route_reach_the_same_aggregates(pool: PgP
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    assert_eq!(app.count("events").await, 4);
-    assert_eq!(app.count("message_log").await, 4);
+    assert_eq!(app.aggregate_events().await, 4);
+    assert_eq!(app.logged_events().await, 4);
 }
 
 #[sqlx::test(migrator = "common::MIGRATOR")]
@@ -128,7 +148,7 @@ async fn cancelling_an_order_and_confirming_it_afterwards(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(app.count("events").await, 2);
+    assert_eq!(app.aggregate_events().await, 2);
 }
 
 /// Every kind of bad input: the right 4xx, the JSON error shape, and nothing written.
@@ -139,7 +159,7 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
     assert_eq!(s, StatusCode::ACCEPTED);
     let order_id = body["order_id"].as_str().unwrap().to_owned();
     let customer = Uuid::now_v7();
-    let before = (app.count("events").await, app.count("message_log").await);
+    let before = (app.aggregate_events().await, app.logged_events().await);
 
     let big = format!(
         "{{\"quantity\": 1, \"pad\": \"{}\"}}",
@@ -223,7 +243,7 @@ async fn bad_input_gets_a_4xx_and_writes_nothing(pool: PgPool) {
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 
     assert_eq!(
-        (app.count("events").await, app.count("message_log").await),
+        (app.aggregate_events().await, app.logged_events().await),
         before
     );
 }
@@ -237,7 +257,7 @@ async fn an_idempotency_key_returns_the_first_response_and_writes_nothing(pool: 
     assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
     assert_eq!(first, second);
     assert!(!replayed1 && replayed2);
-    assert_eq!(app.count("events").await, 1);
+    assert_eq!(app.aggregate_events().await, 1);
 
     let (s, other, _) = app
         .post_with_key("/orders", "order-42", order(Uuid::now_v7()))
@@ -255,7 +275,7 @@ async fn an_idempotency_key_returns_the_first_response_and_writes_nothing(pool: 
         )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(app.count("events").await, 1);
+    assert_eq!(app.aggregate_events().await, 1);
 
     // A rejection is remembered as well: its repeat answers the same, even once it would pass.
     let key = "reserve-1";
@@ -277,7 +297,7 @@ async fn an_idempotency_key_returns_the_first_response_and_writes_nothing(pool: 
         (s, &again, replayed),
         (StatusCode::UNPROCESSABLE_ENTITY, &rejected, true)
     );
-    assert_eq!(app.count("events").await, 2);
+    assert_eq!(app.aggregate_events().await, 2);
 }
 
 /// 50 concurrent commands on one aggregate through two engine instances sharing the database:
@@ -388,7 +408,7 @@ async fn strings_postgres_cannot_store_are_refused_and_write_nothing(pool: PgPoo
     let (s, placed) = app.post("/orders", order(Uuid::now_v7())).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{placed}");
     let order_id = placed["order_id"].as_str().unwrap().to_owned();
-    let events = app.count("events").await;
+    let events = app.aggregate_events().await;
     for path in [
         "/streams/a%00b/events",
         "/streams/a%00b/state",
@@ -447,5 +467,5 @@ async fn strings_postgres_cannot_store_are_refused_and_write_nothing(pool: PgPoo
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(app.count("events").await, events + 1);
+    assert_eq!(app.aggregate_events().await, events + 1);
 }

@@ -104,6 +104,24 @@ impl TestApp {
         read(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
+    /// Events of the aggregates' streams: without the sagas' own, which a command whose
+    /// events start a saga writes in its transaction too.
+    pub async fn aggregate_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id NOT LIKE 'saga-%'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Messages in the embedded log on the aggregates' event topics (without the saga
+    /// commands a command that starts a saga publishes too).
+    pub async fn logged_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM message_log WHERE topic LIKE '%.events'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.pool)

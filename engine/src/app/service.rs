@@ -27,7 +27,7 @@ use crate::outbox::{Publishing, OUTBOX_CHANNEL};
 use crate::projection::Projection;
 use crate::registry::Registry;
 use crate::relay::{Relay, RelayConfig, RelayStats};
-use crate::saga::Orchestrator;
+use crate::saga::{Orchestrator, StartSagas};
 use crate::transport::{TopicLayout, Transport};
 
 /// Settings of a built application that are not about where things run.
@@ -138,6 +138,10 @@ impl App {
         let orchestrator = Arc::new(
             Orchestrator::new(pool.clone(), self.sagas.clone()).with_publishing(publishing.clone()),
         );
+        // A command whose events start a saga starts it in its own transaction.
+        if !self.sagas.is_empty() {
+            bus.set_append_hook(Arc::new(StartSagas(orchestrator.clone())));
+        }
         let projections: Arc<[Arc<dyn Projection>]> = self.projections.clone().into();
         let bell = bus.outbox_bell().clone();
         let readiness = Readiness::new(pool.clone(), transport.clone()).with_breakers(

@@ -56,6 +56,52 @@ impl Default for CommandBusConfig {
     }
 }
 
+/// Work a command's transaction does after appending its events: the engine starts the sagas
+/// those events start (see [`CommandBus::set_append_hook`]).
+#[async_trait::async_trait]
+pub trait AppendHook: Send + Sync + 'static {
+    /// Runs inside the transaction that appended `events`, after the append, and returns what
+    /// to do once it committed (`None`: nothing). An error rolls back what the hook wrote (to
+    /// a savepoint taken before it) and nothing else: the commands still commit, and whoever
+    /// consumes their events does the hook's work instead.
+    async fn appended(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<Option<AfterCommit>, BoxError>;
+}
+
+/// What an [`AppendHook`] does after the commit.
+pub type AfterCommit = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// An [`AppendHook`]'s failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs `hook` on `events` in `tx` behind a savepoint: on its failure what it wrote is rolled
+/// back and `tx` goes on without it.
+async fn run_hook(
+    hook: &dyn AppendHook,
+    tx: &mut PgConnection,
+    events: &[RecordedEvent],
+) -> Result<Option<AfterCommit>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    sqlx::query("SAVEPOINT append_hook")
+        .execute(&mut *tx)
+        .await?;
+    match hook.appended(tx, events).await {
+        Ok(after) => Ok(after),
+        Err(e) => {
+            tracing::warn!(error = %e, "work after an append failed; left to the events' consumers");
+            sqlx::query("ROLLBACK TO SAVEPOINT append_hook")
+                .execute(&mut *tx)
+                .await?;
+            Ok(None)
+        }
+    }
+}
+
 /// Shared by every [`Repository`]: the store, its settings, and the doorbell that wakes the
 /// outbox relay after a commit.
 #[derive(Clone)]
@@ -63,6 +109,8 @@ pub struct CommandBus {
     store: EventStore,
     config: Arc<CommandBusConfig>,
     outbox_bell: Doorbell,
+    /// Set once, after the bus is built (the hook's owner needs the bus's repositories).
+    hook: Arc<std::sync::OnceLock<Arc<dyn AppendHook>>>,
     commits: tokio::sync::mpsc::Sender<CommitRequest>,
     /// The committer's end of `commits`, until the first command starts the committer.
     idle_committer: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<CommitRequest>>>>,
@@ -95,12 +143,13 @@ const GATHER_YIELDS: usize = 8;
 async fn commit_group(
     store: &EventStore,
     bell: &Doorbell,
+    hook: Option<&dyn AppendHook>,
     mut group: Vec<CommitRequest>,
     turn: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut turn = Some(turn);
     while !group.is_empty() {
-        let result: Result<Vec<Vec<RecordedEvent>>, AppendError> = async {
+        let result: Result<(Vec<Vec<RecordedEvent>>, Option<AfterCommit>), AppendError> = async {
             let mut tx = crate::db::begin_reusing_plans(store.pool()).await?;
             let streams: Vec<(&str, i64, &[NewEvent])> = group
                 .iter()
@@ -110,13 +159,23 @@ async fn commit_group(
             let recorded = store.append_and_publish(&mut tx, &streams, &topics).await;
             drop(turn.take());
             let recorded = recorded?;
+            let after = match hook {
+                Some(hook) => {
+                    let all: Vec<RecordedEvent> = recorded.iter().flatten().cloned().collect();
+                    run_hook(hook, &mut tx, &all).await?
+                }
+                None => None,
+            };
             tx.commit().await?;
-            Ok(recorded)
+            Ok((recorded, after))
         }
         .await;
         match result {
-            Ok(recorded) => {
+            Ok((recorded, after)) => {
                 bell.ring();
+                if let Some(after) = after {
+                    after.await;
+                }
                 for (r, rec) in group.drain(..).zip(recorded) {
                     let _ = r.reply.send(Ok(rec));
                 }
@@ -170,6 +229,7 @@ impl CommandBus {
         let (commits, receiver) = tokio::sync::mpsc::channel::<CommitRequest>(1024);
         CommandBus {
             outbox_bell,
+            hook: Arc::new(std::sync::OnceLock::new()),
             store,
             config: Arc::new(config),
             commits,
@@ -188,6 +248,7 @@ impl CommandBus {
             return;
         };
         let (committer_store, bell) = (self.store.clone(), self.outbox_bell.clone());
+        let hook = self.hook.clone();
         tokio::spawn(async move {
             let appending = Arc::new(tokio::sync::Semaphore::new(1));
             let in_flight = Arc::new(tokio::sync::Semaphore::new(COMMITS_IN_FLIGHT));
@@ -212,9 +273,9 @@ impl CommandBus {
                     tokio::task::yield_now().await;
                     take_ready(&mut receiver, &mut group);
                 }
-                let (store, bell) = (committer_store.clone(), bell.clone());
+                let (store, bell, hook) = (committer_store.clone(), bell.clone(), hook.clone());
                 tokio::spawn(async move {
-                    commit_group(&store, &bell, group, turn).await;
+                    commit_group(&store, &bell, hook.get().map(|h| h.as_ref()), group, turn).await;
                     drop(slot);
                 });
             }
@@ -255,6 +316,13 @@ impl CommandBus {
         self.store = self.store.with_publishing(Publishing::Log(layout));
         self.outbox_bell = bell;
         self
+    }
+
+    /// Sets the work every command transaction does after appending its events (the engine's:
+    /// starting the sagas they start). Set once, before the first command; a second call is
+    /// ignored and returns `false`.
+    pub fn set_append_hook(&self, hook: Arc<dyn AppendHook>) -> bool {
+        self.hook.set(hook).is_ok()
     }
 
     /// Rung after every commit that published messages: the relay's doorbell, or with
@@ -568,6 +636,10 @@ impl<A: Aggregate> Repository<A> {
         if let Some(idem) = &ctx.idempotency {
             idem.store_response(&mut tx, &response).await?;
         }
+        let after = match self.bus.hook.get() {
+            Some(hook) => run_hook(hook.as_ref(), &mut tx, &outcome.events).await?,
+            None => None,
+        };
         tx.commit().await?;
         metrics()
             .append_seconds
@@ -575,6 +647,9 @@ impl<A: Aggregate> Repository<A> {
             .observe(started.elapsed().as_secs_f64());
         if !outcome.events.is_empty() {
             self.bus.outbox_bell.ring();
+        }
+        if let Some(after) = after {
+            after.await;
         }
         Ok(CommitResult::Committed { outcome, response })
     }

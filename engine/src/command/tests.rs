@@ -431,3 +431,78 @@ async fn a_batch_loads_its_aggregates_with_the_tails_other_writers_appended(pool
     let a = repo.load("a").await.unwrap();
     assert_eq!((a.version, a.state.value), (4, 16));
 }
+
+/// Writes a row of its own for each batch of events, then fails when told to.
+struct MarkingHook {
+    fail: bool,
+    after_commit: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl AppendHook for MarkingHook {
+    async fn appended(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<Option<AfterCommit>, BoxError> {
+        sqlx::query("INSERT INTO hook_marks (events) VALUES ($1)")
+            .bind(events.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+        if self.fail {
+            return Err("the hook failed".into());
+        }
+        let after_commit = self.after_commit.clone();
+        Ok(Some(Box::pin(async move {
+            after_commit.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })))
+    }
+}
+
+/// The append hook runs in the command's transaction (its writes commit with the events) and
+/// its after-commit work runs once committed; a hook that fails takes back only its own
+/// writes, and the command still commits.
+#[sqlx::test(migrations = "./migrations")]
+async fn the_append_hook_commits_with_the_command_and_its_failure_only_undoes_itself(pool: PgPool) {
+    sqlx::query("CREATE TABLE hook_marks (events int8 NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for fail in [false, true] {
+        sqlx::query("TRUNCATE hook_marks, events, outbox, idempotency_keys")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let bus = CommandBus::new(pool.clone(), CommandBusConfig::default());
+        let after_commit = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        assert!(bus.set_append_hook(Arc::new(MarkingHook {
+            fail,
+            after_commit: after_commit.clone(),
+        })));
+        let repo: Repository<Counter> = Repository::new(bus);
+        // Through the group commit, and through the keyed path.
+        repo.execute(
+            "1",
+            &CounterCommand::Add { n: 5 },
+            &CommandContext::default(),
+            ok,
+        )
+        .await
+        .unwrap();
+        let keyed = CommandContext {
+            idempotency: Some(IdempotencyRequest::new("key-1", "POST", "/c/1", b"{}")),
+            ..CommandContext::default()
+        };
+        repo.execute("1", &CounterCommand::Add { n: 5 }, &keyed, ok)
+            .await
+            .unwrap();
+        assert_eq!(count(&pool, "events").await, 2, "fail: {fail}");
+        let marks = count(&pool, "hook_marks").await;
+        let ran = after_commit.load(std::sync::atomic::Ordering::SeqCst);
+        if fail {
+            assert_eq!((marks, ran), (0, 0));
+        } else {
+            assert_eq!((marks, ran), (2, 2));
+        }
+    }
+}

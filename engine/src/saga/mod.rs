@@ -15,7 +15,7 @@ pub mod timeline;
 pub use definition::{
     saga_id, saga_stream, Backoff, Failure, Invoke, Saga, SagaData, SagaDefinition,
 };
-pub use orchestrator::{load_saga, Commanded, Orchestrator, ORCHESTRATOR_GROUP};
+pub use orchestrator::{load_saga, Commanded, Orchestrator, StartSagas, ORCHESTRATOR_GROUP};
 pub use participant::Participant;
 pub use state::{
     decide, CompletingReply, DeadlineKind, SagaEvent, SagaFold, SagaInput, SagaState, SagaStatus,

@@ -29,9 +29,10 @@ use super::messages::{
 use super::metrics::metrics;
 use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
 use crate::aggregate::encode_event;
+use crate::command::{AfterCommit, AppendHook, BoxError};
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
-use crate::envelope::{Envelope, Metadata};
+use crate::envelope::{Envelope, Metadata, RecordedEvent};
 use crate::metrics::age_of;
 use crate::outbox::{OutboxMessage, Publishing};
 use crate::store::{decode_envelope, read_stream_on, AppendError, EventStore, NewEvent};
@@ -167,8 +168,7 @@ impl Orchestrator {
         self.sagas.get(name)
     }
 
-    fn classify<'a>(&self, m: &'a Delivery) -> Vec<Work<'a>> {
-        let envelope = &m.envelope;
+    fn classify<'a>(&self, envelope: &'a Envelope) -> Vec<Work<'a>> {
         if envelope.event_type == REPLY_EVENT_TYPE {
             let saga_id = envelope
                 .metadata
@@ -577,6 +577,40 @@ impl Orchestrator {
     }
 }
 
+/// Starts sagas in the transaction of the command whose events start them, instead of a hop
+/// later in the orchestrator's consumer (see [`AppendHook`]): the saga's first events, its
+/// summary, its deadline and its first step's commands commit with the command's events. The
+/// consumer still reads the start event, and finds the saga started (a start of a saga that
+/// exists decides nothing). If starting fails, the command commits without it and the consumer
+/// starts the saga, as it did before.
+pub struct StartSagas(pub Arc<Orchestrator>);
+
+#[async_trait]
+impl AppendHook for StartSagas {
+    async fn appended(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<Option<AfterCommit>, BoxError> {
+        let work: Vec<Work<'_>> = events
+            .iter()
+            .flat_map(|e| self.0.classify(&e.envelope))
+            .filter(|w| matches!(w.input, SagaInput::Start { .. }))
+            .collect();
+        if work.is_empty() {
+            return Ok(None);
+        }
+        let mut ids: Vec<Uuid> = work.iter().map(|w| w.saga_id).collect();
+        ids.dedup();
+        Orchestrator::lock_all(tx, &mut ids).await?;
+        let processed = self.0.process(tx, work, false).await?;
+        let orchestrator = self.0.clone();
+        Ok(Some(Box::pin(async move {
+            orchestrator.publish(processed.states).await;
+        })))
+    }
+}
+
 #[async_trait]
 impl Handler for Orchestrator {
     async fn handle(&self, tx: &mut PgConnection, message: &Delivery) -> Result<(), HandlerError> {
@@ -591,7 +625,10 @@ impl Handler for Orchestrator {
         // Whatever a failed batch left behind is not committed state.
         self.batch.lock().await.clear();
         *self.replies.lock().await = messages.iter().filter_map(reply_timing).collect();
-        let work: Vec<Work<'_>> = messages.iter().flat_map(|m| self.classify(m)).collect();
+        let work: Vec<Work<'_>> = messages
+            .iter()
+            .flat_map(|m| self.classify(&m.envelope))
+            .collect();
         if work.is_empty() {
             return Ok(());
         }
