@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
 use crate::aggregate::{encode_event, events_topic, stream_id, Aggregate, DomainEvent};
@@ -424,12 +424,207 @@ pub struct Loaded<A> {
     pub state: A,
 }
 
-type Stripe<A> = Mutex<HashMap<String, Loaded<A>>>;
+type Stripe<A> = Mutex<HashMap<String, Slot<A>>>;
+
+/// A cached stream, with the commands on it that are being committed.
+///
+/// Commands on one stream are decided one after the other, each on the state its predecessors
+/// left, under the stripe's lock. The first command of a quiet stream is sent to be committed
+/// at once; the commands that arrive while it commits are decided on the state it will leave
+/// (`Queue::tentative`) and gathered into one batch, sent as one append once it committed.
+/// Nothing is ever appended on top of events that did not commit: a batch waits for its
+/// predecessor, and is abandoned (its commands decide again) if the predecessor failed.
+struct Slot<A: Aggregate> {
+    /// The state as of the last commit this process made or read.
+    committed: Loaded<A>,
+    /// A commit of the stream failed, so the store may be ahead of `committed`: the tail is
+    /// replayed before the next decision.
+    stale: bool,
+    /// Present while a batch of the stream is being committed.
+    queue: Option<Queue<A>>,
+    /// A keyed command waits for the stream to go quiet: while its sender lives, no new batch
+    /// forms, so the wait ends.
+    barrier: Option<watch::Receiver<()>>,
+}
+
+/// The batches of a stream in flight.
+struct Queue<A: Aggregate> {
+    /// The end of the batch being committed.
+    in_flight: watch::Receiver<Option<BatchEnd>>,
+    /// What that batch decided, applied to `committed` once it committed.
+    in_flight_decided: Vec<A::Event>,
+    /// The state with every decided event applied, committed or not; built when the second
+    /// command arrives (a quiet stream's first command clones nothing).
+    tentative: Option<Loaded<A>>,
+    /// The batch forming behind the one in flight.
+    next: Option<Batch<A>>,
+}
+
+/// Events of consecutive commands on one stream, appended together.
+struct Batch<A: Aggregate> {
+    /// The stream's version the batch appends after.
+    expected: i64,
+    events: Vec<NewEvent>,
+    decided: Vec<A::Event>,
+    done: watch::Sender<Option<BatchEnd>>,
+}
+
+/// How a batch ended; every command of it (and every command decided on top of it without
+/// events of its own) waits for this.
+#[derive(Clone)]
+enum BatchEnd {
+    Committed(Arc<Vec<RecordedEvent>>),
+    Conflict {
+        expected: i64,
+        actual: i64,
+    },
+    Failed(Arc<sqlx::Error>),
+    /// Decided on a batch that did not commit: decide again.
+    Abandoned,
+}
+
+impl<A: Aggregate> Slot<A> {
+    fn quiet(committed: Loaded<A>) -> Self {
+        Slot {
+            committed,
+            stale: false,
+            queue: None,
+            barrier: None,
+        }
+    }
+
+    /// The barrier of a keyed command still waiting, if any.
+    fn barrier(&self) -> Option<watch::Receiver<()>> {
+        self.barrier
+            .as_ref()
+            .filter(|b| b.has_changed().is_ok())
+            .cloned()
+    }
+
+    /// Nothing of the stream is being committed and no keyed command waits for it.
+    fn is_quiet(&self) -> bool {
+        self.queue.is_none() && self.barrier().is_none()
+    }
+
+    /// The end of the last batch in flight: once it arrives, what was decided so far committed.
+    fn last_batch(&self) -> Option<watch::Receiver<Option<BatchEnd>>> {
+        let queue = self.queue.as_ref()?;
+        Some(match &queue.next {
+            Some(next) => next.done.subscribe(),
+            None => queue.in_flight.clone(),
+        })
+    }
+}
+
+/// Waits for a batch's end; `None` only if its driver is gone (the runtime shuts down).
+async fn batch_end(mut end: watch::Receiver<Option<BatchEnd>>) -> Option<BatchEnd> {
+    end.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|e| e.clone())
+}
+
+fn stripe_of<'a, A: Aggregate>(stripes: &'a [Stripe<A>], stream: &str) -> &'a Stripe<A> {
+    let i = (fnv1a(stream.as_bytes()) % stripes.len() as u64) as usize;
+    &stripes[i]
+}
+
+/// Commits a stream's batches one after the other, from its first until none is waiting. A
+/// spawned task, so that a caller that goes away (a dropped request) cannot leave its batch
+/// half done.
+async fn drive<A: Aggregate>(
+    stripes: Arc<[Stripe<A>]>,
+    bus: CommandBus,
+    stream: String,
+    mut batch: Batch<A>,
+) {
+    let topic = events_topic::<A>();
+    loop {
+        let Batch {
+            expected,
+            events,
+            done,
+            ..
+        } = batch;
+        let n = events.len() as i64;
+        let result = bus
+            .group_commit(&stream, expected, events, topic.clone())
+            .await;
+        let mut cache = stripe_of(&stripes, &stream).lock().await;
+        // A slot with a queue is neither evicted nor taken out, so it is still there.
+        let slot = cache.get_mut(&stream);
+        match result {
+            Ok(recorded) => {
+                let next = slot.and_then(|slot| {
+                    let queue = slot.queue.as_mut()?;
+                    for e in &queue.in_flight_decided {
+                        slot.committed.state.apply(e);
+                    }
+                    slot.committed.version = expected + n;
+                    match queue.next.take() {
+                        Some(mut next) => {
+                            queue.in_flight = next.done.subscribe();
+                            queue.in_flight_decided = std::mem::take(&mut next.decided);
+                            Some(next)
+                        }
+                        None => {
+                            slot.queue = None;
+                            None
+                        }
+                    }
+                });
+                drop(cache);
+                let _ = done.send(Some(BatchEnd::Committed(Arc::new(recorded))));
+                match next {
+                    Some(next) => batch = next,
+                    None => return,
+                }
+            }
+            Err(e) => {
+                let abandoned = slot.and_then(|slot| {
+                    slot.stale = true;
+                    slot.queue.take().and_then(|q| q.next)
+                });
+                drop(cache);
+                if let Some(abandoned) = abandoned {
+                    let _ = abandoned.done.send(Some(BatchEnd::Abandoned));
+                }
+                let _ = done.send(Some(match e {
+                    AppendError::Conflict {
+                        expected, actual, ..
+                    } => BatchEnd::Conflict { expected, actual },
+                    AppendError::Database(e) => BatchEnd::Failed(Arc::new(e)),
+                }));
+                return;
+            }
+        }
+    }
+}
+
+/// A command of a batch, waiting for the batch's end.
+struct Waiting<E> {
+    end: watch::Receiver<Option<BatchEnd>>,
+    /// The stream's version the command decided on (after the events before it).
+    base: i64,
+    /// Its events' places in the batch.
+    range: std::ops::Range<usize>,
+    /// The domain rejected it: the rejection stands once the state it was decided on committed.
+    rejection: Option<E>,
+    decided_at: std::time::Instant,
+}
+
+/// What deciding a command came to.
+enum Decision<E: std::error::Error + 'static> {
+    /// Its events (or the state it was decided on) are being committed.
+    Wait(Waiting<E>),
+    /// Decided on committed state with nothing to commit: its outcome or rejection.
+    Done(Result<CommandOutcome, CommandError<E>>),
+}
 
 /// Executes commands against aggregates of type `A`, caching loaded aggregates.
 pub struct Repository<A: Aggregate> {
     bus: CommandBus,
-    stripes: Box<[Stripe<A>]>,
+    stripes: Arc<[Stripe<A>]>,
 }
 
 impl<A: Aggregate> Repository<A> {
@@ -448,16 +643,20 @@ impl<A: Aggregate> Repository<A> {
     }
 
     fn stripe(&self, stream: &str) -> &Stripe<A> {
-        let i = (fnv1a(stream.as_bytes()) % self.stripes.len() as u64) as usize;
-        &self.stripes[i]
+        stripe_of(&self.stripes, stream)
     }
 
     /// Runs `command` against aggregate `id`.
     ///
-    /// Events and their messages (outbox rows or log entries) are appended in one transaction; on a version conflict the
-    /// decision is made again on the refreshed state, at most `max_attempts` times. With an
-    /// idempotency key, the key and `respond(outcome)` are stored in that same transaction, so
-    /// a repeat either finds both or neither.
+    /// Events and their messages (outbox rows or log entries) are appended in one transaction;
+    /// on a version conflict the decision is made again on the refreshed state, at most
+    /// `max_attempts` times. Commands on one stream are decided in the order they reach the
+    /// repository; while one commits, those arriving behind it are decided on the state it
+    /// will leave and appended together, in one transaction, once it committed (a hot
+    /// aggregate takes one commit per batch, not per command). A command's result, a rejection
+    /// included, is returned only once everything it was decided on committed. With an
+    /// idempotency key, the key and `respond(outcome)` are stored in the command's own
+    /// transaction, so a repeat either finds both or neither.
     pub async fn execute(
         &self,
         id: &str,
@@ -465,23 +664,315 @@ impl<A: Aggregate> Repository<A> {
         ctx: &CommandContext,
         respond: impl Fn(&CommandOutcome) -> StoredResponse,
     ) -> Result<Executed, CommandError<A::Error>> {
-        if let Some(idem) = &ctx.idempotency {
-            if let Some(previous) = idem.lookup(self.bus.pool()).await? {
-                return replayed(previous, idem);
-            }
-        }
         let stream = stream_id::<A>(id);
-        let mut cache = self.stripe(&stream).lock().await;
-        // A freshly minted stream has nothing to load, so a rejection needs no second look.
-        let mut fresh = ctx.new_stream;
-        let mut loaded = match cache.remove(&stream) {
-            Some(l) => l,
-            None if ctx.new_stream => Loaded {
-                version: 0,
-                state: A::default(),
+        if ctx.idempotency.is_some() {
+            return self.execute_keyed(stream, command, ctx, respond).await;
+        }
+        let max_attempts = self.bus.config.max_attempts.max(1);
+        let mut attempt = 1;
+        // Rounds that ended because a predecessor failed do not count as attempts; this bounds
+        // them all the same.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let waiting = match self.decide_queued(&stream, command, ctx).await? {
+                Decision::Wait(waiting) => waiting,
+                Decision::Done(done) => {
+                    let outcome = done?;
+                    let response = respond(&outcome);
+                    return Ok(Executed::Applied { outcome, response });
+                }
+            };
+            let Waiting {
+                end,
+                base,
+                range,
+                rejection,
+                decided_at,
+            } = waiting;
+            let (expected, actual) = match batch_end(end).await {
+                Some(BatchEnd::Committed(recorded)) => {
+                    if let Some(rejection) = rejection {
+                        return Err(CommandError::Rejected(rejection));
+                    }
+                    if !range.is_empty() {
+                        metrics()
+                            .append_seconds
+                            .with_label_values(&[A::TYPE])
+                            .observe(decided_at.elapsed().as_secs_f64());
+                    }
+                    let events = recorded[range].to_vec();
+                    let outcome = CommandOutcome {
+                        stream_id: stream,
+                        version: events.last().map_or(base, |e| e.envelope.stream_version),
+                        events,
+                    };
+                    let response = respond(&outcome);
+                    return Ok(Executed::Applied { outcome, response });
+                }
+                Some(BatchEnd::Failed(e)) => {
+                    return Err(CommandError::Store(StoreError::Database(
+                        crate::db::copy_error(&e),
+                    )))
+                }
+                // The runtime is shutting down: whether the batch committed is not known.
+                None => return Err(sqlx::Error::PoolClosed.into()),
+                Some(BatchEnd::Conflict { expected, actual }) => {
+                    tracing::debug!(%stream, expected, actual, attempt, "append conflict, deciding again");
+                    attempt += 1;
+                    (expected, actual)
+                }
+                Some(BatchEnd::Abandoned) => (base, base),
+            };
+            if attempt > max_attempts || rounds >= 4 * max_attempts {
+                return Err(CommandError::Conflict {
+                    stream_id: stream,
+                    expected,
+                    actual,
+                    attempts: max_attempts,
+                });
+            }
+            let jitter = rand::rng().random_range(0..=5 * u64::from(attempt));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+    }
+
+    /// Decides `command` on the stream's latest state and puts its events in the stream's
+    /// queue.
+    async fn decide_queued(
+        &self,
+        stream: &str,
+        command: &A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Decision<A::Error>, CommandError<A::Error>> {
+        let capacity = self.bus.config.cache_per_stripe;
+        let mut cache = loop {
+            let mut cache = self.stripe(stream).lock().await;
+            let Some(slot) = cache.get_mut(stream) else {
+                break cache;
+            };
+            if let Some(barrier) = slot.barrier() {
+                drop(cache);
+                let mut barrier = barrier;
+                let _ = barrier.changed().await;
+                continue;
+            }
+            let Some(queue) = slot.queue.as_mut() else {
+                break cache;
+            };
+            // The stream is being committed: decide on the state it will be in.
+            let tentative = match &mut queue.tentative {
+                Some(t) => t,
+                None => {
+                    let mut t = slot.committed.clone();
+                    for e in &queue.in_flight_decided {
+                        t.state.apply(e);
+                    }
+                    t.version += queue.in_flight_decided.len() as i64;
+                    queue.tentative.insert(t)
+                }
+            };
+            let base = tentative.version;
+            let decided_at = std::time::Instant::now();
+            let (decided, rejection) = match tentative.state.handle(command) {
+                Ok(decided) => (decided, None),
+                Err(rejection) => (Vec::new(), Some(rejection)),
+            };
+            if decided.is_empty() {
+                let end = match &queue.next {
+                    Some(next) => next.done.subscribe(),
+                    None => queue.in_flight.clone(),
+                };
+                return Ok(Decision::Wait(Waiting {
+                    end,
+                    base,
+                    range: 0..0,
+                    rejection,
+                    decided_at,
+                }));
+            }
+            let events = new_events::<A>(&decided, &ctx.metadata);
+            for e in &decided {
+                tentative.state.apply(e);
+            }
+            tentative.version += events.len() as i64;
+            let next = queue.next.get_or_insert_with(|| Batch {
+                expected: base,
+                events: Vec::new(),
+                decided: Vec::new(),
+                done: watch::channel(None).0,
+            });
+            let start = next.events.len();
+            next.events.extend(events);
+            next.decided.extend(decided);
+            return Ok(Decision::Wait(Waiting {
+                end: next.done.subscribe(),
+                base,
+                range: start..next.events.len(),
+                rejection: None,
+                decided_at,
+            }));
+        };
+        // A quiet stream: decide on its committed state and send the events at once.
+        let (mut loaded, mut fresh) = match cache.remove(stream) {
+            Some(slot) if slot.stale => (self.replay(stream, slot.committed).await?, true),
+            Some(slot) => (slot.committed, false),
+            None if ctx.new_stream => (
+                Loaded {
+                    version: 0,
+                    state: A::default(),
+                },
+                true,
+            ),
+            None => (
+                self.replay(
+                    stream,
+                    Loaded {
+                        version: 0,
+                        state: A::default(),
+                    },
+                )
+                .await?,
+                true,
+            ),
+        };
+        let decided = loop {
+            match loaded.state.handle(command) {
+                Ok(decided) => break decided,
+                Err(rejection) if fresh => {
+                    evict_one_if_full(&mut cache, capacity);
+                    cache.insert(stream.to_owned(), Slot::quiet(loaded));
+                    return Ok(Decision::Done(Err(CommandError::Rejected(rejection))));
+                }
+                Err(rejection) => {
+                    // The cached state may be behind another process's writes: decide again
+                    // on the store's state before rejecting.
+                    let before = loaded.version;
+                    loaded = self.replay(stream, loaded).await?;
+                    fresh = true;
+                    if loaded.version == before {
+                        evict_one_if_full(&mut cache, capacity);
+                        cache.insert(stream.to_owned(), Slot::quiet(loaded));
+                        return Ok(Decision::Done(Err(CommandError::Rejected(rejection))));
+                    }
+                }
+            }
+        };
+        if decided.is_empty() {
+            let outcome = CommandOutcome {
+                stream_id: stream.to_owned(),
+                version: loaded.version,
+                events: Vec::new(),
+            };
+            evict_one_if_full(&mut cache, capacity);
+            cache.insert(stream.to_owned(), Slot::quiet(loaded));
+            return Ok(Decision::Done(Ok(outcome)));
+        }
+        let events = new_events::<A>(&decided, &ctx.metadata);
+        let base = loaded.version;
+        let n = events.len();
+        let (done, end) = watch::channel(None);
+        evict_one_if_full(&mut cache, capacity);
+        cache.insert(
+            stream.to_owned(),
+            Slot {
+                committed: loaded,
+                stale: false,
+                queue: Some(Queue {
+                    in_flight: end.clone(),
+                    in_flight_decided: decided,
+                    tentative: None,
+                    next: None,
+                }),
+                barrier: None,
             },
-            None => {
-                fresh = true;
+        );
+        drop(cache);
+        tokio::spawn(drive(
+            self.stripes.clone(),
+            self.bus.clone(),
+            stream.to_owned(),
+            Batch {
+                expected: base,
+                events,
+                decided: Vec::new(),
+                done,
+            },
+        ));
+        Ok(Decision::Wait(Waiting {
+            end,
+            base,
+            range: 0..n,
+            rejection: None,
+            decided_at: std::time::Instant::now(),
+        }))
+    }
+
+    /// Locks the stream's stripe once nothing of the stream is in flight. While it waits, a
+    /// barrier keeps new batches from forming; the returned sender holds it until dropped.
+    async fn quiet_stripe(
+        &self,
+        stream: &str,
+    ) -> (
+        tokio::sync::MutexGuard<'_, HashMap<String, Slot<A>>>,
+        Option<watch::Sender<()>>,
+    ) {
+        let mut mine: Option<(watch::Sender<()>, watch::Receiver<()>)> = None;
+        loop {
+            let mut cache = self.stripe(stream).lock().await;
+            let Some(slot) = cache.get_mut(stream) else {
+                return (cache, mine.map(|(tx, _)| tx));
+            };
+            if let Some(mut barrier) = slot.barrier() {
+                if !mine
+                    .as_ref()
+                    .is_some_and(|(_, rx)| rx.same_channel(&barrier))
+                {
+                    drop(cache);
+                    let _ = barrier.changed().await;
+                    continue;
+                }
+            }
+            let Some(last) = slot.last_batch() else {
+                return (cache, mine.map(|(tx, _)| tx));
+            };
+            if mine.is_none() {
+                let (tx, rx) = watch::channel(());
+                slot.barrier = Some(rx.clone());
+                mine = Some((tx, rx));
+            }
+            drop(cache);
+            batch_end(last).await;
+        }
+    }
+
+    /// A command with an idempotency key: decided on the committed state and committed in its
+    /// own transaction with its key, holding the stream until then.
+    async fn execute_keyed(
+        &self,
+        stream: String,
+        command: &A::Command,
+        ctx: &CommandContext,
+        respond: impl Fn(&CommandOutcome) -> StoredResponse,
+    ) -> Result<Executed, CommandError<A::Error>> {
+        let idem = ctx.idempotency.as_ref().expect("only keyed commands");
+        if let Some(previous) = idem.lookup(self.bus.pool()).await? {
+            return replayed(previous, idem);
+        }
+        let (mut cache, _barrier) = self.quiet_stripe(&stream).await;
+        let capacity = self.bus.config.cache_per_stripe;
+        // A freshly minted stream has nothing to load, so a rejection needs no second look.
+        let (mut loaded, mut fresh) = match cache.remove(&stream) {
+            Some(slot) if slot.stale => (self.replay(&stream, slot.committed).await?, true),
+            Some(slot) => (slot.committed, false),
+            None if ctx.new_stream => (
+                Loaded {
+                    version: 0,
+                    state: A::default(),
+                },
+                true,
+            ),
+            None => (
                 self.replay(
                     &stream,
                     Loaded {
@@ -489,15 +980,16 @@ impl<A: Aggregate> Repository<A> {
                         state: A::default(),
                     },
                 )
-                .await?
-            }
+                .await?,
+                true,
+            ),
         };
         let max_attempts = self.bus.config.max_attempts.max(1);
         for attempt in 1..=max_attempts {
             let decided = match loaded.state.handle(command) {
                 Ok(events) => events,
                 Err(rejection) if fresh => {
-                    cache.insert(stream.clone(), loaded);
+                    cache.insert(stream.clone(), Slot::quiet(loaded));
                     return Err(CommandError::Rejected(rejection));
                 }
                 Err(rejection) => {
@@ -506,20 +998,20 @@ impl<A: Aggregate> Repository<A> {
                     let before = loaded.version;
                     loaded = self.replay(&stream, loaded).await?;
                     if loaded.version == before {
-                        cache.insert(stream.clone(), loaded);
+                        cache.insert(stream.clone(), Slot::quiet(loaded));
                         return Err(CommandError::Rejected(rejection));
                     }
                     match loaded.state.handle(command) {
                         Ok(events) => events,
                         Err(rejection) => {
-                            cache.insert(stream.clone(), loaded);
+                            cache.insert(stream.clone(), Slot::quiet(loaded));
                             return Err(CommandError::Rejected(rejection));
                         }
                     }
                 }
             };
             match self
-                .commit(&stream, &loaded, decided.clone(), ctx, &respond)
+                .commit_keyed(&stream, &loaded, &decided, ctx, &respond)
                 .await
             {
                 Ok(CommitResult::Committed { outcome, response }) => {
@@ -527,16 +1019,12 @@ impl<A: Aggregate> Repository<A> {
                         loaded.state.apply(e);
                     }
                     loaded.version = outcome.version;
-                    evict_one_if_full(&mut cache, self.bus.config.cache_per_stripe);
-                    cache.insert(stream.clone(), loaded);
+                    evict_one_if_full(&mut cache, capacity);
+                    cache.insert(stream.clone(), Slot::quiet(loaded));
                     return Ok(Executed::Applied { outcome, response });
                 }
                 Ok(CommitResult::Replayed(previous)) => {
-                    cache.insert(stream.clone(), loaded);
-                    let idem = ctx
-                        .idempotency
-                        .as_ref()
-                        .expect("only keyed commands replay");
+                    cache.insert(stream.clone(), Slot::quiet(loaded));
                     return replayed(previous, idem);
                 }
                 Err(AppendError::Conflict {
@@ -546,7 +1034,7 @@ impl<A: Aggregate> Repository<A> {
                     loaded = self.replay(&stream, loaded).await?;
                     fresh = true;
                     if attempt == max_attempts {
-                        cache.insert(stream.clone(), loaded);
+                        cache.insert(stream.clone(), Slot::quiet(loaded));
                         return Err(CommandError::Conflict {
                             stream_id: stream,
                             expected,
@@ -563,56 +1051,26 @@ impl<A: Aggregate> Repository<A> {
         unreachable!("the last attempt returns")
     }
 
-    async fn commit(
+    async fn commit_keyed(
         &self,
         stream: &str,
         loaded: &Loaded<A>,
-        decided: Vec<A::Event>,
+        decided: &[A::Event],
         ctx: &CommandContext,
         respond: &impl Fn(&CommandOutcome) -> StoredResponse,
     ) -> Result<CommitResult, AppendError> {
-        if decided.is_empty() && ctx.idempotency.is_none() {
-            let outcome = CommandOutcome {
-                stream_id: stream.to_owned(),
-                version: loaded.version,
-                events: Vec::new(),
-            };
-            let response = respond(&outcome);
-            return Ok(CommitResult::Committed { outcome, response });
-        }
-        let new_events = new_events::<A>(&decided, &ctx.metadata);
+        let idem = ctx.idempotency.as_ref().expect("only keyed commands");
+        let new_events = new_events::<A>(decided, &ctx.metadata);
         let started = std::time::Instant::now();
-        if ctx.idempotency.is_none() {
-            // Group commit: appended in one transaction with whatever other commands are ready.
-            let recorded = self
-                .bus
-                .group_commit(stream, loaded.version, new_events, events_topic::<A>())
-                .await?;
-            metrics()
-                .append_seconds
-                .with_label_values(&[A::TYPE])
-                .observe(started.elapsed().as_secs_f64());
-            let outcome = CommandOutcome {
-                stream_id: stream.to_owned(),
-                version: recorded
-                    .last()
-                    .map_or(loaded.version, |r| r.envelope.stream_version),
-                events: recorded,
-            };
-            let response = respond(&outcome);
-            return Ok(CommitResult::Committed { outcome, response });
-        }
         let mut tx = crate::db::begin_reusing_plans(self.bus.pool()).await?;
-        if let Some(idem) = &ctx.idempotency {
-            if !idem.claim(&mut tx).await? {
-                tx.rollback().await?;
-                // The key was committed by a concurrent request that we waited for.
-                let previous = idem
-                    .lookup(self.bus.pool())
-                    .await?
-                    .expect("a claimed key that lost the race exists");
-                return Ok(CommitResult::Replayed(previous));
-            }
+        if !idem.claim(&mut tx).await? {
+            tx.rollback().await?;
+            // The key was committed by a concurrent request that we waited for.
+            let previous = idem
+                .lookup(self.bus.pool())
+                .await?
+                .expect("a claimed key that lost the race exists");
+            return Ok(CommitResult::Replayed(previous));
         }
         let recorded = self
             .bus
@@ -633,9 +1091,7 @@ impl<A: Aggregate> Repository<A> {
             events: recorded,
         };
         let response = respond(&outcome);
-        if let Some(idem) = &ctx.idempotency {
-            idem.store_response(&mut tx, &response).await?;
-        }
+        idem.store_response(&mut tx, &response).await?;
         let after = match self.bus.hook.get() {
             Some(hook) => run_hook(hook.as_ref(), &mut tx, &outcome.events).await?,
             None => None,
@@ -677,13 +1133,27 @@ impl<A: Aggregate> Repository<A> {
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream = stream_id::<A>(id);
         let mut cache = self.stripe(&stream).lock().await;
-        let start = cache.remove(&stream).unwrap_or(Loaded {
-            version: 0,
-            state: A::default(),
-        });
-        let loaded = self.replay(&stream, start).await?;
+        let start = match cache.get(&stream) {
+            Some(slot) if !slot.is_quiet() => {
+                // Commands are committing: read past them without holding the stream.
+                let start = slot.committed.clone();
+                drop(cache);
+                return self.replay(&stream, start).await;
+            }
+            Some(_) => cache.remove(&stream).map(|s| s.committed),
+            None => None,
+        };
+        let loaded = self
+            .replay(
+                &stream,
+                start.unwrap_or(Loaded {
+                    version: 0,
+                    state: A::default(),
+                }),
+            )
+            .await?;
         evict_one_if_full(&mut cache, self.bus.config.cache_per_stripe);
-        cache.insert(stream, loaded.clone());
+        cache.insert(stream, Slot::quiet(loaded.clone()));
         Ok(loaded)
     }
 }
@@ -741,7 +1211,16 @@ impl<A: Aggregate> CommandBatch<A> {
             if self.states.contains_key(&stream) || starts.contains_key(&stream) {
                 continue;
             }
-            let cached = self.repo.stripe(&stream).lock().await.remove(&stream);
+            let cached = {
+                let mut cache = self.repo.stripe(&stream).lock().await;
+                match cache.get(&stream) {
+                    // Commands are committing on it: start from its committed state and leave
+                    // it there; whichever append comes second conflicts.
+                    Some(slot) if !slot.is_quiet() => Some(slot.committed.clone()),
+                    Some(_) => cache.remove(&stream).map(|s| s.committed),
+                    None => None,
+                }
+            };
             starts.insert(
                 stream,
                 cached.unwrap_or(Loaded {
@@ -877,8 +1356,17 @@ impl<A: Aggregate> CommandBatch<A> {
         let capacity = self.repo.bus.config.cache_per_stripe;
         for (stream, loaded) in self.states {
             let mut cache = self.repo.stripe(&stream).lock().await;
-            evict_one_if_full(&mut cache, capacity);
-            cache.insert(stream, loaded);
+            match cache.get(&stream) {
+                // Commands are committing on it, or a newer state is cached: keep that.
+                Some(slot) if !slot.is_quiet() || slot.committed.version > loaded.version => {}
+                Some(_) => {
+                    cache.insert(stream, Slot::quiet(loaded));
+                }
+                None => {
+                    evict_one_if_full(&mut cache, capacity);
+                    cache.insert(stream, Slot::quiet(loaded));
+                }
+            }
         }
     }
 }
@@ -955,9 +1443,14 @@ fn replayed<E: std::error::Error + 'static>(
     }
 }
 
-fn evict_one_if_full<A>(cache: &mut HashMap<String, Loaded<A>>, capacity: usize) {
+/// Makes room for one more stream by dropping a quiet one (a stream being committed stays).
+fn evict_one_if_full<A: Aggregate>(cache: &mut HashMap<String, Slot<A>>, capacity: usize) {
     if cache.len() >= capacity {
-        if let Some(k) = cache.keys().next().cloned() {
+        if let Some(k) = cache
+            .iter()
+            .find(|(_, slot)| slot.is_quiet())
+            .map(|(k, _)| k.clone())
+        {
             cache.remove(&k);
         }
     }

@@ -506,3 +506,172 @@ async fn the_append_hook_commits_with_the_command_and_its_failure_only_undoes_it
         }
     }
 }
+
+/// Runs `n` commands on stream `id` of `repo` at once; returns their results in order.
+async fn at_once(
+    repo: &Arc<Repository<Counter>>,
+    id: &'static str,
+    commands: Vec<CounterCommand>,
+) -> Vec<Result<Executed, CommandError<CounterError>>> {
+    let tasks: Vec<_> = commands
+        .into_iter()
+        .map(|c| {
+            let repo = repo.clone();
+            tokio::spawn(async move { repo.execute(id, &c, &CommandContext::default(), ok).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
+async fn versions_and_transactions(pool: &PgPool, stream: &str) -> (Vec<i64>, i64) {
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT stream_version FROM events WHERE stream_id = $1 ORDER BY 1")
+            .bind(stream)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events WHERE stream_id = $1")
+            .bind(stream)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (versions, transactions)
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn commands_queued_on_one_stream_are_decided_in_order_and_committed_together(pool: PgPool) {
+    let repo = Arc::new(repo(&pool));
+    let results = at_once(
+        &repo,
+        "hot",
+        (0..40).map(|_| CounterCommand::Add { n: 1 }).collect(),
+    )
+    .await;
+    let mut versions: Vec<i64> = results
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            Executed::Applied { outcome, .. } => {
+                assert_eq!(outcome.events.len(), 1);
+                assert_eq!(outcome.events[0].envelope.stream_version, outcome.version);
+                outcome.version
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        (1..=40).collect::<Vec<_>>(),
+        "each command got its own version"
+    );
+    let (stored, transactions) = versions_and_transactions(&pool, "counter-hot").await;
+    assert_eq!(stored, (1..=40).collect::<Vec<_>>());
+    assert!(
+        transactions < 10,
+        "40 commands queued on one stream took {transactions} transactions"
+    );
+    assert_eq!(repo.load("hot").await.unwrap().state.value, 40);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_rejection_decided_behind_uncommitted_commands_stands_once_they_commit(pool: PgPool) {
+    let repo = Arc::new(repo(&pool));
+    let results = at_once(
+        &repo,
+        "hot",
+        (0..50).map(|_| CounterCommand::Add { n: 3 }).collect(),
+    )
+    .await;
+    let applied = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Executed::Applied { .. })))
+        .count();
+    let rejected = results
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::Rejected(CounterError::TooHigh))))
+        .count();
+    assert_eq!((applied, rejected), (33, 17), "33 × 3 = 99 fits under 100");
+    let (stored, _) = versions_and_transactions(&pool, "counter-hot").await;
+    assert_eq!(stored, (1..=33).collect::<Vec<_>>());
+    assert_eq!(repo.load("hot").await.unwrap().state.value, 99);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn commands_queued_behind_a_batch_that_conflicted_decide_again_and_all_land(pool: PgPool) {
+    let a = Arc::new(repo(&pool));
+    let b = repo(&pool);
+    let ctx = CommandContext::default();
+    a.execute("hot", &CounterCommand::Add { n: 1 }, &ctx, ok)
+        .await
+        .unwrap();
+    // Another process moves the stream: `a`'s cached state is now behind, so its next batch
+    // conflicts, and the commands queued behind that batch were decided on a state that never
+    // existed.
+    b.execute("hot", &CounterCommand::Add { n: 1 }, &ctx, ok)
+        .await
+        .unwrap();
+    let results = at_once(
+        &a,
+        "hot",
+        (0..20).map(|_| CounterCommand::Add { n: 1 }).collect(),
+    )
+    .await;
+    for r in results {
+        r.unwrap();
+    }
+    let (stored, _) = versions_and_transactions(&pool, "counter-hot").await;
+    assert_eq!(stored, (1..=22).collect::<Vec<_>>());
+    assert_eq!(a.load("hot").await.unwrap().state.value, 22);
+    assert_eq!(b.load("hot").await.unwrap().state.value, 22);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_keyed_command_on_a_hot_stream_is_not_starved(pool: PgPool) {
+    let repo = Arc::new(repo(&pool));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (repo, stop) = (repo.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut applied = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    repo.execute(
+                        "hot",
+                        &CounterCommand::Add { n: 0 },
+                        &CommandContext::default(),
+                        ok,
+                    )
+                    .await
+                    .unwrap();
+                    applied += 1;
+                }
+                applied
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ctx = CommandContext {
+        idempotency: Some(IdempotencyRequest::new("key-hot", "POST", "/x", b"{}")),
+        ..Default::default()
+    };
+    let keyed = tokio::time::timeout(
+        Duration::from_secs(60),
+        repo.execute("hot", &CounterCommand::Add { n: 5 }, &ctx, ok),
+    )
+    .await
+    .expect("the keyed command got its turn while 8 writers kept the stream busy");
+    keyed.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut applied = 1;
+    for w in writers {
+        applied += w.await.unwrap();
+    }
+    let (stored, _) = versions_and_transactions(&pool, "counter-hot").await;
+    assert_eq!(stored, (1..=applied).collect::<Vec<_>>());
+    assert_eq!(repo.load("hot").await.unwrap().state.value, 5);
+}
