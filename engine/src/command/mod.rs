@@ -6,8 +6,10 @@
 //! Loading is never O(stream length) per command: each [`Repository`] keeps the loaded
 //! aggregates of its type in memory, checked against the store's version by the append guard
 //! itself, and only the tail of a stream is replayed when another writer moved it. Commands for
-//! one stream are serialized in-process (a striped lock), so a hot aggregate is a queue, not a
-//! retry storm; conflicts only arise between processes.
+//! one stream are decided one after the other in-process, so a hot aggregate is a queue, not a
+//! retry storm, and conflicts only arise between processes. The queue commits in batches: the
+//! commands that arrive while a stream's batch commits are decided on the state it will leave
+//! and appended together once it committed (see [`Repository::execute`]).
 
 mod idempotency;
 pub(crate) mod metrics;
