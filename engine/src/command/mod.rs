@@ -31,7 +31,7 @@ use crate::aggregate::{encode_event, events_topic, stream_id, Aggregate, DomainE
 use crate::doorbell::Doorbell;
 use crate::envelope::{Metadata, RecordedEvent};
 use crate::hash::fnv1a;
-use crate::outbox::{Publishing, TopicLayout, OUTBOX_CHANNEL};
+use crate::outbox::{OutboxMessage, Publishing, TopicLayout, OUTBOX_CHANNEL};
 use crate::store::{
     decode, read_stream_on, read_streams_on, AppendError, EventStore, NewEvent, StoreError,
 };
@@ -62,15 +62,26 @@ impl Default for CommandBusConfig {
 /// those events start (see [`CommandBus::set_append_hook`]).
 #[async_trait::async_trait]
 pub trait AppendHook: Send + Sync + 'static {
-    /// Runs inside the transaction that appended `events`, after the append, and returns what
-    /// to do once it committed (`None`: nothing). An error rolls back what the hook wrote (to
-    /// a savepoint taken before it) and nothing else: the commands still commit, and whoever
-    /// consumes their events does the hook's work instead.
+    /// Runs inside the transaction that appended `events`, after the append, and returns the
+    /// messages the bus is to publish with the events and what to do once the transaction
+    /// committed. An error rolls back what the hook wrote (to a savepoint taken before it) and
+    /// nothing else: the commands still commit, and whoever consumes their events does the
+    /// hook's work instead.
     async fn appended(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> Result<Option<AfterCommit>, BoxError>;
+        events: &[&RecordedEvent],
+    ) -> Result<Hooked, BoxError>;
+}
+
+/// What an [`AppendHook`] did in a command's transaction, for the bus to finish.
+#[derive(Default)]
+pub struct Hooked {
+    /// Messages to publish in the transaction. The bus publishes them together with the
+    /// command's events, as the transaction's last write.
+    pub publish: Vec<OutboxMessage>,
+    /// What to do once the transaction committed.
+    pub after: Option<AfterCommit>,
 }
 
 /// What an [`AppendHook`] does after the commit.
@@ -84,24 +95,78 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn run_hook(
     hook: &dyn AppendHook,
     tx: &mut PgConnection,
-    events: &[RecordedEvent],
-) -> Result<Option<AfterCommit>, sqlx::Error> {
+    events: &[&RecordedEvent],
+) -> Result<Hooked, sqlx::Error> {
     if events.is_empty() {
-        return Ok(None);
+        return Ok(Hooked::default());
     }
     sqlx::query("SAVEPOINT append_hook")
         .execute(&mut *tx)
         .await?;
     match hook.appended(tx, events).await {
-        Ok(after) => Ok(after),
+        Ok(hooked) => Ok(hooked),
         Err(e) => {
             tracing::warn!(error = %e, "work after an append failed; left to the events' consumers");
             sqlx::query("ROLLBACK TO SAVEPOINT append_hook")
                 .execute(&mut *tx)
                 .await?;
-            Ok(None)
+            Ok(Hooked::default())
         }
     }
+}
+
+/// Appends the events of `streams` in `tx`, the first half of a command transaction.
+///
+/// Without a hook, each event's message (topic `topics[i]` for stream `i`) goes in the same
+/// statement. With a hook on the embedded log, the messages wait for
+/// [`finish_append`]: publishing there locks the partitions' heads until the commit, and they
+/// would be held while the hook works.
+async fn append_events(
+    store: &EventStore,
+    tx: &mut PgConnection,
+    streams: &[(&str, i64, &[NewEvent])],
+    topics: &[&str],
+    hook: Option<&dyn AppendHook>,
+) -> Result<Vec<Vec<RecordedEvent>>, AppendError> {
+    if publish_after_hook(store, hook) {
+        store.append_many(tx, streams).await
+    } else {
+        store.append_and_publish(tx, streams, topics).await
+    }
+}
+
+fn publish_after_hook(store: &EventStore, hook: Option<&dyn AppendHook>) -> bool {
+    hook.is_some() && matches!(store.publishing(), Publishing::Log(_))
+}
+
+/// The second half of a command transaction begun by [`append_events`]: runs the hook, then
+/// publishes what is left to publish (the events' messages if they waited, and the hook's) in
+/// one append, the transaction's last write.
+async fn finish_append(
+    store: &EventStore,
+    tx: &mut PgConnection,
+    recorded: &[Vec<RecordedEvent>],
+    topics: &[&str],
+    hook: Option<&dyn AppendHook>,
+) -> Result<Option<AfterCommit>, sqlx::Error> {
+    let Some(hook) = hook else {
+        return Ok(None);
+    };
+    let events: Vec<&RecordedEvent> = recorded.iter().flatten().collect();
+    let hooked = run_hook(hook, tx, &events).await?;
+    let mut messages = Vec::new();
+    if publish_after_hook(store, Some(hook)) {
+        for (events, topic) in recorded.iter().zip(topics) {
+            messages.extend(events.iter().map(|e| OutboxMessage {
+                topic: (*topic).to_owned(),
+                partition_key: e.envelope.stream_id.clone(),
+                envelope: e.envelope.clone(),
+            }));
+        }
+    }
+    messages.extend(hooked.publish);
+    store.publish(tx, &messages).await?;
+    Ok(hooked.after)
 }
 
 /// Shared by every [`Repository`]: the store, its settings, and the doorbell that wakes the
@@ -158,16 +223,10 @@ async fn commit_group(
                 .map(|r| (r.stream.as_str(), r.expected, r.events.as_slice()))
                 .collect();
             let topics: Vec<&str> = group.iter().map(|r| r.topic.as_str()).collect();
-            let recorded = store.append_and_publish(&mut tx, &streams, &topics).await;
+            let recorded = append_events(store, &mut tx, &streams, &topics, hook).await;
             drop(turn.take());
             let recorded = recorded?;
-            let after = match hook {
-                Some(hook) => {
-                    let all: Vec<RecordedEvent> = recorded.iter().flatten().cloned().collect();
-                    run_hook(hook, &mut tx, &all).await?
-                }
-                None => None,
-            };
+            let after = finish_append(store, &mut tx, &recorded, &topics, hook).await?;
             tx.commit().await?;
             Ok((recorded, after))
         }
@@ -1074,30 +1133,27 @@ impl<A: Aggregate> Repository<A> {
                 .expect("a claimed key that lost the race exists");
             return Ok(CommitResult::Replayed(previous));
         }
-        let recorded = self
-            .bus
-            .store
-            .append_and_publish_one(
-                &mut tx,
-                stream,
-                loaded.version,
-                &new_events,
-                &events_topic::<A>(),
-            )
-            .await?;
+        let topic = events_topic::<A>();
+        let topics = [topic.as_str()];
+        let hook = self.bus.hook.get().map(|h| h.as_ref());
+        let recorded = append_events(
+            &self.bus.store,
+            &mut tx,
+            &[(stream, loaded.version, &new_events)],
+            &topics,
+            hook,
+        )
+        .await?;
         let outcome = CommandOutcome {
             stream_id: stream.to_owned(),
-            version: recorded
+            version: recorded[0]
                 .last()
                 .map_or(loaded.version, |r| r.envelope.stream_version),
-            events: recorded,
+            events: recorded[0].clone(),
         };
         let response = respond(&outcome);
         idem.store_response(&mut tx, &response).await?;
-        let after = match self.bus.hook.get() {
-            Some(hook) => run_hook(hook.as_ref(), &mut tx, &outcome.events).await?,
-            None => None,
-        };
+        let after = finish_append(&self.bus.store, &mut tx, &recorded, &topics, hook).await?;
         tx.commit().await?;
         metrics()
             .append_seconds

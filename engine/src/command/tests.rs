@@ -443,8 +443,8 @@ impl AppendHook for MarkingHook {
     async fn appended(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> Result<Option<AfterCommit>, BoxError> {
+        events: &[&RecordedEvent],
+    ) -> Result<Hooked, BoxError> {
         sqlx::query("INSERT INTO hook_marks (events) VALUES ($1)")
             .bind(events.len() as i64)
             .execute(&mut *tx)
@@ -453,9 +453,20 @@ impl AppendHook for MarkingHook {
             return Err("the hook failed".into());
         }
         let after_commit = self.after_commit.clone();
-        Ok(Some(Box::pin(async move {
-            after_commit.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        })))
+        // A message of its own, published by the bus with the events.
+        let mut mark = events[0].envelope.clone();
+        mark.message_id = Uuid::now_v7();
+        mark.event_type = "marked".into();
+        Ok(Hooked {
+            publish: vec![OutboxMessage {
+                topic: "test.marks".into(),
+                partition_key: mark.stream_id.clone(),
+                envelope: mark,
+            }],
+            after: Some(Box::pin(async move {
+                after_commit.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })),
+        })
     }
 }
 
@@ -468,12 +479,18 @@ async fn the_append_hook_commits_with_the_command_and_its_failure_only_undoes_it
         .execute(&pool)
         .await
         .unwrap();
-    for fail in [false, true] {
-        sqlx::query("TRUNCATE hook_marks, events, outbox, idempotency_keys")
-            .execute(&pool)
-            .await
-            .unwrap();
-        let bus = CommandBus::new(pool.clone(), CommandBusConfig::default());
+    for (fail, log) in [(false, false), (true, false), (false, true), (true, true)] {
+        sqlx::query(
+            "TRUNCATE hook_marks, events, outbox, idempotency_keys, message_log, message_log_heads",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut bus = CommandBus::new(pool.clone(), CommandBusConfig::default());
+        if log {
+            let bell = bus.outbox_bell().clone();
+            bus = bus.with_log(TopicLayout::default(), bell);
+        }
         let after_commit = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         assert!(bus.set_append_hook(Arc::new(MarkingHook {
             fail,
@@ -499,10 +516,31 @@ async fn the_append_hook_commits_with_the_command_and_its_failure_only_undoes_it
         assert_eq!(count(&pool, "events").await, 2, "fail: {fail}");
         let marks = count(&pool, "hook_marks").await;
         let ran = after_commit.load(std::sync::atomic::Ordering::SeqCst);
+        // What was published, in order per partition: on the log, the events' messages wait
+        // for the hook's and go in the same append.
+        let published: Vec<String> = sqlx::query_scalar(if log {
+            "SELECT envelope::jsonb->>'event_type' FROM message_log ORDER BY \"offset\", topic"
+        } else {
+            "SELECT envelope::jsonb->>'event_type' FROM outbox ORDER BY id"
+        })
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let mut published = published;
+        published.sort();
         if fail {
             assert_eq!((marks, ran), (0, 0));
+            assert_eq!(published, ["added", "added"], "log: {log}");
         } else {
             assert_eq!((marks, ran), (2, 2));
+            assert_eq!(published, ["added", "added", "marked", "marked"], "log: {log}");
+        }
+        if log {
+            let heads: i64 = sqlx::query_scalar("SELECT sum(next_offset)::int8 FROM message_log_heads")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(heads, published.len() as i64, "the heads count every message once");
         }
     }
 }

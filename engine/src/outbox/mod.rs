@@ -128,10 +128,10 @@ pub struct LogEntry {
 /// offsets are gap-free and become visible in offset order: a reader that saw offset `n`
 /// will never find a message below `n` appear later. Head rows are locked in one fixed order
 /// (topic, then partition; byte order), and a transaction writes to the log at most twice,
-/// the events of its streams then its other messages. After its first append it waits for no
-/// lock another appender holds while waiting for a head: the rest of the transaction is its
-/// other messages, the offsets and, in a command that starts a saga, the rows of the saga it
-/// creates, which no other transaction can see yet. So they cannot deadlock.
+/// the events of its streams then its other messages (a command that starts a saga appends
+/// once, its events with the saga's first commands, after the saga's rows). After its first
+/// append it waits for no lock another appender holds while waiting for a head: the rest of
+/// the transaction is its other messages and the offsets. So they cannot deadlock.
 /// The price is that commits to one partition follow each other; holding the lock only from
 /// the last writes to the commit keeps that short.
 pub async fn append_to_log(tx: &mut PgConnection, entries: &[LogEntry]) -> Result<(), sqlx::Error> {

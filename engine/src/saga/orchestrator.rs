@@ -29,7 +29,7 @@ use super::messages::{
 use super::metrics::metrics;
 use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
 use crate::aggregate::encode_event;
-use crate::command::{AfterCommit, AppendHook, BoxError};
+use crate::command::{AppendHook, BoxError, Hooked};
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
@@ -74,6 +74,8 @@ pub struct Orchestrator {
 struct Processed {
     states: BTreeMap<Uuid, Loaded>,
     decided: HashMap<Uuid, Vec<SagaEvent>>,
+    /// The commands decided, not yet published (only from [`Orchestrator::process_unpublished`]).
+    outgoing: Vec<OutboxMessage>,
 }
 
 /// The result of an operator's [`Orchestrator::command`].
@@ -227,6 +229,22 @@ impl Orchestrator {
     /// commits) and the events decided for each. With `rearm`, every saga of `work` has its
     /// deadline row set to its deadline, decided or not (see [`write_deadlines`]).
     async fn process(
+        &self,
+        tx: &mut PgConnection,
+        work: Vec<Work<'_>>,
+        rearm: bool,
+    ) -> Result<Processed, HandlerError> {
+        let mut processed = self.process_unpublished(tx, work, rearm).await?;
+        // The transaction's last write: on the embedded log it locks partition heads.
+        self.store
+            .publish(&mut *tx, &std::mem::take(&mut processed.outgoing))
+            .await?;
+        Ok(processed)
+    }
+
+    /// [`Orchestrator::process`] that leaves the commands it decided in
+    /// [`Processed::outgoing`], for a caller that publishes them with messages of its own.
+    async fn process_unpublished(
         &self,
         tx: &mut PgConnection,
         work: Vec<Work<'_>>,
@@ -395,9 +413,11 @@ impl Orchestrator {
         }
         let touched: Vec<(Uuid, &Loaded)> = touched.iter().map(|id| (*id, &states[id])).collect();
         write_summaries(&mut *tx, &touched).await?;
-        // The transaction's last write: on the embedded log it locks partition heads.
-        self.store.publish(&mut *tx, &outgoing).await?;
-        Ok(Processed { states, decided })
+        Ok(Processed {
+            states,
+            decided,
+            outgoing,
+        })
     }
 
     /// A saga's state: from the cache, or its stream (read in `tx`).
@@ -590,24 +610,28 @@ impl AppendHook for StartSagas {
     async fn appended(
         &self,
         tx: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> Result<Option<AfterCommit>, BoxError> {
+        events: &[&RecordedEvent],
+    ) -> Result<Hooked, BoxError> {
         let work: Vec<Work<'_>> = events
             .iter()
             .flat_map(|e| self.0.classify(&e.envelope))
             .filter(|w| matches!(w.input, SagaInput::Start { .. }))
             .collect();
         if work.is_empty() {
-            return Ok(None);
+            return Ok(Hooked::default());
         }
         let mut ids: Vec<Uuid> = work.iter().map(|w| w.saga_id).collect();
         ids.dedup();
         Orchestrator::lock_all(tx, &mut ids).await?;
-        let processed = self.0.process(tx, work, false).await?;
+        // The bus publishes the first commands with the command's events, in one append.
+        let processed = self.0.process_unpublished(tx, work, false).await?;
         let orchestrator = self.0.clone();
-        Ok(Some(Box::pin(async move {
-            orchestrator.publish(processed.states).await;
-        })))
+        Ok(Hooked {
+            publish: processed.outgoing,
+            after: Some(Box::pin(async move {
+                orchestrator.publish(processed.states).await;
+            })),
+        })
     }
 }
 
