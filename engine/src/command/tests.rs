@@ -533,14 +533,23 @@ async fn the_append_hook_commits_with_the_command_and_its_failure_only_undoes_it
             assert_eq!(published, ["added", "added"], "log: {log}");
         } else {
             assert_eq!((marks, ran), (2, 2));
-            assert_eq!(published, ["added", "added", "marked", "marked"], "log: {log}");
+            assert_eq!(
+                published,
+                ["added", "added", "marked", "marked"],
+                "log: {log}"
+            );
         }
         if log {
-            let heads: i64 = sqlx::query_scalar("SELECT sum(next_offset)::int8 FROM message_log_heads")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            assert_eq!(heads, published.len() as i64, "the heads count every message once");
+            let heads: i64 =
+                sqlx::query_scalar("SELECT sum(next_offset)::int8 FROM message_log_heads")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                heads,
+                published.len() as i64,
+                "the heads count every message once"
+            );
         }
     }
 }

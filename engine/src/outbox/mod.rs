@@ -154,27 +154,46 @@ pub async fn append_to_log(tx: &mut PgConnection, entries: &[LogEntry]) -> Resul
     Ok(())
 }
 
-/// See [`append_to_log`]. The heads are upserted in (topic, partition) byte order, the order
-/// every writer of the log locks them in.
-const APPEND_TO_LOG: &str = r#"
-WITH m AS (
-    SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::uuid[], $5::text[])
-         WITH ORDINALITY AS m(topic, partition, partition_key, message_id, envelope, ord)
-), counts AS (
-    SELECT topic, partition, count(*) AS n FROM m GROUP BY topic, partition
+/// The `counts` and `heads` CTEs of every append to the log, over the rows of `$source` (with
+/// `topic` and `partition` columns): each partition's head moved past its new messages, its
+/// row locked until the transaction ends. The heads are upserted in (topic, partition) byte
+/// order, the order every writer of the log locks them in. A message's offset is then
+/// `heads.next_offset - counts.n - 1 + <its rank in the partition, from 1>`.
+macro_rules! log_heads_ctes {
+    ($source:literal) => {
+        concat!(
+            "counts AS (
+    SELECT topic, partition, count(*) AS n FROM ",
+            $source,
+            r#" GROUP BY topic, partition
 ), heads AS (
     INSERT INTO message_log_heads AS h (topic, partition, next_offset)
     SELECT topic, partition, n FROM counts ORDER BY topic COLLATE "C", partition
     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = h.next_offset + EXCLUDED.next_offset
     RETURNING h.topic, h.partition, h.next_offset
-)
+)"#
+        )
+    };
+}
+pub(crate) use log_heads_ctes;
+
+/// See [`append_to_log`].
+const APPEND_TO_LOG: &str = concat!(
+    r#"
+WITH m AS (
+    SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::uuid[], $5::text[])
+         WITH ORDINALITY AS m(topic, partition, partition_key, message_id, envelope, ord)
+), "#,
+    log_heads_ctes!("m"),
+    r#"
 INSERT INTO message_log (topic, partition, "offset", partition_key, message_id, envelope)
 SELECT m.topic, m.partition,
        heads.next_offset - counts.n - 1 + row_number() OVER (PARTITION BY m.topic, m.partition ORDER BY m.ord),
        m.partition_key, m.message_id, m.envelope
 FROM m
 JOIN counts ON counts.topic = m.topic AND counts.partition = m.partition
-JOIN heads ON heads.topic = m.topic AND heads.partition = m.partition"#;
+JOIN heads ON heads.topic = m.topic AND heads.partition = m.partition"#
+);
 
 /// Number of outbox shards. Fixed for the life of a database: a key always maps to the same
 /// shard, which is what keeps per-key order across relays.

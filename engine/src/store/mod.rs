@@ -92,16 +92,11 @@ ORDER BY t.ord
 ON CONFLICT (stream_id, stream_version) DO NOTHING
 RETURNING message_id, global_position, recorded_at";
 
-/// [`APPEND`], and an outbox row for each inserted event (topic `$9`, shard `$10`), built from
-/// the inserted row: the envelope is the event as [`Envelope`] serializes it. Outbox ids follow
-/// the events' global positions, so a stream's events are relayed in version order.
-const APPEND_AND_PUBLISH: &str = "
-WITH t AS (
-    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[],
-                         $8::jsonb[], $9::text[], $10::int2[])
-         WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
-                              payload, metadata, topic, shard, ord)
-), inserted AS (
+/// The `inserted` CTE of the append statements that publish: [`APPEND`] over the rows of a
+/// CTE `t` (with the columns [`APPEND`] unnests), returning the inserted events whole.
+macro_rules! inserted_cte {
+    () => {
+        "inserted AS (
     INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
     SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
     FROM t
@@ -111,60 +106,73 @@ WITH t AS (
     ON CONFLICT (stream_id, stream_version) DO NOTHING
     RETURNING global_position, stream_id, stream_version, message_id, event_type, schema_version, payload,
               metadata, recorded_at
-), published AS (
-    INSERT INTO outbox (shard, topic, partition_key, message_id, envelope)
-    SELECT t.shard, t.topic, i.stream_id, i.message_id,
-           jsonb_build_object('message_id', i.message_id, 'stream_id', i.stream_id,
+)"
+    };
+}
+
+/// An inserted event `i` as its [`Envelope`], encoded: what is published.
+macro_rules! envelope_of_inserted {
+    () => {
+        "jsonb_build_object('message_id', i.message_id, 'stream_id', i.stream_id,
                               'stream_version', i.stream_version, 'event_type', i.event_type,
-                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)::text
+                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)::text"
+    };
+}
+
+/// [`APPEND`], and an outbox row for each inserted event (topic `$9`, shard `$10`), built from
+/// the inserted row: the envelope is the event as [`Envelope`] serializes it. Outbox ids follow
+/// the events' global positions, so a stream's events are relayed in version order.
+const APPEND_AND_PUBLISH: &str = concat!(
+    "
+WITH t AS (
+    SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[],
+                         $8::jsonb[], $9::text[], $10::int2[])
+         WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
+                              payload, metadata, topic, shard, ord)
+), ",
+    inserted_cte!(),
+    ", published AS (
+    INSERT INTO outbox (shard, topic, partition_key, message_id, envelope)
+    SELECT t.shard, t.topic, i.stream_id, i.message_id, ",
+    envelope_of_inserted!(),
+    "
     FROM inserted i JOIN t ON t.message_id = i.message_id
     ORDER BY i.global_position
 )
-SELECT message_id, global_position, recorded_at FROM inserted";
+SELECT message_id, global_position, recorded_at FROM inserted"
+);
 
 /// [`APPEND_AND_PUBLISH`] for [`Publishing::Log`]: each event goes to the embedded log (on
 /// physical topic `$9`, partition `$10`) instead of the outbox, as
 /// [`crate::outbox::append_to_log`] does it: offsets from the head rows, locked in (topic,
 /// partition) byte order until the commit. The heads count every event given: if one is not
 /// inserted (a conflict), the caller rolls the transaction back, offsets and all.
-const APPEND_AND_LOG: &str = r#"
+const APPEND_AND_LOG: &str = concat!(
+    "
 WITH t AS (
     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::uuid[], $5::text[], $6::int4[], $7::jsonb[],
                          $8::jsonb[], $9::text[], $10::int4[])
          WITH ORDINALITY AS t(stream_id, stream_version, expected, message_id, event_type, schema_version,
                               payload, metadata, topic, partition, ord)
-), inserted AS (
-    INSERT INTO events (stream_id, stream_version, message_id, event_type, schema_version, payload, metadata)
-    SELECT t.stream_id, t.stream_version, t.message_id, t.event_type, t.schema_version, t.payload, t.metadata
-    FROM t
-    WHERE (t.stream_version > t.expected + 1
-           OR (SELECT COALESCE(MAX(e.stream_version), 0) FROM events e WHERE e.stream_id = t.stream_id) = t.expected)
-    ORDER BY t.ord
-    ON CONFLICT (stream_id, stream_version) DO NOTHING
-    RETURNING global_position, stream_id, stream_version, message_id, event_type, schema_version, payload,
-              metadata, recorded_at
-), counts AS (
-    SELECT topic, partition, count(*) AS n FROM t GROUP BY topic, partition
-), heads AS (
-    INSERT INTO message_log_heads AS h (topic, partition, next_offset)
-    SELECT topic, partition, n FROM counts ORDER BY topic COLLATE "C", partition
-    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = h.next_offset + EXCLUDED.next_offset
-    RETURNING h.topic, h.partition, h.next_offset
-), logged AS (
+), ",
+    inserted_cte!(),
+    ", ",
+    crate::outbox::log_heads_ctes!("t"),
+    r#", logged AS (
     INSERT INTO message_log (topic, partition, "offset", partition_key, message_id, envelope)
     SELECT t.topic, t.partition,
            heads.next_offset - counts.n - 1
                + row_number() OVER (PARTITION BY t.topic, t.partition ORDER BY i.global_position),
-           i.stream_id, i.message_id,
-           jsonb_build_object('message_id', i.message_id, 'stream_id', i.stream_id,
-                              'stream_version', i.stream_version, 'event_type', i.event_type,
-                              'schema_version', i.schema_version, 'payload', i.payload, 'metadata', i.metadata)::text
+           i.stream_id, i.message_id, "#,
+    envelope_of_inserted!(),
+    "
     FROM inserted i
     JOIN t ON t.message_id = i.message_id
     JOIN counts ON counts.topic = t.topic AND counts.partition = t.partition
     JOIN heads ON heads.topic = t.topic AND heads.partition = t.partition
 )
-SELECT message_id, global_position, recorded_at FROM inserted"#;
+SELECT message_id, global_position, recorded_at FROM inserted"
+);
 
 /// The event store: the `events` table, appended to under the expected-version guard and read
 /// by stream or in global order. Cloning shares the pool.

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{bench_database, reset, spawn_server, workload, Latencies, Progress};
-use crate::app::{App, Options, Workload};
+use crate::app::{App, Options, Request, Workload};
 use crate::cli::config::{mask_url, DatabaseArgs};
 use crate::ops::housekeeping;
 use crate::transport::postgres::PostgresTransport;
@@ -97,7 +97,19 @@ pub(crate) async fn run(
         raw_total.1 += raw.elapsed;
 
         reset(&pool).await?;
-        let mut http = http_phase(&client, &base, &workload, args.concurrency, duration).await?;
+        let orders: Requests = {
+            let (workload, concurrency) = (workload.clone(), args.concurrency);
+            Arc::new(move |w, k| workload.command(w + k * concurrency))
+        };
+        let mut http = http_phase(
+            &client,
+            &base,
+            "sagaflow",
+            args.concurrency,
+            duration,
+            orders,
+        )
+        .await?;
         let path = workload.command(0).path;
         print_row(&format!("sagaflow POST {path} (round {round})"), &mut http);
         http_total.0 += http.ok;
@@ -110,14 +122,13 @@ pub(crate) async fn run(
             reset(&pool).await?;
             // Streams no earlier phase used: the engine's cache outlives the tables' reset.
             let first = round as usize * 100_000;
-            let mut distinct = streams_phase(
+            let mut distinct = http_phase(
                 &client,
                 &base,
-                &workload,
+                "a stream each",
                 args.concurrency,
                 duration,
-                first,
-                false,
+                stream_requests(&workload, first, false),
             )
             .await?;
             print_row(
@@ -126,14 +137,13 @@ pub(crate) async fn run(
             );
             hot_total.0 += distinct.rate();
             reset(&pool).await?;
-            let mut hot = streams_phase(
+            let mut hot = http_phase(
                 &client,
                 &base,
-                &workload,
+                "one stream",
                 args.concurrency,
                 duration,
-                first + 50_000,
-                true,
+                stream_requests(&workload, first + 50_000, true),
             )
             .await?;
             print_row(
@@ -181,28 +191,34 @@ fn print_row(label: &str, r: &mut PhaseResult) {
     );
 }
 
+/// Which request a client sends: `(client, k)` for its `k`-th request, counting from 1.
+type Requests = Arc<dyn Fn(usize, usize) -> Request + Send + Sync>;
+
+/// `concurrency` HTTP clients sending `requests` for `duration`; a request counts when it is
+/// answered `202 Accepted`.
 async fn http_phase(
     client: &reqwest::Client,
     base: &str,
-    workload: &Arc<dyn Workload>,
+    label: &'static str,
     concurrency: usize,
     duration: Duration,
+    requests: Requests,
 ) -> anyhow::Result<PhaseResult> {
-    let (progress, _guard) = Progress::start("sagaflow", None);
+    let (progress, _guard) = Progress::start(label, None);
     let start = Instant::now();
     let deadline = start + duration;
     let mut workers = Vec::new();
     for w in 0..concurrency {
         let client = client.clone();
-        let (base, workload) = (base.to_owned(), workload.clone());
+        let (base, requests) = (base.to_owned(), requests.clone());
         let progress = progress.clone();
         workers.push(tokio::spawn(async move {
             let mut lat = Latencies::default();
             let mut failed = 0u64;
-            let mut n = w;
+            let mut k = 0;
             while Instant::now() < deadline {
-                n += concurrency;
-                let request = workload.command(n);
+                k += 1;
+                let request = requests(w, k);
                 let t = Instant::now();
                 let url = format!("{base}{}", request.path);
                 let ok = match client.post(&url).json(&request.body).send().await {
@@ -222,49 +238,14 @@ async fn http_phase(
     collect(workers, start).await
 }
 
-/// The workload's per-stream command from `concurrency` clients for `duration`: to stream
-/// `first` from every client with `hot`, otherwise to a stream per client from `first`.
-async fn streams_phase(
-    client: &reqwest::Client,
-    base: &str,
-    workload: &Arc<dyn Workload>,
-    concurrency: usize,
-    duration: Duration,
-    first: usize,
-    hot: bool,
-) -> anyhow::Result<PhaseResult> {
-    let (progress, _guard) =
-        Progress::start(if hot { "one stream" } else { "a stream each" }, None);
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut workers = Vec::new();
-    for w in 0..concurrency {
-        let client = client.clone();
-        let (base, workload) = (base.to_owned(), workload.clone());
-        let progress = progress.clone();
-        workers.push(tokio::spawn(async move {
-            let mut lat = Latencies::default();
-            let mut failed = 0u64;
-            let stream = if hot { first } else { first + w };
-            while Instant::now() < deadline {
-                let request = workload.stream_command(stream).expect("checked before");
-                let t = Instant::now();
-                let url = format!("{base}{}", request.path);
-                let ok = match client.post(&url).json(&request.body).send().await {
-                    Ok(r) => r.status() == reqwest::StatusCode::ACCEPTED && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
-                    lat.record(t.elapsed());
-                    progress.add(1);
-                } else {
-                    failed += 1;
-                }
-            }
-            (lat, failed)
-        }));
-    }
-    collect(workers, start).await
+/// The workload's per-stream command from every client: to stream `first` with `hot`,
+/// otherwise to a stream per client from `first`.
+fn stream_requests(workload: &Arc<dyn Workload>, first: usize, hot: bool) -> Requests {
+    let workload = workload.clone();
+    Arc::new(move |w, _| {
+        let stream = if hot { first } else { first + w };
+        workload.stream_command(stream).expect("checked before")
+    })
 }
 
 pub(crate) async fn raw_phase(
