@@ -722,3 +722,86 @@ async fn a_keyed_command_on_a_hot_stream_is_not_starved(pool: PgPool) {
     assert_eq!(stored, (1..=applied).collect::<Vec<_>>());
     assert_eq!(repo.load("hot").await.unwrap().state.value, 5);
 }
+
+#[sqlx::test(migrations = "./migrations")]
+async fn batches_in_transactions_and_queued_commands_on_one_stream_lose_no_update(pool: PgPool) {
+    let repo = Arc::new(repo(&pool));
+    // A participant's batches, each in a transaction of its own and retried on a conflict,
+    // while commands keep the stream's queue busy.
+    let batches = {
+        let (repo, pool) = (repo.clone(), pool.clone());
+        tokio::spawn(async move {
+            let metadata = Metadata::new_root();
+            let mut conflicts = 0;
+            for _ in 0..10 {
+                loop {
+                    let mut tx = pool.begin().await.unwrap();
+                    let mut batch = repo.batch();
+                    batch
+                        .execute(&mut tx, "hot", &CounterCommand::Add { n: 1 }, &metadata)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    match batch.flush(&mut tx).await {
+                        Ok(()) => {
+                            tx.commit().await.unwrap();
+                            batch.committed().await;
+                            break;
+                        }
+                        Err(BatchError::Append(AppendError::Conflict { .. })) => {
+                            tx.rollback().await.unwrap();
+                            conflicts += 1;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            conflicts
+        })
+    };
+    let results = at_once(
+        &repo,
+        "hot",
+        (0..60).map(|_| CounterCommand::Add { n: 1 }).collect(),
+    )
+    .await;
+    let conflicts = batches.await.unwrap();
+    let applied = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Executed::Applied { .. })))
+        .count() as i64;
+    for r in &results {
+        match r {
+            Ok(_) | Err(CommandError::Conflict { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (stored, _) = versions_and_transactions(&pool, "counter-hot").await;
+    assert_eq!(
+        stored,
+        (1..=applied + 10).collect::<Vec<_>>(),
+        "{conflicts} batch conflicts"
+    );
+    let value: i64 = sqlx::query_scalar(
+        "SELECT sum((payload->>'n')::int8)::int8 FROM events WHERE stream_id = 'counter-hot'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(value, applied + 10);
+    assert_eq!(repo.load("hot").await.unwrap().state.value, applied + 10);
+    // The cache serves the next command from the right state.
+    match repo
+        .execute(
+            "hot",
+            &CounterCommand::Add { n: 1 },
+            &CommandContext::default(),
+            ok,
+        )
+        .await
+        .unwrap()
+    {
+        Executed::Applied { outcome, .. } => assert_eq!(outcome.version, applied + 11),
+        other => panic!("{other:?}"),
+    }
+}
