@@ -875,48 +875,16 @@ impl<A: Aggregate> Repository<A> {
             }));
         };
         // A quiet stream: decide on its committed state and send the events at once.
-        let (mut loaded, mut fresh) = match cache.remove(stream) {
-            Some(slot) if slot.stale => (self.replay(stream, slot.committed).await?, true),
-            Some(slot) => (slot.committed, false),
-            None if ctx.new_stream => (
-                Loaded {
-                    version: 0,
-                    state: A::default(),
-                },
-                true,
-            ),
-            None => (
-                self.replay(
-                    stream,
-                    Loaded {
-                        version: 0,
-                        state: A::default(),
-                    },
-                )
-                .await?,
-                true,
-            ),
-        };
-        let decided = loop {
-            match loaded.state.handle(command) {
-                Ok(decided) => break decided,
-                Err(rejection) if fresh => {
-                    evict_one_if_full(&mut cache, capacity);
-                    cache.insert(stream.to_owned(), Slot::quiet(loaded));
-                    return Ok(Decision::Done(Err(CommandError::Rejected(rejection))));
-                }
-                Err(rejection) => {
-                    // The cached state may be behind another process's writes: decide again
-                    // on the store's state before rejecting.
-                    let before = loaded.version;
-                    loaded = self.replay(stream, loaded).await?;
-                    fresh = true;
-                    if loaded.version == before {
-                        evict_one_if_full(&mut cache, capacity);
-                        cache.insert(stream.to_owned(), Slot::quiet(loaded));
-                        return Ok(Decision::Done(Err(CommandError::Rejected(rejection))));
-                    }
-                }
+        let (mut loaded, mut fresh) = self.take_quiet(&mut cache, stream, ctx.new_stream).await?;
+        let decided = match self
+            .decide_on_store(stream, &mut loaded, &mut fresh, command)
+            .await?
+        {
+            Ok(decided) => decided,
+            Err(rejection) => {
+                evict_one_if_full(&mut cache, capacity);
+                cache.insert(stream.to_owned(), Slot::quiet(loaded));
+                return Ok(Decision::Done(Err(CommandError::Rejected(rejection))));
             }
         };
         if decided.is_empty() {
@@ -967,6 +935,58 @@ impl<A: Aggregate> Repository<A> {
             rejection: None,
             decided_at: std::time::Instant::now(),
         }))
+    }
+
+    /// Takes a quiet stream's state out of `cache`, replaying the tail first if a commit of it
+    /// failed, or loads it from the store (a freshly minted stream has nothing to load). The
+    /// flag says whether the state is known to be the store's as of now.
+    async fn take_quiet(
+        &self,
+        cache: &mut HashMap<String, Slot<A>>,
+        stream: &str,
+        new_stream: bool,
+    ) -> Result<(Loaded<A>, bool), StoreError> {
+        let empty = || Loaded {
+            version: 0,
+            state: A::default(),
+        };
+        Ok(match cache.remove(stream) {
+            Some(slot) if slot.stale => (self.replay(stream, slot.committed).await?, true),
+            Some(slot) => (slot.committed, false),
+            None if new_stream => (empty(), true),
+            None => (self.replay(stream, empty()).await?, true),
+        })
+    }
+
+    /// Decides `command` on `loaded`. A rejection on a cached state that is not `fresh` is
+    /// decided again on the store's state (the cache may be behind another process's writes)
+    /// before it stands; `loaded` and `fresh` are then the store's.
+    async fn decide_on_store(
+        &self,
+        stream: &str,
+        loaded: &mut Loaded<A>,
+        fresh: &mut bool,
+        command: &A::Command,
+    ) -> Result<Result<Vec<A::Event>, A::Error>, StoreError> {
+        match loaded.state.handle(command) {
+            Err(rejection) if !*fresh => {
+                let before = loaded.version;
+                let cached = std::mem::replace(
+                    loaded,
+                    Loaded {
+                        version: 0,
+                        state: A::default(),
+                    },
+                );
+                *loaded = self.replay(stream, cached).await?;
+                *fresh = true;
+                if loaded.version == before {
+                    return Ok(Err(rejection));
+                }
+                Ok(loaded.state.handle(command))
+            }
+            decided => Ok(decided),
+        }
     }
 
     /// Locks the stream's stripe once nothing of the stream is in flight. While it waits, a
@@ -1022,53 +1042,17 @@ impl<A: Aggregate> Repository<A> {
         }
         let (mut cache, _barrier) = self.quiet_stripe(&stream).await;
         let capacity = self.bus.config.cache_per_stripe;
-        // A freshly minted stream has nothing to load, so a rejection needs no second look.
-        let (mut loaded, mut fresh) = match cache.remove(&stream) {
-            Some(slot) if slot.stale => (self.replay(&stream, slot.committed).await?, true),
-            Some(slot) => (slot.committed, false),
-            None if ctx.new_stream => (
-                Loaded {
-                    version: 0,
-                    state: A::default(),
-                },
-                true,
-            ),
-            None => (
-                self.replay(
-                    &stream,
-                    Loaded {
-                        version: 0,
-                        state: A::default(),
-                    },
-                )
-                .await?,
-                true,
-            ),
-        };
+        let (mut loaded, mut fresh) = self.take_quiet(&mut cache, &stream, ctx.new_stream).await?;
         let max_attempts = self.bus.config.max_attempts.max(1);
         for attempt in 1..=max_attempts {
-            let decided = match loaded.state.handle(command) {
-                Ok(events) => events,
-                Err(rejection) if fresh => {
+            let decided = match self
+                .decide_on_store(&stream, &mut loaded, &mut fresh, command)
+                .await?
+            {
+                Ok(decided) => decided,
+                Err(rejection) => {
                     cache.insert(stream.clone(), Slot::quiet(loaded));
                     return Err(CommandError::Rejected(rejection));
-                }
-                Err(rejection) => {
-                    // The cached state may be behind another process's writes: decide again on
-                    // the store's state before rejecting.
-                    let before = loaded.version;
-                    loaded = self.replay(&stream, loaded).await?;
-                    if loaded.version == before {
-                        cache.insert(stream.clone(), Slot::quiet(loaded));
-                        return Err(CommandError::Rejected(rejection));
-                    }
-                    match loaded.state.handle(command) {
-                        Ok(events) => events,
-                        Err(rejection) => {
-                            cache.insert(stream.clone(), Slot::quiet(loaded));
-                            return Err(CommandError::Rejected(rejection));
-                        }
-                    }
                 }
             };
             match self
