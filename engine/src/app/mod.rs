@@ -32,6 +32,7 @@ use crate::doorbell::Doorbell;
 use crate::external::{Breaker, ExternalHandler, ExternalParticipant};
 use crate::projection::{Projection, Projector};
 use crate::registry::{DuplicateName, Registry};
+use crate::saga::local::{Local, LocalParticipant};
 use crate::saga::messages::{commands_topic, REPLIES_TOPIC};
 use crate::saga::{Participant, Saga};
 use crate::transport::Transport;
@@ -79,6 +80,19 @@ pub(crate) struct ParticipantSpec {
     pub(crate) consumer: ConsumerFn,
     /// The circuit breaker of an outside-world participant.
     pub(crate) breaker: Option<Arc<Breaker>>,
+    /// Runs its commands in the orchestrator's transaction ([`Options::local_steps`]); none
+    /// for an outside-world participant, whose commands call out.
+    pub(crate) local: Option<LocalFn>,
+}
+
+/// Builds a participant's local steps from the running application's repositories.
+pub(crate) type LocalFn = fn(&Registry) -> Arc<dyn LocalParticipant>;
+
+fn local_participant<A: Aggregate>(registry: &Registry) -> Arc<dyn LocalParticipant> {
+    let repo = registry
+        .get::<A>()
+        .expect("a participant's aggregate type is registered with it");
+    Arc::new(Local(Arc::downgrade(&repo)))
 }
 
 fn register_aggregate<A: Aggregate>(
@@ -205,6 +219,7 @@ impl App {
                 context: A::CONTEXT,
                 consumer: Arc::new(participant_consumer::<A>),
                 breaker: None,
+                local: Some(local_participant::<A>),
             });
         }
         self
@@ -246,6 +261,7 @@ impl App {
                 )
             }),
             breaker: Some(breaker),
+            local: None,
         });
         self
     }

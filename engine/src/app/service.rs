@@ -27,6 +27,7 @@ use crate::outbox::{Publishing, OUTBOX_CHANNEL};
 use crate::projection::Projection;
 use crate::registry::Registry;
 use crate::relay::{Relay, RelayConfig, RelayStats};
+use crate::saga::local::LocalSteps;
 use crate::saga::{Orchestrator, StartSagas};
 use crate::transport::{TopicLayout, Transport};
 
@@ -40,6 +41,12 @@ pub struct Options {
     /// How long the tables that grow with traffic keep what they no longer need (pruned by
     /// the process that runs the relay).
     pub retention: Retention,
+    /// Run a saga's commands to the participants registered with [`App::participant`] in the
+    /// orchestrator's transaction, with the saga's next step, instead of a hop through the
+    /// participant's topic and one back (see `sagaflow_engine::saga` and the README's
+    /// "Local steps"). Sagas started without it keep their commands on the topics for their
+    /// whole life. Off by default.
+    pub local_steps: bool,
 }
 
 /// What routes are built from: the parts of the application they may use.
@@ -135,9 +142,16 @@ impl App {
             registry: registry.clone(),
             bus: bus.clone(),
         };
-        let orchestrator = Arc::new(
-            Orchestrator::new(pool.clone(), self.sagas.clone()).with_publishing(publishing.clone()),
-        );
+        let mut orchestrator =
+            Orchestrator::new(pool.clone(), self.sagas.clone()).with_publishing(publishing.clone());
+        if options.local_steps {
+            orchestrator = orchestrator.with_local_steps(LocalSteps::new(
+                self.participants
+                    .iter()
+                    .filter_map(|p| Some((p.name, (p.local?)(&registry)))),
+            ));
+        }
+        let orchestrator = Arc::new(orchestrator);
         // A command whose events start a saga starts it in its own transaction.
         if !self.sagas.is_empty() {
             bus.set_append_hook(Arc::new(StartSagas(orchestrator.clone())));

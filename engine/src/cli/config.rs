@@ -116,6 +116,11 @@ pub struct OperationsArgs {
     /// (it may or may not have been applied; retry with the same Idempotency-Key).
     #[arg(long, env = "SAGAFLOW_COMMAND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// Run sagas' commands to this application's participants in the orchestrator's
+    /// transaction, with the saga's next step (local steps), instead of a hop through each
+    /// participant's topic. Sagas started without it keep using the topics.
+    #[arg(long, env = "SAGAFLOW_LOCAL_STEPS")]
+    pub local_steps: bool,
 }
 
 impl TransportArgs {

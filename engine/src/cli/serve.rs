@@ -102,6 +102,7 @@ pub(crate) async fn serve(
         admin_token: AdminToken::new(admin_token.as_deref()),
         command_limits: operations.command_limits(),
         retention: retention.retention(),
+        local_steps: operations.local_steps,
     };
     if !options.admin_token.is_configured() {
         tracing::warn!("SAGAFLOW_ADMIN_TOKEN is not set: admin routes answer 403");

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::aggregate::{encode_event, events_topic, stream_id, Aggregate, DomainEvent};
 use crate::doorbell::Doorbell;
-use crate::envelope::{Metadata, RecordedEvent};
+use crate::envelope::{Envelope, Metadata, RecordedEvent};
 use crate::hash::fnv1a;
 use crate::outbox::{OutboxMessage, Publishing, TopicLayout, OUTBOX_CHANNEL};
 use crate::store::{
@@ -157,16 +157,25 @@ async fn finish_append(
     let mut messages = Vec::new();
     if publish_after_hook(store, Some(hook)) {
         for (events, topic) in recorded.iter().zip(topics) {
-            messages.extend(events.iter().map(|e| OutboxMessage {
-                topic: (*topic).to_owned(),
-                partition_key: e.envelope.stream_id.clone(),
-                envelope: e.envelope.clone(),
-            }));
+            messages.extend(
+                events
+                    .iter()
+                    .map(|e| event_message(e.envelope.clone(), topic)),
+            );
         }
     }
     messages.extend(hooked.publish);
     store.publish(tx, &messages).await?;
     Ok(hooked.after)
+}
+
+/// The message publishing an appended event on `topic`, keyed by its stream.
+fn event_message(envelope: Envelope, topic: &str) -> OutboxMessage {
+    OutboxMessage {
+        topic: topic.to_owned(),
+        partition_key: envelope.stream_id.clone(),
+        envelope,
+    }
 }
 
 /// Shared by every [`Repository`]: the store, its settings, and the doorbell that wakes the
@@ -1391,6 +1400,31 @@ impl<A: Aggregate> CommandBatch<A> {
             .await?;
         self.pending.clear();
         Ok(())
+    }
+
+    /// [`CommandBatch::flush`] that appends the events without publishing them and returns
+    /// their messages, for a caller that publishes them with messages of its own in one
+    /// append (on the embedded log a transaction appends to the log at most twice).
+    pub(crate) async fn flush_unpublished(
+        &mut self,
+        tx: &mut PgConnection,
+    ) -> Result<Vec<OutboxMessage>, BatchError> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topic = events_topic::<A>();
+        let streams: Vec<(&str, i64, &[NewEvent])> = self
+            .pending
+            .iter()
+            .map(|(stream, (expected, events))| (stream.as_str(), *expected, events.as_slice()))
+            .collect();
+        let recorded = self.repo.bus.store.append_many(&mut *tx, &streams).await?;
+        self.pending.clear();
+        Ok(recorded
+            .into_iter()
+            .flatten()
+            .map(|e| event_message(e.envelope, &topic))
+            .collect())
     }
 
     /// Hands the batch's states to the shared cache; call it after the commit.

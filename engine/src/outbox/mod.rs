@@ -129,7 +129,8 @@ pub struct LogEntry {
 /// will never find a message below `n` appear later. Head rows are locked in one fixed order
 /// (topic, then partition; byte order), and a transaction writes to the log at most twice,
 /// the events of its streams then its other messages (a command that starts a saga appends
-/// once, its events with the saga's first commands, after the saga's rows). After its first
+/// once, its events with the saga's first commands, after the saga's rows; the orchestrator
+/// once, the events of the steps it ran locally with the commands it sends). After its first
 /// append it waits for no lock another appender holds while waiting for a head: the rest of
 /// the transaction is its other messages and the offsets. So they cannot deadlock.
 /// The price is that commits to one partition follow each other; holding the lock only from

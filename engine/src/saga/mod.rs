@@ -3,6 +3,7 @@
 //! running their commands against aggregates. See [`definition`] for the DSL.
 
 pub mod definition;
+pub(crate) mod local;
 pub mod messages;
 pub(crate) mod metrics;
 pub mod orchestrator;

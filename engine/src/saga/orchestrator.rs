@@ -8,8 +8,13 @@
 //!
 //! One saga is only ever decided by one transaction at a time: every path takes the saga's
 //! advisory transaction lock first (the poller only tries, and skips a saga that is busy).
+//!
+//! With local steps (see [`super::local`]) the commands to the application's own
+//! participants are not sent: the same transaction runs them and decides on their outcomes,
+//! round after round, until no saga of the batch has a local command left.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::definition::{saga_stream, target_stream, Saga};
+use super::local::{LocalRun, LocalSteps};
 use super::messages::{
-    commands_topic, SagaCommand, SagaReply, COMMAND_EVENT_TYPE, REPLIES_TOPIC, REPLY_EVENT_TYPE,
+    commands_topic, ReplyOutcome, SagaCommand, SagaReply, COMMAND_EVENT_TYPE, REPLIES_TOPIC,
+    REPLY_EVENT_TYPE,
 };
 use super::metrics::metrics;
 use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
@@ -35,7 +42,9 @@ use crate::doorbell::Doorbell;
 use crate::envelope::{Envelope, Metadata, RecordedEvent};
 use crate::metrics::age_of;
 use crate::outbox::{OutboxMessage, Publishing};
-use crate::store::{decode_envelope, read_stream_on, AppendError, EventStore, NewEvent};
+use crate::store::{
+    decode_envelope, read_stream_on, read_streams_on, AppendError, EventStore, NewEvent,
+};
 use crate::transport::{Delivery, Transport};
 
 /// The consumer group of the orchestrator.
@@ -68,14 +77,33 @@ pub struct Orchestrator {
     /// The replies applied by the consumer's batch in flight (step, outcome, the command's
     /// id, the trace id), timed once it commits.
     replies: Mutex<Vec<ReplyTiming>>,
+    /// The aggregate types whose commands run in the orchestrator's transaction (see
+    /// [`super::local`]); `None` sends every command through its topic.
+    local: Option<LocalSteps>,
+    /// What the consumer's batch in flight ran locally; cached after its commit.
+    local_batch: Mutex<Option<LocalRun>>,
 }
 
 /// What [`Orchestrator::process`] decided, for the caller to publish after its commit.
 struct Processed {
     states: BTreeMap<Uuid, Loaded>,
     decided: HashMap<Uuid, Vec<SagaEvent>>,
-    /// The commands decided, not yet published (only from [`Orchestrator::process_unpublished`]).
+    /// What is left to publish (only from [`Orchestrator::process_unpublished`]): the local
+    /// steps' events, then the commands sent through the topics.
     outgoing: Vec<OutboxMessage>,
+    /// What ran locally, to hand to the caches after the commit.
+    local: Option<LocalRun>,
+    /// The local steps' replies, timed after the commit.
+    local_replies: Vec<ReplyTiming>,
+}
+
+impl Processed {
+    /// Hands what ran locally to the aggregates' caches; only after the commit.
+    async fn committed_local(&mut self) {
+        if let Some(local) = self.local.take() {
+            local.committed().await;
+        }
+    }
 }
 
 /// The result of an operator's [`Orchestrator::command`].
@@ -101,7 +129,8 @@ struct Work<'a> {
     saga_id: Uuid,
     saga: Option<Arc<Saga>>,
     input: SagaInput,
-    cause: Option<&'a Envelope>,
+    /// The message it comes from: a delivered one, or the command a local step just ran.
+    cause: Option<Cow<'a, Envelope>>,
 }
 
 impl Orchestrator {
@@ -117,7 +146,16 @@ impl Orchestrator {
             cache_capacity: 100_000,
             ended: broadcast::channel(ENDED_CAPACITY).0,
             replies: Mutex::new(Vec::new()),
+            local: None,
+            local_batch: Mutex::new(None),
         }
+    }
+
+    /// The same orchestrator, running the commands to `local`'s aggregate types in its own
+    /// transactions (see [`super::local`]).
+    pub(crate) fn with_local_steps(mut self, local: LocalSteps) -> Self {
+        self.local = Some(local);
+        self
     }
 
     /// The same orchestrator, publishing its commands where `publishing` says (as every
@@ -165,6 +203,14 @@ impl Orchestrator {
         self.ended.subscribe()
     }
 
+    /// Whether `saga`'s first step runs in the orchestrator's transaction.
+    fn first_step_is_local(&self, saga: &Saga) -> bool {
+        let local = self.local.as_ref();
+        saga.steps
+            .first()
+            .is_some_and(|s| local.is_some_and(|l| l.serves(s.invokes)))
+    }
+
     /// The registered saga named `name`.
     pub fn saga(&self, name: &str) -> Option<&Arc<Saga>> {
         self.sagas.get(name)
@@ -185,7 +231,7 @@ impl Orchestrator {
                         command_id: reply.command_id,
                         outcome: reply.outcome,
                     },
-                    cause: Some(envelope),
+                    cause: Some(Cow::Borrowed(envelope)),
                 }],
                 _ => {
                     tracing::error!(message_id = %envelope.message_id, "reply without a saga id or of an unknown shape; ignored");
@@ -203,7 +249,7 @@ impl Orchestrator {
                         data,
                         correlation_id: envelope.metadata.correlation_id,
                     },
-                    cause: Some(envelope),
+                    cause: Some(Cow::Borrowed(envelope)),
                 }),
                 Some(Err(e)) => {
                     tracing::error!(saga = saga.name, error = %e, "start event yields no saga data")
@@ -218,7 +264,7 @@ impl Orchestrator {
                         reason,
                         by_operator: false,
                     },
-                    cause: Some(envelope),
+                    cause: Some(Cow::Borrowed(envelope)),
                 });
             }
         }
@@ -257,121 +303,148 @@ impl Orchestrator {
         let mut touched: Vec<Uuid> = Vec::new();
         let mut outgoing: Vec<OutboxMessage> = Vec::new();
         let mut appends: BTreeMap<Uuid, (i64, Vec<NewEvent>)> = BTreeMap::new();
+        let mut local = self.local.as_ref().map(LocalSteps::begin);
+        let mut local_replies: Vec<ReplyTiming> = Vec::new();
         let now = Utc::now();
         let mut jitter = || rand::random::<f64>();
-        for w in work {
-            let loaded = match states.remove(&w.saga_id) {
-                Some(l) => l,
-                None => {
-                    let l = self.load(tx, w.saga_id).await?;
-                    committed_deadline.insert(w.saga_id, l.state.deadline.map(|d| d.at));
-                    l
+        let mut preloaded = self.load_all(tx, work.iter().map(|w| w.saga_id)).await?;
+        let mut queue: VecDeque<Work<'_>> = work.into();
+        // Rounds: every input of the queue is decided; the local commands that decided are
+        // run together (each aggregate type's aggregates loaded in one read), and their
+        // replies are the next round's inputs. Each round moves every saga a step at least,
+        // so a saga's steps bound the rounds.
+        for round in 0.. {
+            if round > MAX_LOCAL_ROUNDS {
+                return Err(format!(
+                    "local steps still deciding after {MAX_LOCAL_ROUNDS} rounds: a saga definition loops"
+                )
+                .into());
+            }
+            let mut calls: Vec<(Uuid, Envelope)> = Vec::new();
+            while let Some(w) = queue.pop_front() {
+                let loaded = match states.remove(&w.saga_id) {
+                    Some(l) => l,
+                    None => {
+                        let l = match preloaded.remove(&w.saga_id) {
+                            Some(l) => l,
+                            None => self.load(tx, w.saga_id).await?,
+                        };
+                        committed_deadline.insert(w.saga_id, l.state.deadline.map(|d| d.at));
+                        l
+                    }
+                };
+                if rearm {
+                    touched.push(w.saga_id);
                 }
-            };
-            if rearm {
-                touched.push(w.saga_id);
-            }
-            let saga = match (&w.saga, loaded.state.is_started()) {
-                (_, true) => self.sagas.get(loaded.state.saga_type.as_str()).cloned(),
-                (Some(s), false) => Some(s.clone()),
-                (None, false) => None,
-            };
-            let Some(saga) = saga else {
-                tracing::warn!(saga_id = %w.saga_id, "input for an unknown saga; ignored");
-                states.insert(w.saga_id, loaded);
-                continue;
-            };
-            let version = loaded.version;
-            let was_terminal = loaded.state.status.is_some_and(|s| s.is_terminal());
-            let (state, events) = evolve(&saga, loaded.state, &w.input, now, &mut jitter)?;
-            let ended =
-                loaded.ended || (!was_terminal && state.status.is_some_and(|s| s.is_terminal()));
-            let mut next = Loaded {
-                version,
-                state,
-                ended,
-            };
-            if events.is_empty() {
-                states.insert(w.saga_id, next);
-                continue;
-            }
-            let metadata = Metadata {
-                correlation_id: next.state.correlation_id,
-                causation_id: w.cause.map(|c| c.message_id),
-                traceparent: w.cause.and_then(|c| {
-                    crate::trace::caused_traceparent(
-                        c.message_id,
-                        c.metadata.traceparent.as_deref(),
-                    )
-                }),
-                saga_id: Some(w.saga_id.to_string()),
-                ..Default::default()
-            };
-            let new_events: Vec<NewEvent> = events
-                .iter()
-                .map(|e| {
-                    let (event_type, payload) = encode_event(e);
-                    NewEvent {
-                        message_id: Uuid::now_v7(),
-                        event_type,
-                        schema_version: 1,
-                        payload,
-                        metadata: metadata.clone(),
-                    }
-                })
-                .collect();
-            // Appended together with the batch's other sagas, in one statement, below.
-            let pending = appends
-                .entry(w.saga_id)
-                .or_insert_with(|| (version, Vec::new()));
-            pending.1.extend(new_events);
-            next.version = version + events.len() as i64;
-            next.state.version = next.version;
-            for e in &events {
-                match e {
-                    SagaEvent::StepInvoked {
-                        name,
-                        attempt,
-                        commands,
-                        deadline_at,
-                        ..
-                    }
-                    | SagaEvent::CompensationInvoked {
-                        name,
-                        attempt,
-                        commands,
-                        deadline_at,
-                        ..
-                    } => {
-                        for c in commands {
-                            outgoing.push(command_message(
-                                w.saga_id,
-                                name,
-                                *attempt,
-                                c,
-                                *deadline_at,
-                                &metadata,
-                            ));
+                let saga = match (&w.saga, loaded.state.is_started()) {
+                    (_, true) => self.sagas.get(loaded.state.saga_type.as_str()).cloned(),
+                    (Some(s), false) => Some(s.clone()),
+                    (None, false) => None,
+                };
+                let Some(saga) = saga else {
+                    tracing::warn!(saga_id = %w.saga_id, "input for an unknown saga; ignored");
+                    states.insert(w.saga_id, loaded);
+                    continue;
+                };
+                let version = loaded.version;
+                let was_terminal = loaded.state.status.is_some_and(|s| s.is_terminal());
+                let (mut state, mut events) =
+                    evolve(&saga, loaded.state, &w.input, now, &mut jitter)?;
+                // A saga that starts here runs its local steps here for its whole life.
+                if let Some(SagaEvent::SagaStarted { local: l, .. }) = events.first_mut() {
+                    *l = self.local.is_some();
+                    state.local = *l;
+                }
+                let ended = loaded.ended
+                    || (!was_terminal && state.status.is_some_and(|s| s.is_terminal()));
+                let mut next = Loaded {
+                    version,
+                    state,
+                    ended,
+                };
+                if events.is_empty() {
+                    states.insert(w.saga_id, next);
+                    continue;
+                }
+                let metadata = Metadata {
+                    correlation_id: next.state.correlation_id,
+                    causation_id: w.cause.as_ref().map(|c| c.message_id),
+                    traceparent: w.cause.as_ref().and_then(|c| {
+                        crate::trace::caused_traceparent(
+                            c.message_id,
+                            c.metadata.traceparent.as_deref(),
+                        )
+                    }),
+                    saga_id: Some(w.saga_id.to_string()),
+                    ..Default::default()
+                };
+                let new_events: Vec<NewEvent> = events
+                    .iter()
+                    .map(|e| {
+                        let (event_type, payload) = encode_event(e);
+                        NewEvent {
+                            message_id: Uuid::now_v7(),
+                            event_type,
+                            schema_version: 1,
+                            payload,
+                            metadata: metadata.clone(),
                         }
+                    })
+                    .collect();
+                // Appended together with the batch's other sagas, in one statement, below.
+                let pending = appends
+                    .entry(w.saga_id)
+                    .or_insert_with(|| (version, Vec::new()));
+                pending.1.extend(new_events);
+                next.version = version + events.len() as i64;
+                next.state.version = next.version;
+                for message in sent_commands(w.saga_id, &events, &metadata) {
+                    let runs_here = next.state.local
+                        && local.is_some()
+                        && self.local.as_ref().is_some_and(|l| {
+                            message.envelope.payload["aggregate_type"]
+                                .as_str()
+                                .is_some_and(|t| l.serves(t))
+                        });
+                    if runs_here {
+                        calls.push((w.saga_id, message.envelope));
+                    } else {
+                        outgoing.push(message);
                     }
-                    SagaEvent::FinalCommandInvoked {
-                        attempt,
-                        command,
-                        deadline_at,
-                    } => outgoing.push(command_message(
-                        w.saga_id,
-                        "on_compensated",
-                        *attempt,
-                        command,
-                        *deadline_at,
-                        &metadata,
-                    )),
-                    _ => {}
                 }
+                touched.push(w.saga_id);
+                states.insert(w.saga_id, next);
+                decided.entry(w.saga_id).or_default().extend(events);
             }
-            touched.push(w.saga_id);
-            states.insert(w.saga_id, next);
-            decided.entry(w.saga_id).or_default().extend(events);
+            let Some(run) = local.as_mut().filter(|_| !calls.is_empty()) else {
+                break;
+            };
+            let commands: Vec<&Envelope> = calls.iter().map(|(_, c)| c).collect();
+            let outcomes = run.run_all(&mut *tx, &commands).await?;
+            for ((saga_id, command), outcome) in calls.into_iter().zip(outcomes) {
+                if let Some(step) = command.metadata.saga_step.clone() {
+                    local_replies.push((
+                        step,
+                        outcome_label(&outcome),
+                        command.message_id,
+                        command
+                            .metadata
+                            .traceparent
+                            .as_deref()
+                            .and_then(crate::trace::TraceContext::parse)
+                            .map(|c| c.trace_id),
+                    ));
+                }
+                queue.push_back(Work {
+                    saga_id,
+                    saga: None,
+                    input: SagaInput::Reply {
+                        command_id: command.message_id,
+                        outcome,
+                    },
+                    cause: Some(Cow::Owned(command)),
+                });
+            }
         }
         let streams: Vec<(String, i64, Vec<NewEvent>)> = appends
             .into_iter()
@@ -413,11 +486,80 @@ impl Orchestrator {
         }
         let touched: Vec<(Uuid, &Loaded)> = touched.iter().map(|id| (*id, &states[id])).collect();
         write_summaries(&mut *tx, &touched).await?;
+        // The local steps' events; their messages go out with the commands, in the one
+        // append that the caller makes last.
+        if let Some(run) = local.as_mut() {
+            let mut messages = run.flush(&mut *tx).await?;
+            messages.append(&mut outgoing);
+            outgoing = messages;
+        }
         Ok(Processed {
             states,
             decided,
             outgoing,
+            local,
+            local_replies,
         })
+    }
+
+    /// The states of the sagas `ids`: from the cache, the others read from their streams in
+    /// one statement (a saga with a page of events or more is read on by [`Orchestrator::load`]
+    /// when it comes up).
+    async fn load_all(
+        &self,
+        tx: &mut PgConnection,
+        ids: impl Iterator<Item = Uuid>,
+    ) -> Result<HashMap<Uuid, Loaded>, sqlx::Error> {
+        const PAGE: i64 = 1000;
+        let mut loaded: HashMap<Uuid, Loaded> = HashMap::new();
+        let mut missing: Vec<Uuid> = Vec::new();
+        {
+            let mut cache = self.cache.lock().await;
+            for id in ids {
+                if loaded.contains_key(&id) || missing.contains(&id) {
+                    continue;
+                }
+                match cache.remove(&id) {
+                    Some(l) => {
+                        loaded.insert(id, l);
+                    }
+                    None => missing.push(id),
+                }
+            }
+        }
+        let streams: Vec<String> = missing.iter().map(|id| saga_stream(*id)).collect();
+        let from: Vec<(&str, i64)> = streams.iter().map(|s| (s.as_str(), 1)).collect();
+        let mut read: HashMap<Uuid, (Loaded, i64)> = HashMap::new();
+        for r in read_streams_on(&mut *tx, &from, PAGE).await? {
+            let Some(id) = r
+                .envelope
+                .stream_id
+                .strip_prefix("saga-")
+                .and_then(|id| Uuid::parse_str(id).ok())
+            else {
+                continue;
+            };
+            let event = decode_envelope::<SagaEvent>(&r.envelope)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let (l, n) = read.entry(id).or_insert_with(|| (new_saga(), 0));
+            l.state.apply(&event, r.recorded_at);
+            l.version = r.envelope.stream_version;
+            l.state.version = l.version;
+            *n += 1;
+        }
+        for id in missing {
+            match read.remove(&id) {
+                // Longer than a page: `load` reads it whole when it comes up.
+                Some((_, n)) if n >= PAGE => {}
+                Some((l, _)) => {
+                    loaded.insert(id, l);
+                }
+                None => {
+                    loaded.insert(id, new_saga());
+                }
+            }
+        }
+        Ok(loaded)
     }
 
     /// A saga's state: from the cache, or its stream (read in `tx`).
@@ -428,11 +570,7 @@ impl Orchestrator {
         if let Some(l) = self.cache.lock().await.remove(&saga_id) {
             return Ok(l);
         }
-        let mut loaded = Loaded {
-            version: 0,
-            state: SagaState::default(),
-            ended: false,
-        };
+        let mut loaded = new_saga();
         let stream = saga_stream(saga_id);
         loop {
             let page = read_stream_on(&mut *tx, &stream, loaded.version + 1, 1000).await?;
@@ -519,8 +657,9 @@ impl Orchestrator {
             }
         }
         let n = work.len();
-        let processed = self.process(&mut tx, work, true).await?;
+        let mut processed = self.process(&mut tx, work, true).await?;
         tx.commit().await?;
+        processed.committed_local().await;
         self.publish(processed.states).await;
         Ok(n)
     }
@@ -549,6 +688,7 @@ impl Orchestrator {
             )
             .await?;
         tx.commit().await?;
+        processed.committed_local().await;
         let state = processed
             .states
             .get(&saga_id)
@@ -616,6 +756,13 @@ impl AppendHook for StartSagas {
             .iter()
             .flat_map(|e| self.0.classify(&e.envelope))
             .filter(|w| matches!(w.input, SagaInput::Start { .. }))
+            // A saga whose first step runs locally starts in the orchestrator's consumer,
+            // which runs its steps in the same transaction: one hop for the whole saga.
+            .filter(|w| {
+                !w.saga
+                    .as_ref()
+                    .is_some_and(|s| self.0.first_step_is_local(s))
+            })
             .collect();
         if work.is_empty() {
             return Ok(Hooked::default());
@@ -624,11 +771,12 @@ impl AppendHook for StartSagas {
         ids.dedup();
         Orchestrator::lock_all(tx, &mut ids).await?;
         // The bus publishes the first commands with the command's events, in one append.
-        let processed = self.0.process_unpublished(tx, work, false).await?;
+        let mut processed = self.0.process_unpublished(tx, work, false).await?;
         let orchestrator = self.0.clone();
         Ok(Hooked {
-            publish: processed.outgoing,
+            publish: std::mem::take(&mut processed.outgoing),
             after: Some(Box::pin(async move {
+                processed.committed_local().await;
                 orchestrator.publish(processed.states).await;
             })),
         })
@@ -648,6 +796,7 @@ impl Handler for Orchestrator {
     ) -> Result<(), HandlerError> {
         // Whatever a failed batch left behind is not committed state.
         self.batch.lock().await.clear();
+        *self.local_batch.lock().await = None;
         *self.replies.lock().await = messages.iter().filter_map(reply_timing).collect();
         let work: Vec<Work<'_>> = messages
             .iter()
@@ -661,10 +810,15 @@ impl Handler for Orchestrator {
         Self::lock_all(tx, &mut ids).await?;
         let processed = self.process(tx, work, false).await?;
         self.batch.lock().await.extend(processed.states);
+        self.replies.lock().await.extend(processed.local_replies);
+        *self.local_batch.lock().await = processed.local;
         Ok(())
     }
 
     async fn after_commit(&self) {
+        if let Some(local) = self.local_batch.lock().await.take() {
+            local.committed().await;
+        }
         self.publish_batch().await;
         // The command's id is a UUIDv7 minted when the step was invoked.
         for (step, outcome, command_id, trace) in self.replies.lock().await.drain(..) {
@@ -737,6 +891,68 @@ pub fn topics_of<'a>(sagas: impl IntoIterator<Item = &'a Arc<Saga>>) -> Vec<Stri
     topics.sort();
     topics.dedup();
     topics
+}
+
+/// How many rounds of local steps one transaction runs at most: far more than any saga's
+/// steps and compensations; reaching it means a definition that never stops deciding.
+const MAX_LOCAL_ROUNDS: usize = 1_000;
+
+/// The label of a reply's outcome in the step metrics.
+fn outcome_label(outcome: &ReplyOutcome) -> &'static str {
+    match outcome {
+        ReplyOutcome::Succeeded { .. } => "succeeded",
+        ReplyOutcome::Rejected { .. } => "rejected",
+    }
+}
+
+/// The command messages `events` send, in order.
+fn sent_commands(saga_id: Uuid, events: &[SagaEvent], metadata: &Metadata) -> Vec<OutboxMessage> {
+    let mut messages = Vec::new();
+    for e in events {
+        match e {
+            SagaEvent::StepInvoked {
+                name,
+                attempt,
+                commands,
+                deadline_at,
+                ..
+            }
+            | SagaEvent::CompensationInvoked {
+                name,
+                attempt,
+                commands,
+                deadline_at,
+                ..
+            } => messages.extend(
+                commands
+                    .iter()
+                    .map(|c| command_message(saga_id, name, *attempt, c, *deadline_at, metadata)),
+            ),
+            SagaEvent::FinalCommandInvoked {
+                attempt,
+                command,
+                deadline_at,
+            } => messages.push(command_message(
+                saga_id,
+                "on_compensated",
+                *attempt,
+                command,
+                *deadline_at,
+                metadata,
+            )),
+            _ => {}
+        }
+    }
+    messages
+}
+
+/// A saga with no events.
+fn new_saga() -> Loaded {
+    Loaded {
+        version: 0,
+        state: SagaState::default(),
+        ended: false,
+    }
 }
 
 fn lock_key(saga_id: &Uuid) -> i64 {

@@ -67,7 +67,7 @@ impl<A: Aggregate> Participant<A> {
     }
 
     /// Decides one decoded command in `batch`.
-    async fn run(
+    pub(crate) async fn run(
         tx: &mut PgConnection,
         batch: &mut CommandBatch<A>,
         envelope: &Envelope,

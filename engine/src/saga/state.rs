@@ -57,6 +57,12 @@ pub enum SagaEvent {
         steps: Vec<String>,
         /// The correlation id of the request that started it, carried by every command.
         correlation_id: Uuid,
+        /// Whether its commands to aggregate types the orchestrator's process serves run in
+        /// the orchestrator's transaction (local steps) for its whole life. Absent (false) in
+        /// sagas started before local steps existed, or without them: their commands go
+        /// through the participants' topics, so a compensation never overtakes its command.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        local: bool,
     },
     /// An attempt of a step sent its commands.
     StepInvoked {
@@ -347,6 +353,9 @@ pub struct SagaState {
     /// Message ids of the final command's attempts, while it is unanswered.
     #[serde(skip)]
     final_commands: BTreeSet<Uuid>,
+    /// Whether it runs local steps (see [`SagaEvent::SagaStarted`]).
+    #[serde(skip)]
+    pub(crate) local: bool,
 }
 
 impl SagaState {
@@ -419,7 +428,9 @@ impl SagaState {
                 data,
                 steps,
                 correlation_id,
+                local,
             } => {
+                self.local = *local;
                 self.saga_type = saga_type.clone();
                 self.correlation_id = *correlation_id;
                 self.status = Some(SagaStatus::Running);
@@ -700,6 +711,7 @@ impl Decider<'_> {
                     data: data.clone(),
                     steps: self.saga.steps.iter().map(|s| s.name.to_owned()).collect(),
                     correlation_id: *correlation_id,
+                    local: false,
                 });
                 if self.saga.steps.is_empty() {
                     self.emit(SagaEvent::SagaCompleted);

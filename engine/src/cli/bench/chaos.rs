@@ -60,6 +60,10 @@ pub struct ChaosArgs {
     /// The longest wait for everything to settle after the last fault.
     #[arg(long, default_value_t = 300)]
     pub converge_seconds: u64,
+    /// Every process runs with `--local-steps`: the orchestrator runs the sagas' commands in
+    /// its transactions (the participants' processes serve only what goes through the topics).
+    #[arg(long)]
+    pub local_steps: bool,
 }
 
 const TOKEN: &str = "chaos-admin-token";
@@ -517,9 +521,10 @@ pub(crate) async fn run(
     let processes: Vec<String> = app.components().names();
     let faults = schedule(seed, args.seconds, &processes, kafka, restart.is_some());
     println!(
-        "bench chaos: seed {seed} (--seed {seed} replays it), {} s, {} transport, {} processes ({}), database {}",
+        "bench chaos: seed {seed} (--seed {seed} replays it), {} s, {} transport{}, {} processes ({}), database {}",
         args.seconds,
         if kafka { "kafka" } else { "postgres" },
+        if args.local_steps { " with local steps" } else { "" },
         processes.len(),
         processes.join(", "),
         mask_url(&url)
@@ -562,6 +567,9 @@ pub(crate) async fn run(
         ("SAGAFLOW_LOG_FORMAT".into(), "text".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];
+    if args.local_steps {
+        env.push(("SAGAFLOW_LOCAL_STEPS".into(), "true".into()));
+    }
     let mut proxy = None;
     if kafka {
         let tansu = args

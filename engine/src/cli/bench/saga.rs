@@ -49,6 +49,19 @@ pub struct SagaArgs {
     /// server), as p50, p99 and p99.9. Replaces the closed-loop run.
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["open_loop", "concurrency"])]
     pub rate: Vec<f64>,
+    /// Run the sagas' commands in the orchestrator's transaction (local steps, as `serve
+    /// --local-steps`).
+    #[arg(long)]
+    pub local_steps: bool,
+}
+
+impl SagaArgs {
+    fn options(&self) -> Options {
+        Options {
+            local_steps: self.local_steps,
+            ..Default::default()
+        }
+    }
 }
 
 /// Connections of the benchmark's pool; the raw baseline runs at most this many clients.
@@ -71,7 +84,7 @@ pub(crate) async fn run(
     let workload = workload(app)?;
     let (url, pool) = bench_database(app, database, POOL_SIZE as u32).await?;
     println!(
-        "bench saga: {} clients {}, {} s of sagas per transport, database {}",
+        "bench saga: {} clients {}, {} s of sagas per transport, {}, database {}",
         args.clients(),
         if args.open_loop {
             "starting sagas without waiting for them"
@@ -79,6 +92,11 @@ pub(crate) async fn run(
             "each waiting for its saga to end before the next"
         },
         args.seconds,
+        if args.local_steps {
+            "local steps (commands run in the orchestrator's transaction)"
+        } else {
+            "every command through its participant's topic"
+        },
         mask_url(&url)
     );
     reset(&pool).await?;
@@ -254,7 +272,7 @@ async fn one_transport(
     let transport = transport_args.connect(pool, &app.topics()).await?;
     let kind = transport.kind();
     let components = app.components().without(Component::Projections);
-    let service = app.build(pool.clone(), transport, &Options::default())?;
+    let service = app.build(pool.clone(), transport, &args.options())?;
     let running = service.start(&components, Default::default());
     let addr = spawn_server(service.router.clone()).await?;
     let base = format!("http://{addr}");
@@ -381,7 +399,7 @@ async fn at_rate(
     let transport = transport_args.connect(pool, &app.topics()).await?;
     let kind = transport.kind();
     let components = app.components().without(Component::Projections);
-    let service = app.build(pool.clone(), transport, &Options::default())?;
+    let service = app.build(pool.clone(), transport, &args.options())?;
     let running = service.start(&components, Default::default());
     let addr = spawn_server(service.router.clone()).await?;
     let base = format!("http://{addr}");
