@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{error_code, start};
+use common::{error_code, start, start_with};
 use reqwest::StatusCode;
+use sagaflow::app::Options;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -15,9 +16,17 @@ fn order(customer: Uuid) -> Value {
     ]})
 }
 
+/// With every command through its topic, the order's own transaction starts its saga.
 #[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_accepted_order_has_its_event_in_the_log_and_its_saga_started(pool: PgPool) {
-    let app = start(pool).await;
+    let app = start_with(
+        pool,
+        Options {
+            local_steps: false,
+            ..Default::default()
+        },
+    )
+    .await;
     let customer = Uuid::now_v7();
     let (status, body) = app.post("/orders", order(customer)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -65,6 +74,26 @@ async fn an_accepted_order_has_its_event_in_the_log_and_its_saga_started(pool: P
         .await
         .unwrap();
     assert_eq!(sagas, vec![("order_fulfillment".into(), "running".into())]);
+}
+
+/// With local steps (the default) the saga's first step runs in the orchestrator's
+/// transaction, so the order's transaction appends its event alone and starts nothing: the
+/// orchestrator's consumer starts the saga (nothing runs here but the HTTP routes).
+#[sqlx::test(migrator = "common::MIGRATOR")]
+async fn with_local_steps_an_order_appends_its_event_alone(pool: PgPool) {
+    let app = start(pool).await;
+    let (status, body) = app.post("/orders", order(Uuid::now_v7())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let order_id: Uuid = body["order_id"].as_str().unwrap().parse().unwrap();
+    let log: Vec<(String, String)> =
+        sqlx::query_as("SELECT topic, partition_key FROM message_log ORDER BY topic")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(log[0].0.ends_with(".order.events"), "{log:?}");
+    assert_eq!(log[0].1, format!("order-{order_id}"));
+    assert_eq!(app.count("sagas").await, 0);
 }
 
 #[sqlx::test(migrator = "common::MIGRATOR")]

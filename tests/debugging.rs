@@ -1128,8 +1128,19 @@ fn urlencode(s: &str) -> String {
 #[sqlx::test(migrator = "common::MIGRATOR")]
 async fn an_operator_abort_compensates_and_rejects_the_order(pool: PgPool) {
     let transport = postgres(&pool);
-    // No payment participant: the saga waits at authorize_payment.
-    let engine = start(&pool, &transport, &everything_but(&[PAYMENT])).await;
+    // No payment participant, and every command through its topic: the saga waits at
+    // authorize_payment.
+    let engine = start_engine_with(
+        &pool,
+        &transport,
+        &everything_but(&[PAYMENT]),
+        Options {
+            admin_token: AdminToken::new(Some(TOKEN)),
+            local_steps: false,
+            ..Default::default()
+        },
+    )
+    .await;
     engine.restock("PLUM", 5).await;
     let customer = Uuid::now_v7();
     engine.deposit(customer, 10_00).await;

@@ -93,9 +93,10 @@ async fn short_windows_keep_the_tables_small_and_lose_nothing(pool: PgPool) {
             PAYMENT,
             ORDER,
         ],
+        // Through the topics: the commands and replies are most of what the log holds.
         Options {
             retention: short(),
-            ..Default::default()
+            ..common::engine::through_topics()
         },
     )
     .await;

@@ -185,6 +185,8 @@ fn engine_env(transport: &str, endpoint: &str, protocol: &str) -> Vec<(String, S
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
         ("OTEL_EXPORTER_OTLP_TIMEOUT".to_owned(), "2000".to_owned()),
         ("SAGAFLOW_TRANSPORT".to_owned(), transport.to_owned()),
+        // Every command through its topic: the trace crosses the transport at each step.
+        ("SAGAFLOW_LOCAL_STEPS".to_owned(), "false".to_owned()),
         (
             "SAGAFLOW_TOPIC_PREFIX".to_owned(),
             format!("t{}", Uuid::new_v4().simple()),
@@ -283,6 +285,18 @@ fn check_tree(
     correlation_id: Uuid,
     everything: &[Received],
 ) -> Result<(), String> {
+    check_trace(spans, client_span, correlation_id, everything, false)
+}
+
+/// [`check_tree`] of a trace whose saga ran its steps locally (`local`) or through the
+/// topics.
+fn check_trace(
+    spans: &[Received],
+    client_span: &str,
+    correlation_id: Uuid,
+    everything: &[Received],
+    local: bool,
+) -> Result<(), String> {
     let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
     // Every span's parent is in the trace, or is the client's span.
     for s in spans {
@@ -323,6 +337,9 @@ fn check_tree(
     }
     if !named("publish").any(|s| &s.parent_span_id == command_id) {
         return Err("no publish of the command's events".into());
+    }
+    if local {
+        return check_local_steps(spans);
     }
     let publish_ids: BTreeSet<&str> = named("publish").map(|s| s.span_id.as_str()).collect();
     let consumers = spans
@@ -381,13 +398,72 @@ fn check_tree(
     Ok(())
 }
 
+/// With local steps: every step is a `saga_step` span of the orchestrator, under its span
+/// applying the input that sent the command (the order's event, then each step's outcome),
+/// and what the step recorded is under it.
+fn check_local_steps(spans: &[Received]) -> Result<(), String> {
+    let local = |step: &str| {
+        spans
+            .iter()
+            .filter(|s| s.name == "saga_step" && s.attr("local") == "true")
+            .filter(|s| s.attr("saga_step") == step)
+            .collect::<Vec<_>>()
+    };
+    let reserve = local("reserve_stock");
+    // Reserved, then released by the compensation.
+    if reserve.len() < 2 || local("authorize_payment").is_empty() {
+        let names: BTreeSet<String> = spans
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.attr("saga_step")))
+            .collect();
+        return Err(format!(
+            "the local steps are not all in the trace: {names:?}"
+        ));
+    }
+    for s in &reserve {
+        if s.attr("consumer_group") != "orchestrator" {
+            return Err(format!("a local step outside the orchestrator: {s:?}"));
+        }
+        if !spans
+            .iter()
+            .any(|a| a.name == "append" && a.parent_span_id == s.span_id)
+        {
+            return Err(format!("nothing appended under the local step {s:?}"));
+        }
+    }
+    if spans
+        .iter()
+        .any(|s| s.attr("consumer_group").starts_with("participant"))
+    {
+        return Err("a participant consumed a command of a local step".into());
+    }
+    if !spans
+        .iter()
+        .any(|s| s.attr("event_types").contains("saga_compensated"))
+    {
+        return Err("the saga's end was not appended in the trace".into());
+    }
+    if spans.iter().any(|s| s.service != "shop-under-test") {
+        return Err("a span without OTEL_SERVICE_NAME as its service".into());
+    }
+    Ok(())
+}
+
 async fn one_trace_per_order(pool: PgPool, transport: &str, protocol: &str) {
+    one_trace_of_an_order(pool, transport, protocol, false).await
+}
+
+async fn one_trace_of_an_order(pool: PgPool, transport: &str, protocol: &str, local: bool) {
     let spans = Spans::default();
     let endpoint = match protocol {
         "grpc" => grpc_receiver(spans.clone()).await,
         _ => http_receiver(spans.clone()).await,
     };
-    let engine = start(&pool, &engine_env(transport, &endpoint, protocol)).await;
+    let mut env = engine_env(transport, &endpoint, protocol);
+    if local {
+        env.retain(|(k, _)| k != "SAGAFLOW_LOCAL_STEPS");
+    }
+    let engine = start(&pool, &env).await;
     let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
     let client_span = format!("{:016x}", rand::random::<u64>() | 1);
     let correlation_id = Uuid::now_v7();
@@ -407,7 +483,7 @@ async fn one_trace_per_order(pool: PgPool, transport: &str, protocol: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let trace = spans.of_trace(&trace_id);
-        match check_tree(&trace, &client_span, correlation_id, &spans.all()) {
+        match check_trace(&trace, &client_span, correlation_id, &spans.all(), local) {
             Ok(()) => break,
             Err(e) => last = e,
         }
@@ -527,6 +603,11 @@ mod embedded {
     async fn one_order_is_one_trace_over_otlp_grpc(pool: PgPool) {
         one_trace_per_order(pool, "postgres", "grpc").await;
     }
+
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn one_order_with_local_steps_is_one_trace(pool: PgPool) {
+        one_trace_of_an_order(pool, "postgres", "http/protobuf", true).await;
+    }
 }
 
 mod kafka {
@@ -540,6 +621,11 @@ mod kafka {
     #[sqlx::test(migrator = "common::MIGRATOR")]
     async fn one_order_is_one_trace_over_otlp_grpc(pool: PgPool) {
         one_trace_per_order(pool, "kafka", "grpc").await;
+    }
+
+    #[sqlx::test(migrator = "common::MIGRATOR")]
+    async fn one_order_with_local_steps_is_one_trace(pool: PgPool) {
+        one_trace_of_an_order(pool, "kafka", "http/protobuf", true).await;
     }
 }
 

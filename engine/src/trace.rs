@@ -169,6 +169,11 @@ tokio::task_local! {
     static CONSUMER_GROUP: Arc<str>;
 }
 
+/// The consumer group whose handler is running on this task, if any.
+pub(crate) fn current_group() -> Option<Arc<str>> {
+    CONSUMER_GROUP.try_with(|g| g.clone()).ok()
+}
+
 /// Runs `handler` as consumer group `group`: what it writes with
 /// [`crate::Metadata::caused_by`] names the group's consuming span as its parent.
 pub async fn in_consumer<F: Future>(group: Arc<str>, handler: F) -> F::Output {

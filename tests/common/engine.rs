@@ -40,13 +40,24 @@ pub struct Running {
     pub pool: PgPool,
 }
 
-/// Starts the given components; HTTP is always served.
+/// Starts the given components, with every saga command through its participant's topic
+/// (the tests that use it stop participants to make sagas wait, or follow a command across
+/// the transport); HTTP is always served. `tests/local_steps.rs` runs the default, local
+/// steps, with [`start_engine_with`].
 pub async fn start_engine(
     pool: &PgPool,
     transport: &Arc<dyn Transport>,
     components: &[Component],
 ) -> Running {
-    start_engine_with(pool, transport, components, Options::default()).await
+    start_engine_with(pool, transport, components, through_topics()).await
+}
+
+/// The default options, but every saga command through its participant's topic.
+pub fn through_topics() -> Options {
+    Options {
+        local_steps: false,
+        ..Default::default()
+    }
 }
 
 /// [`start_engine`] with options.

@@ -32,7 +32,7 @@ use crate::saga::{Orchestrator, StartSagas};
 use crate::transport::{TopicLayout, Transport};
 
 /// Settings of a built application that are not about where things run.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Guards every `/admin/*` route; without one they answer 403.
     pub admin_token: AdminToken,
@@ -45,8 +45,20 @@ pub struct Options {
     /// orchestrator's transaction, with the saga's next step, instead of a hop through the
     /// participant's topic and one back (see `sagaflow_engine::saga` and the README's
     /// "Local steps"). Sagas started without it keep their commands on the topics for their
-    /// whole life. Off by default.
+    /// whole life. On by default.
     pub local_steps: bool,
+}
+
+impl Default for Options {
+    /// No admin token, the default command limits and retention, local steps.
+    fn default() -> Self {
+        Options {
+            admin_token: AdminToken::default(),
+            command_limits: CommandLimits::default(),
+            retention: Retention::default(),
+            local_steps: true,
+        }
+    }
 }
 
 /// What routes are built from: the parts of the application they may use.

@@ -118,8 +118,9 @@ pub struct OperationsArgs {
     pub command_timeout: Duration,
     /// Run sagas' commands to this application's participants in the orchestrator's
     /// transaction, with the saga's next step (local steps), instead of a hop through each
-    /// participant's topic. Sagas started without it keep using the topics.
-    #[arg(long, env = "SAGAFLOW_LOCAL_STEPS")]
+    /// participant's topic; `false` sends every command through its topic. A saga keeps the
+    /// way it started with for its whole life.
+    #[arg(long, env = "SAGAFLOW_LOCAL_STEPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub local_steps: bool,
 }
 

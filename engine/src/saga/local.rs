@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use super::messages::ReplyOutcome;
 use super::participant::{decode_command, rejected, Participant};
@@ -36,6 +37,7 @@ use crate::consumer::{HandlerError, Wait};
 use crate::envelope::Envelope;
 use crate::outbox::OutboxMessage;
 use crate::store::AppendError;
+use crate::trace::{self, SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
 
 /// Runs the saga commands of one aggregate type in a caller's transaction.
 pub(crate) trait LocalParticipant: Send + Sync {
@@ -134,6 +136,47 @@ fn transient(e: BatchError) -> HandlerError {
     }
 }
 
+/// The `saga_step` span of a local step: the span that what the command records names as
+/// its parent ([`trace::caused_traceparent`] derives it from the command's id and the
+/// consumer group running it), under the span of the orchestrator applying the input that sent
+/// the command. Through a topic that span is the participant's; here, without it, the trace
+/// would point at a span nobody sent. None outside a consumer, where the command's events
+/// name the command's own parent.
+fn step_span(command: &Envelope) -> tracing::Span {
+    if !trace::hop_spans_enabled() {
+        return tracing::Span::none();
+    }
+    let m = &command.metadata;
+    let parent = m.traceparent.as_deref().and_then(TraceContext::parse);
+    let own = trace::caused_traceparent(command.message_id, m.traceparent.as_deref())
+        .as_deref()
+        .and_then(TraceContext::parse);
+    let (Some(parent), Some(own)) = (parent, own) else {
+        return tracing::Span::none();
+    };
+    if own.span_id == parent.span_id {
+        return tracing::Span::none();
+    }
+    let span = tracing::debug_span!(
+        target: TRACE_TARGET,
+        "saga_step",
+        consumer_group = trace::current_group().as_deref(),
+        local = true,
+        message_id = %command.message_id,
+        event_type = %command.event_type,
+        correlation_id = %m.correlation_id,
+        causation_id = m.causation_id.map(tracing::field::display),
+        trace_id = %TraceIdHex(own.trace_id),
+        span_id = %SpanIdHex(own.span_id),
+        parent_span_id = %SpanIdHex(parent.span_id),
+        saga_id = m.saga_id.as_deref(),
+        saga_step = m.saga_step.as_deref(),
+        attempt = m.attempt,
+    );
+    crate::telemetry::adopt(&span, Some(parent), own);
+    span
+}
+
 /// The aggregate types whose saga commands this process runs locally.
 #[derive(Default, Clone)]
 pub(crate) struct LocalSteps {
@@ -190,7 +233,8 @@ impl LocalRun {
         }
         let mut outcomes = Vec::with_capacity(commands.len());
         for (c, t) in commands.iter().zip(types) {
-            outcomes.push(self.batch(t)?.run(tx, c).await?);
+            let batch = self.batch(t)?;
+            outcomes.push(batch.run(tx, c).instrument(step_span(c)).await?);
         }
         Ok(outcomes)
     }

@@ -400,7 +400,6 @@ impl Orchestrator {
                 next.state.version = next.version;
                 for message in sent_commands(w.saga_id, &events, &metadata) {
                     let runs_here = next.state.local
-                        && local.is_some()
                         && self.local.as_ref().is_some_and(|l| {
                             message.envelope.payload["aggregate_type"]
                                 .as_str()

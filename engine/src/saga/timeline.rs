@@ -142,6 +142,7 @@ pub async fn timeline(
     .await?;
     let truncated = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
+    follow_their_commands(&mut rows, &saga_stream(saga_id));
     keep_stream_order(&mut rows);
     let mut describe = Describer::default();
     let entries = rows
@@ -165,6 +166,51 @@ fn recorded(events: &[ReplyEvent]) -> String {
     }
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     types.join(", ")
+}
+
+/// Puts the events that a saga command caused right after the saga event that sent the
+/// command, keeping the rest in place. A local step's events commit in the transaction of the
+/// saga events that sent the command and took its reply, and are stored after all of them; a
+/// participant's are stored between the two already, and stay where they are.
+fn follow_their_commands(rows: &mut Vec<TimelineRow>, saga_stream: &str) {
+    let id_of = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(|s| s.parse::<Uuid>().ok())
+    };
+    let mut sender: HashMap<Uuid, usize> = HashMap::new();
+    for (i, r) in rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.stream_id == saga_stream)
+    {
+        let sent = r.payload.get("commands").and_then(Value::as_array);
+        for c in sent.into_iter().flatten().chain(r.payload.get("command")) {
+            if let Some(id) = id_of(c.get("message_id")) {
+                sender.insert(id, i);
+            }
+        }
+    }
+    if sender.is_empty() {
+        return;
+    }
+    // Sorted by (the row it follows, 1 if it follows one, where it was).
+    let mut keyed: Vec<(usize, u8, usize, TimelineRow)> = rows
+        .drain(..)
+        .enumerate()
+        .map(|(i, r)| {
+            let anchor = (r.stream_id != saga_stream)
+                .then(|| id_of(r.metadata.get("causation_id")))
+                .flatten()
+                .and_then(|c| sender.get(&c).copied())
+                .filter(|&a| a < i);
+            match anchor {
+                Some(a) => (a, 1, i, r),
+                None => (i, 0, i, r),
+            }
+        })
+        .collect();
+    keyed.sort_by_key(|(a, follows, i, _)| (*a, *follows, *i));
+    rows.extend(keyed.into_iter().map(|(.., r)| r));
 }
 
 /// Puts each stream's events back in version order, in the places its events hold.
@@ -489,6 +535,48 @@ mod tests {
                 ("saga-1", 2),
                 ("trip-9", 1),
                 ("saga-1", 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_commands_events_follow_the_event_that_sent_it() {
+        let (c1, c2, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let sent = |v, commands: Value| TimelineRow {
+            payload: commands,
+            ..row("saga-1", v)
+        };
+        let caused = |stream: &str, v, by: Uuid| TimelineRow {
+            metadata: serde_json::json!({ "causation_id": by }),
+            ..row(stream, v)
+        };
+        // As a local step stores them: the saga's events, then what its commands recorded.
+        let mut rows = vec![
+            row("order-7", 1),
+            sent(1, serde_json::json!({ "commands": [{ "message_id": c1 }] })),
+            row("saga-1", 2),
+            sent(3, serde_json::json!({ "command": { "message_id": c2 } })),
+            row("saga-1", 4),
+            caused("inventory-A", 5, c1),
+            caused("order-7", 2, c2),
+            caused("account-X", 3, other),
+        ];
+        follow_their_commands(&mut rows, "saga-1");
+        let order: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|r| (r.stream_id.as_str(), r.stream_version))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("order-7", 1),
+                ("saga-1", 1),
+                ("inventory-A", 5),
+                ("saga-1", 2),
+                ("saga-1", 3),
+                ("order-7", 2),
+                ("saga-1", 4),
+                ("account-X", 3),
             ]
         );
     }

@@ -60,9 +60,10 @@ pub struct ChaosArgs {
     /// The longest wait for everything to settle after the last fault.
     #[arg(long, default_value_t = 300)]
     pub converge_seconds: u64,
-    /// Every process runs with `--local-steps`: the orchestrator runs the sagas' commands in
-    /// its transactions (the participants' processes serve only what goes through the topics).
-    #[arg(long)]
+    /// Every process runs with `--local-steps` set to this: by default the orchestrator runs
+    /// the sagas' commands in its transactions (the participants' processes serve only what
+    /// goes through the topics); `false` sends every command through its topic.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub local_steps: bool,
 }
 
@@ -524,7 +525,11 @@ pub(crate) async fn run(
         "bench chaos: seed {seed} (--seed {seed} replays it), {} s, {} transport{}, {} processes ({}), database {}",
         args.seconds,
         if kafka { "kafka" } else { "postgres" },
-        if args.local_steps { " with local steps" } else { "" },
+        if args.local_steps {
+            " with local steps"
+        } else {
+            " with every command through its topic"
+        },
         processes.len(),
         processes.join(", "),
         mask_url(&url)
@@ -567,9 +572,7 @@ pub(crate) async fn run(
         ("SAGAFLOW_LOG_FORMAT".into(), "text".into()),
         ("RUST_LOG".into(), "warn".into()),
     ];
-    if args.local_steps {
-        env.push(("SAGAFLOW_LOCAL_STEPS".into(), "true".into()));
-    }
+    env.push(("SAGAFLOW_LOCAL_STEPS".into(), args.local_steps.to_string()));
     let mut proxy = None;
     if kafka {
         let tansu = args

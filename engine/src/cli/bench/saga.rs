@@ -50,8 +50,8 @@ pub struct SagaArgs {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["open_loop", "concurrency"])]
     pub rate: Vec<f64>,
     /// Run the sagas' commands in the orchestrator's transaction (local steps, as `serve
-    /// --local-steps`).
-    #[arg(long)]
+    /// --local-steps`); `false` sends them through the participants' topics.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub local_steps: bool,
 }
 
