@@ -164,7 +164,8 @@ impl App {
             ));
         }
         let orchestrator = Arc::new(orchestrator);
-        // A command whose events start a saga starts it in its own transaction.
+        // A command whose events start a saga starts it in its own transaction, unless the
+        // saga's first step is local (the orchestrator's consumer then runs it with the start).
         if !self.sagas.is_empty() {
             bus.set_append_hook(Arc::new(StartSagas(orchestrator.clone())));
         }

@@ -741,7 +741,9 @@ impl Orchestrator {
 /// summary, its deadline and its first step's commands commit with the command's events. The
 /// consumer still reads the start event, and finds the saga started (a start of a saga that
 /// exists decides nothing). If starting fails, the command commits without it and the consumer
-/// starts the saga, as it did before.
+/// starts the saga, as it did before. A saga whose first step runs locally (see
+/// [`super::local`]) is left to the consumer, which runs its local steps in the transaction
+/// that starts it: the command appends its own events only.
 pub struct StartSagas(pub Arc<Orchestrator>);
 
 #[async_trait]
