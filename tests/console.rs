@@ -303,7 +303,21 @@ async fn an_operator_finds_why_a_saga_ended_and_acts_in_a_browser(pool: PgPool) 
     .execute(&pool)
     .await
     .unwrap();
-    let engine = start(&pool, Some(TOKEN)).await;
+    // Through the topics: the confirmation that cannot be written is parked at the order
+    // participant while its saga keeps running. (With local steps it fails the orchestrator's
+    // transaction, and the order's event is parked in the orchestrator's dead letters.)
+    let transport = postgres(&pool);
+    let engine = start_engine_with(
+        &pool,
+        &transport,
+        &everything(),
+        Options {
+            admin_token: AdminToken::new(Some(TOKEN)),
+            local_steps: false,
+            ..Default::default()
+        },
+    )
+    .await;
     let (customer, unlucky) = (Uuid::now_v7(), Uuid::now_v7());
     sqlx::query("INSERT INTO console_unconfirmable VALUES ($1)")
         .bind(unlucky.to_string())
