@@ -1387,11 +1387,7 @@ impl<A: Aggregate> CommandBatch<A> {
             return Ok(());
         }
         let topic = events_topic::<A>();
-        let streams: Vec<(&str, i64, &[NewEvent])> = self
-            .pending
-            .iter()
-            .map(|(stream, (expected, events))| (stream.as_str(), *expected, events.as_slice()))
-            .collect();
+        let streams = self.pending_streams();
         let topics = vec![topic.as_str(); streams.len()];
         self.repo
             .bus
@@ -1400,6 +1396,14 @@ impl<A: Aggregate> CommandBatch<A> {
             .await?;
         self.pending.clear();
         Ok(())
+    }
+
+    /// Each stream with pending events: its id, the version it was at, and the events.
+    fn pending_streams(&self) -> Vec<(&str, i64, &[NewEvent])> {
+        self.pending
+            .iter()
+            .map(|(stream, (expected, events))| (stream.as_str(), *expected, events.as_slice()))
+            .collect()
     }
 
     /// [`CommandBatch::flush`] that appends the events without publishing them and returns
@@ -1413,11 +1417,7 @@ impl<A: Aggregate> CommandBatch<A> {
             return Ok(Vec::new());
         }
         let topic = events_topic::<A>();
-        let streams: Vec<(&str, i64, &[NewEvent])> = self
-            .pending
-            .iter()
-            .map(|(stream, (expected, events))| (stream.as_str(), *expected, events.as_slice()))
-            .collect();
+        let streams = self.pending_streams();
         let recorded = self.repo.bus.store.append_many(&mut *tx, &streams).await?;
         self.pending.clear();
         Ok(recorded
