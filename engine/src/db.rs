@@ -42,16 +42,84 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// An error like `e`, for one more waiter: whether it means "unavailable" is kept (see
-/// [`is_unavailable`]), the message too.
+/// SQLSTATE 40P01: PostgreSQL broke a deadlock by rolling this transaction back.
+const DEADLOCK_DETECTED: &str = "40P01";
+/// SQLSTATE 40001: a serializable transaction could not be serialized.
+const SERIALIZATION_FAILURE: &str = "40001";
+
+/// Whether `e` means that PostgreSQL rolled the transaction back because it ran into another
+/// one (a deadlock it broke, a serialization failure): nothing of the transaction was
+/// written, and the same work can be tried again at once. Transactions that write several
+/// streams in different orders can deadlock (a group commit of the command routes and the
+/// orchestrator's local steps on the same accounts, say); PostgreSQL picks one to roll back.
+pub fn is_contention(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(code.as_ref(), DEADLOCK_DETECTED | SERIALIZATION_FAILURE)),
+        _ => false,
+    }
+}
+
+/// An error like `e`, for one more waiter: whether it means "unavailable" (see
+/// [`is_unavailable`]) or "contention" (see [`is_contention`]) is kept, the message too.
 pub fn copy_error(e: &sqlx::Error) -> sqlx::Error {
     if is_unavailable(e) {
         sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             e.to_string(),
         ))
+    } else if let sqlx::Error::Database(db) = e {
+        sqlx::Error::Database(Box::new(CopiedDatabaseError {
+            message: db.message().to_owned(),
+            code: db.code().map(Cow::into_owned),
+        }))
     } else {
         sqlx::Error::Protocol(e.to_string())
+    }
+}
+
+/// A database error's message and SQLSTATE, copied for another waiter ([`copy_error`]).
+#[derive(Debug)]
+struct CopiedDatabaseError {
+    message: String,
+    code: Option<String>,
+}
+
+impl std::fmt::Display for CopiedDatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CopiedDatabaseError {}
+
+impl sqlx::error::DatabaseError for CopiedDatabaseError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.code.as_deref().map(Cow::Borrowed)
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        match self.code.as_deref() {
+            Some(UNIQUE_VIOLATION) => sqlx::error::ErrorKind::UniqueViolation,
+            _ => sqlx::error::ErrorKind::Other,
+        }
     }
 }
 const UNIQUE_VIOLATION: &str = "23505";
@@ -230,5 +298,67 @@ pub fn migrator_of(migrations: Vec<Migration>) -> Migrator {
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two transactions that lock two rows in opposite orders: PostgreSQL rolls one back with
+    /// a deadlock, which is contention (to retry), survives being copied for another waiter,
+    /// and is answered 503 with `Retry-After`, not 500.
+    #[sqlx::test]
+    async fn a_deadlock_is_contention(pool: PgPool) {
+        sqlx::query("CREATE TABLE pair (id int PRIMARY KEY, n int NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO pair VALUES (1, 0), (2, 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let mut first = pool.begin().await.unwrap();
+        let mut second = pool.begin().await.unwrap();
+        let bump = "UPDATE pair SET n = n + 1 WHERE id = $1";
+        sqlx::query(bump)
+            .bind(1)
+            .execute(&mut *first)
+            .await
+            .unwrap();
+        sqlx::query(bump)
+            .bind(2)
+            .execute(&mut *second)
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(
+            sqlx::query(bump).bind(2).execute(&mut *first),
+            sqlx::query(bump).bind(1).execute(&mut *second),
+        );
+        let e = match (a, b) {
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
+            other => panic!("expected one deadlock victim, got {other:?}"),
+        };
+        assert!(is_contention(&e), "{e:?}");
+        assert!(!is_unavailable(&e));
+        let copied = copy_error(&e);
+        assert!(is_contention(&copied), "{copied:?}");
+        let response =
+            axum::response::IntoResponse::into_response(crate::http::ApiError::from(copied));
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(response
+            .headers()
+            .contains_key(axum::http::header::RETRY_AFTER));
+        let unique = sqlx::query("INSERT INTO pair VALUES (1, 0)")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(!is_contention(&unique));
+        assert!(
+            matches!(&copy_error(&unique), sqlx::Error::Database(d) if d.is_unique_violation())
+        );
     }
 }

@@ -210,6 +210,9 @@ struct CommitRequest {
 /// few requests, because every transaction costs the database a commit.
 const COMMITS_IN_FLIGHT: usize = 4;
 const GROUP_COMMIT_MAX: usize = 64;
+/// How many times a group rolled back for contention ([`crate::db::is_contention`]) runs
+/// again before its commands are answered with the error (HTTP 503, to retry).
+const CONTENTION_RETRIES: u32 = 3;
 /// Most times a forming group yields to let requests that are about to arrive join it.
 const GATHER_YIELDS: usize = 8;
 
@@ -224,6 +227,9 @@ async fn commit_group(
     turn: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut turn = Some(turn);
+    // Tries left for a group that PostgreSQL rolled back for contention (a deadlock with
+    // another writer of the same streams): nothing of it was written, so it runs again.
+    let mut contention_retries = CONTENTION_RETRIES;
     while !group.is_empty() {
         let result: Result<(Vec<Vec<RecordedEvent>>, Option<AfterCommit>), AppendError> = async {
             let mut tx = crate::db::begin_reusing_plans(store.pool()).await?;
@@ -265,6 +271,14 @@ async fn commit_group(
                     expected,
                     actual,
                 }));
+            }
+            Err(AppendError::Database(e))
+                if crate::db::is_contention(&e) && contention_retries > 0 =>
+            {
+                contention_retries -= 1;
+                tracing::debug!(error = %e, "group commit rolled back by contention; trying again");
+                let jitter = rand::rng().random_range(0..=5);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
             Err(AppendError::Database(e)) => {
                 for r in group.drain(..) {
@@ -1096,6 +1110,16 @@ impl<A: Aggregate> Repository<A> {
                             attempts: max_attempts,
                         });
                     }
+                    let jitter = rand::rng().random_range(0..=5 * u64::from(attempt));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                // Rolled back by PostgreSQL for contention: nothing was written; decide again.
+                Err(AppendError::Database(e))
+                    if crate::db::is_contention(&e) && attempt < max_attempts =>
+                {
+                    tracing::debug!(%stream, error = %e, attempt, "keyed command rolled back by contention; deciding again");
+                    loaded = self.replay(&stream, loaded).await?;
+                    fresh = true;
                     let jitter = rand::rng().random_range(0..=5 * u64::from(attempt));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }

@@ -65,9 +65,17 @@ impl std::fmt::Display for Wait {
 
 impl std::error::Error for Wait {}
 
-/// The pause `error` asks for, if it is a [`Wait`].
+/// The pause `error` asks for, if it is a [`Wait`]; a short one if PostgreSQL rolled the
+/// batch back for contention ([`crate::db::is_contention`]: a deadlock it broke), which is no
+/// fault of the messages either.
 fn wait_of(error: &HandlerError) -> Option<Instant> {
-    error.downcast_ref::<Wait>().map(|w| w.until)
+    if let Some(w) = error.downcast_ref::<Wait>() {
+        return Some(w.until);
+    }
+    error
+        .downcast_ref::<sqlx::Error>()
+        .filter(|e| crate::db::is_contention(e))
+        .map(|_| Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45))
 }
 
 /// Applies messages inside the consumer's transaction.

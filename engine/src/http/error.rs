@@ -98,6 +98,14 @@ impl From<sqlx::Error> for ApiError {
                     "the database is unavailable, retry later",
                 )
             }
+            e if crate::db::is_contention(&e) => {
+                tracing::warn!(error = %e, "transaction rolled back by contention");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_contention",
+                    "the request ran into concurrent writes and was not applied; retry it",
+                )
+            }
             e => {
                 tracing::error!(error = %e, "database error");
                 ApiError::new(

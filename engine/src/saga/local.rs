@@ -36,7 +36,7 @@ use crate::command::{BatchError, CommandBatch, Repository};
 use crate::consumer::{HandlerError, Wait};
 use crate::envelope::Envelope;
 use crate::outbox::OutboxMessage;
-use crate::store::AppendError;
+use crate::store::{AppendError, StoreError};
 use crate::trace::{self, SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
 
 /// Runs the saga commands of one aggregate type in a caller's transaction.
@@ -125,13 +125,23 @@ impl<A: Aggregate> LocalBatch for CommandBatch<A> {
 }
 
 /// A batch's failure as the consumer should see it: an aggregate that moved meanwhile is
-/// tried again shortly, uncounted; anything else is an ordinary failure.
+/// tried again shortly, uncounted, and so is a transaction PostgreSQL rolled back for
+/// contention; anything else is an ordinary failure.
 fn transient(e: BatchError) -> HandlerError {
     match e {
         BatchError::Append(AppendError::Conflict { .. }) => Box::new(Wait {
             until: Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45),
             reason: format!("a local step's aggregate moved meanwhile: {e}"),
         }),
+        BatchError::Append(AppendError::Database(ref d))
+        | BatchError::Store(StoreError::Database(ref d))
+            if crate::db::is_contention(d) =>
+        {
+            Box::new(Wait {
+                until: Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45),
+                reason: format!("a local step ran into a concurrent writer: {e}"),
+            })
+        }
         e => Box::new(e),
     }
 }
