@@ -404,7 +404,7 @@ async fn one_trace_follows_an_order_from_the_request_to_the_end_of_its_saga(
     // The event that completed the saga names, as its cause, the reply the orchestrator
     // applied: that hop is in the trace.
     let (completed_cause, completed_trace): (Uuid, String) = sqlx::query_as(
-        "SELECT (metadata->>'causation_id')::uuid, metadata->>'traceparent' FROM events
+        "SELECT (metadata->>'causation_id')::uuid, metadata->>'traceparent' FROM saga_events
          WHERE stream_id = $1 AND event_type = 'saga_completed'",
     )
     .bind(format!("saga-{saga_id}"))

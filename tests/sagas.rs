@@ -356,8 +356,8 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
         Some("compensated")
     );
     let compensated: Vec<String> = sqlx::query_scalar(
-        "SELECT payload->>'name' FROM events WHERE stream_id = $1 AND event_type = 'compensation_invoked'
-         ORDER BY stream_version",
+        "SELECT payload->>'name' FROM saga_events WHERE stream_id = $1 AND event_type = 'compensation_invoked'
+         ORDER BY stream_version, part",
     )
     .bind(format!("saga-{saga_id}"))
     .fetch_all(&pool)
@@ -367,8 +367,8 @@ async fn a_saga_defined_in_a_test_compensates_in_reverse(
     // A step's success records the saga data only when its replies changed it, and the
     // saga read back from its stream has the changed data.
     let recorded: Vec<(String, Option<Value>)> = sqlx::query_as(
-        "SELECT payload->>'name', payload->'data' FROM events
-         WHERE stream_id = $1 AND event_type = 'step_succeeded' ORDER BY stream_version",
+        "SELECT payload->>'name', payload->'data' FROM saga_events
+         WHERE stream_id = $1 AND event_type = 'step_succeeded' ORDER BY stream_version, part",
     )
     .bind(format!("saga-{saga_id}"))
     .fetch_all(&pool)
@@ -419,8 +419,8 @@ async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool
     // Each invocation's deadline, once hold_funds waits.
     let invoked = || async {
         sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(
-            "SELECT payload->>'name', (payload->>'deadline_at')::timestamptz FROM events
-             WHERE stream_id = $1 AND event_type = 'step_invoked' ORDER BY stream_version",
+            "SELECT payload->>'name', (payload->>'deadline_at')::timestamptz FROM saga_events
+             WHERE stream_id = $1 AND event_type = 'step_invoked' ORDER BY stream_version, part",
         )
         .bind(&stream)
         .fetch_all(&pool)
@@ -458,7 +458,7 @@ async fn an_early_deadline_row_is_rearmed_and_the_step_times_out_at_its_own(pool
         Some("compensated")
     );
     let timeouts: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT payload->>'name', recorded_at FROM events
+        "SELECT payload->>'name', recorded_at FROM saga_events
          WHERE stream_id = $1 AND event_type = 'step_timed_out'",
     )
     .bind(&stream)

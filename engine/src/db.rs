@@ -339,6 +339,8 @@ mod tests {
             (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
             other => panic!("expected one deadlock victim, got {other:?}"),
         };
+        first.rollback().await.unwrap();
+        second.rollback().await.unwrap();
         assert!(is_contention(&e), "{e:?}");
         assert!(!is_unavailable(&e));
         let copied = copy_error(&e);

@@ -230,6 +230,10 @@ async fn commit_group(
     // Tries left for a group that PostgreSQL rolled back for contention (a deadlock with
     // another writer of the same streams): nothing of it was written, so it runs again.
     let mut contention_retries = CONTENTION_RETRIES;
+    // In stream order, as the orchestrator appends its local steps' events (a statement per
+    // aggregate type, each in stream order): two writers that take the same streams' index
+    // entries in one order never wait on each other in a cycle.
+    group.sort_by(|a, b| a.stream.cmp(&b.stream));
     while !group.is_empty() {
         let result: Result<(Vec<Vec<RecordedEvent>>, Option<AfterCommit>), AppendError> = async {
             let mut tx = crate::db::begin_reusing_plans(store.pool()).await?;

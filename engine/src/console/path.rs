@@ -315,6 +315,11 @@ impl Fold {
                     self.end = None;
                 }
             }
+            SagaEvent::Decided { events } => {
+                for e in events {
+                    self.apply(e, at);
+                }
+            }
         }
     }
 }

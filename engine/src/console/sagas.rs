@@ -361,7 +361,9 @@ pub(super) async fn console_saga(
     let mut events = Vec::with_capacity(recorded.len());
     for r in &recorded {
         let event: SagaEvent = decode_envelope(&r.envelope).map_err(ApiError::from)?;
-        events.push((event, r.recorded_at, r.envelope.stream_version));
+        for event in event.flatten() {
+            events.push((event, r.recorded_at, r.envelope.stream_version));
+        }
     }
     let path = saga_path(events.iter().map(|(e, at, _)| (e, *at)));
     let mut state = SagaState::default();

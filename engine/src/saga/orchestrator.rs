@@ -35,7 +35,6 @@ use super::messages::{
 };
 use super::metrics::metrics;
 use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
-use crate::aggregate::encode_event;
 use crate::command::{AppendHook, BoxError, Hooked};
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
@@ -378,25 +377,23 @@ impl Orchestrator {
                     saga_id: Some(w.saga_id.to_string()),
                     ..Default::default()
                 };
-                let new_events: Vec<NewEvent> = events
-                    .iter()
-                    .map(|e| {
-                        let (event_type, payload) = encode_event(e);
-                        NewEvent {
-                            message_id: Uuid::now_v7(),
-                            event_type,
-                            schema_version: 1,
-                            payload,
-                            metadata: metadata.clone(),
-                        }
+                // Several events of one decision are stored as one (`decided`).
+                let new_events: Vec<NewEvent> = SagaEvent::encode_decided(&events)
+                    .into_iter()
+                    .map(|(event_type, payload)| NewEvent {
+                        message_id: Uuid::now_v7(),
+                        event_type,
+                        schema_version: 1,
+                        payload,
+                        metadata: metadata.clone(),
                     })
                     .collect();
                 // Appended together with the batch's other sagas, in one statement, below.
                 let pending = appends
                     .entry(w.saga_id)
                     .or_insert_with(|| (version, Vec::new()));
+                next.version = version + new_events.len() as i64;
                 pending.1.extend(new_events);
-                next.version = version + events.len() as i64;
                 next.state.version = next.version;
                 for message in sent_commands(w.saga_id, &events, &metadata) {
                     let runs_here = next.state.local

@@ -203,6 +203,47 @@ pub enum SagaEvent {
     /// next attempt, now ([`SagaInput::RetryStep`]). The invocation that follows says what
     /// was sent.
     RetryRequested,
+    /// The events one input decided, stored as one event when there are several: a step's
+    /// success with the next step's invocation, a start with the first invocation, the last
+    /// success with the saga's end. One row and its index entries instead of one per event
+    /// (most of what a saga writes is its own stream). The events are applied in order, as
+    /// if stored one by one; readers that list a saga's events ([`SagaEvent::flatten`]) show
+    /// them one by one, at the version of the stored event. Never nested.
+    Decided {
+        /// The events, in the order they were decided (two or more).
+        events: Vec<SagaEvent>,
+    },
+}
+
+/// The `event_type` of [`SagaEvent::Decided`].
+pub use crate::store::DECIDED_EVENT_TYPE;
+
+impl SagaEvent {
+    /// The events this stored event stands for: the events of a [`SagaEvent::Decided`], or
+    /// the event itself.
+    pub fn flatten(self) -> Vec<SagaEvent> {
+        match self {
+            SagaEvent::Decided { events } => events,
+            e => vec![e],
+        }
+    }
+
+    /// How the events `events` that one input decided are stored: each as its
+    /// `(event_type, payload)`, or, when there are several, all of them as one
+    /// [`SagaEvent::Decided`]. Encodes without copying the events.
+    pub fn encode_decided(events: &[SagaEvent]) -> Vec<(String, Value)> {
+        if events.len() < 2 {
+            return events.iter().map(crate::aggregate::encode_event).collect();
+        }
+        let packed: Vec<Value> = events
+            .iter()
+            .map(|e| serde_json::to_value(e).expect("saga events serialize"))
+            .collect();
+        vec![(
+            DECIDED_EVENT_TYPE.to_owned(),
+            serde_json::json!({ "events": packed }),
+        )]
+    }
 }
 
 impl DomainEvent for SagaEvent {}
@@ -591,6 +632,11 @@ impl SagaState {
                 } else {
                     SagaStatus::Running
                 });
+            }
+            SagaEvent::Decided { events } => {
+                for e in events {
+                    self.apply(e, at);
+                }
             }
         }
     }
@@ -1160,5 +1206,60 @@ impl StreamFold for SagaFold {
 
     fn current_schema_version(&self, event_type: &str) -> i32 {
         SagaEvent::schema_version(event_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::decode_event;
+
+    fn failed() -> SagaEvent {
+        SagaEvent::StepFailed {
+            step: 1,
+            name: "pay".into(),
+            code: "insufficient_funds".into(),
+            message: "no".into(),
+        }
+    }
+
+    /// One input's events are one stored event when there are several, decode back to the
+    /// same events, and fold to the state they fold to one by one.
+    #[test]
+    fn the_events_of_one_decision_are_stored_as_one() {
+        let alone = SagaEvent::encode_decided(&[SagaEvent::SagaCompleted]);
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].0, "saga_completed");
+
+        let events = vec![
+            SagaEvent::RetryRequested,
+            failed(),
+            SagaEvent::SagaCompleted,
+        ];
+        let stored = SagaEvent::encode_decided(&events);
+        assert_eq!(stored.len(), 1);
+        let (event_type, payload) = &stored[0];
+        assert_eq!(event_type, DECIDED_EVENT_TYPE);
+        assert_eq!(payload["events"][1]["event_type"], "step_failed");
+        let decoded: SagaEvent = decode_event(event_type, payload).unwrap();
+        assert_eq!(
+            decoded,
+            SagaEvent::Decided {
+                events: events.clone()
+            }
+        );
+
+        let at = Utc::now();
+        let (mut packed, mut one_by_one) = (SagaState::default(), SagaState::default());
+        packed.apply(&decoded, at);
+        for e in &events {
+            one_by_one.apply(e, at);
+        }
+        assert_eq!(
+            serde_json::to_value(&packed).unwrap(),
+            serde_json::to_value(&one_by_one).unwrap()
+        );
+        assert_eq!(decoded.flatten(), events);
+        assert_eq!(failed().flatten(), vec![failed()]);
     }
 }

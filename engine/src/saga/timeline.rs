@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::definition::{saga_stream, target_stream};
 use super::messages::{ReplyEvent, ReplyOutcome};
 use super::read_model;
-use super::state::{SagaEvent, SentCommand};
+use super::state::{SagaEvent, SentCommand, DECIDED_EVENT_TYPE};
 use crate::envelope::{Envelope, Metadata};
 use crate::store::{decode_envelope, StoreError};
 
@@ -142,6 +142,7 @@ pub async fn timeline(
     .await?;
     let truncated = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
+    let mut rows = one_per_event(rows, &saga_stream(saga_id));
     follow_their_commands(&mut rows, &saga_stream(saga_id));
     keep_stream_order(&mut rows);
     let mut describe = Describer::default();
@@ -166,6 +167,40 @@ fn recorded(events: &[ReplyEvent]) -> String {
     }
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     types.join(", ")
+}
+
+/// The saga's stored `decided` events (several events of one decision, stored as one) as
+/// one row per event, each at the stored event's position, version and id.
+fn one_per_event(rows: Vec<TimelineRow>, saga_stream: &str) -> Vec<TimelineRow> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.stream_id != saga_stream || r.event_type != DECIDED_EVENT_TYPE {
+            out.push(r);
+            continue;
+        }
+        let events = match r.payload.get("events").and_then(Value::as_array) {
+            Some(events) if !events.is_empty() => events.clone(),
+            // Not a pack this release wrote: shown as stored (describing it reports why).
+            _ => {
+                out.push(r);
+                continue;
+            }
+        };
+        for e in events {
+            out.push(TimelineRow {
+                event_type: e
+                    .get("event_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                payload: e.get("payload").cloned().unwrap_or(Value::Null),
+                stream_id: r.stream_id.clone(),
+                metadata: r.metadata.clone(),
+                ..r
+            });
+        }
+    }
+    out
 }
 
 /// Puts the events that a saga command caused right after the saga event that sent the
@@ -497,6 +532,10 @@ impl Describer {
                 );
             }
             SagaEvent::RetryRequested => e.summary = "an operator re-drove the saga".into(),
+            // Taken apart before it is described (`one_per_event`).
+            SagaEvent::Decided { events } => {
+                e.summary = format!("{} events of one decision", events.len())
+            }
         }
     }
 }

@@ -591,6 +591,25 @@ fn log_spans(
         .collect()
 }
 
+/// The `event_type` of several events stored as one: a saga's events of one decision
+/// (`SagaEvent::Decided`), whose payload is `{"events": [{"event_type": …, "payload": …}, …]}`.
+pub const DECIDED_EVENT_TYPE: &str = "decided";
+
+/// The types of the events `e` stands for: its own, or those it packs
+/// ([`DECIDED_EVENT_TYPE`]), for the spans.
+fn event_types(e: &NewEvent) -> Vec<&str> {
+    let packed = (e.event_type == DECIDED_EVENT_TYPE)
+        .then(|| e.payload.get("events").and_then(Value::as_array))
+        .flatten();
+    match packed {
+        Some(events) => events
+            .iter()
+            .filter_map(|p| p.get("event_type").and_then(Value::as_str))
+            .collect(),
+        None => vec![e.event_type.as_str()],
+    }
+}
+
 fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
     use crate::trace::{SpanIdHex, TraceContext, TraceIdHex, TRACE_TARGET};
     if !crate::trace::hop_spans_enabled() {
@@ -617,8 +636,10 @@ fn append_spans(streams: &[(&str, i64, &[NewEvent])]) -> Vec<tracing::Span> {
             };
             let entry = &mut traces[at];
             entry.3 += 1;
-            if !entry.4.contains(&e.event_type.as_str()) {
-                entry.4.push(&e.event_type);
+            for t in event_types(e) {
+                if !entry.4.contains(&t) {
+                    entry.4.push(t);
+                }
             }
         }
     }
