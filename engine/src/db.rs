@@ -301,59 +301,57 @@ pub fn migrator_of(migrations: Vec<Migration>) -> Migrator {
     }
 }
 
+/// A real deadlock, for tests: two transactions lock two rows in opposite orders and
+/// PostgreSQL rolls one back. Returns the victim's error.
+#[cfg(test)]
+pub(crate) async fn provoke_deadlock(pool: &PgPool) -> sqlx::Error {
+    sqlx::query("CREATE TABLE pair (id int PRIMARY KEY, n int NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO pair VALUES (1, 0), (2, 0)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut first = pool.begin().await.unwrap();
+    let mut second = pool.begin().await.unwrap();
+    let bump = "UPDATE pair SET n = n + 1 WHERE id = $1";
+    sqlx::query(bump)
+        .bind(1)
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    sqlx::query(bump)
+        .bind(2)
+        .execute(&mut *second)
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        sqlx::query(bump).bind(2).execute(&mut *first),
+        sqlx::query(bump).bind(1).execute(&mut *second),
+    );
+    let e = match (a, b) {
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
+        other => panic!("expected one deadlock victim, got {other:?}"),
+    };
+    first.rollback().await.unwrap();
+    second.rollback().await.unwrap();
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Two transactions that lock two rows in opposite orders: PostgreSQL rolls one back with
-    /// a deadlock, which is contention (to retry), survives being copied for another waiter,
-    /// and is answered 503 with `Retry-After`, not 500.
+    /// A deadlock is contention (to retry), and stays so once copied for another waiter;
+    /// other database errors keep their SQLSTATE too.
     #[sqlx::test]
     async fn a_deadlock_is_contention(pool: PgPool) {
-        sqlx::query("CREATE TABLE pair (id int PRIMARY KEY, n int NOT NULL)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO pair VALUES (1, 0), (2, 0)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        let mut first = pool.begin().await.unwrap();
-        let mut second = pool.begin().await.unwrap();
-        let bump = "UPDATE pair SET n = n + 1 WHERE id = $1";
-        sqlx::query(bump)
-            .bind(1)
-            .execute(&mut *first)
-            .await
-            .unwrap();
-        sqlx::query(bump)
-            .bind(2)
-            .execute(&mut *second)
-            .await
-            .unwrap();
-        let (a, b) = tokio::join!(
-            sqlx::query(bump).bind(2).execute(&mut *first),
-            sqlx::query(bump).bind(1).execute(&mut *second),
-        );
-        let e = match (a, b) {
-            (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
-            other => panic!("expected one deadlock victim, got {other:?}"),
-        };
-        first.rollback().await.unwrap();
-        second.rollback().await.unwrap();
+        let e = provoke_deadlock(&pool).await;
         assert!(is_contention(&e), "{e:?}");
         assert!(!is_unavailable(&e));
         let copied = copy_error(&e);
         assert!(is_contention(&copied), "{copied:?}");
-        let response =
-            axum::response::IntoResponse::into_response(crate::http::ApiError::from(copied));
-        assert_eq!(
-            response.status(),
-            axum::http::StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert!(response
-            .headers()
-            .contains_key(axum::http::header::RETRY_AFTER));
         let unique = sqlx::query("INSERT INTO pair VALUES (1, 0)")
             .execute(&pool)
             .await

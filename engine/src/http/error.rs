@@ -151,3 +151,20 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that lost a deadlock (PostgreSQL rolled its transaction back) is answered
+    /// 503 with `Retry-After`, not 500: nothing was written, and it can be sent again.
+    #[sqlx::test]
+    async fn contention_is_503_with_retry_after(pool: sqlx::PgPool) {
+        let e = crate::db::provoke_deadlock(&pool).await;
+        for e in [crate::db::copy_error(&e), e] {
+            let response = ApiError::from(e).into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+    }
+}
