@@ -65,6 +65,17 @@ impl std::fmt::Display for Wait {
 
 impl std::error::Error for Wait {}
 
+impl Wait {
+    /// A wait of 5 to 50 ms (random, so that writers that ran into each other part): for a
+    /// message that lost a race to another writer and can be applied again at once.
+    pub fn shortly(reason: impl Into<String>) -> Self {
+        Wait {
+            until: Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// The pause `error` asks for, if it is a [`Wait`]; a short one if PostgreSQL rolled the
 /// batch back for contention ([`crate::db::is_contention`]: a deadlock it broke), which is no
 /// fault of the messages either.
@@ -75,7 +86,7 @@ fn wait_of(error: &HandlerError) -> Option<Instant> {
     error
         .downcast_ref::<sqlx::Error>()
         .filter(|e| crate::db::is_contention(e))
-        .map(|_| Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45))
+        .map(|_| Wait::shortly("").until)
 }
 
 /// Applies messages inside the consumer's transaction.

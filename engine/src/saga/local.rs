@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
@@ -125,23 +124,15 @@ impl<A: Aggregate> LocalBatch for CommandBatch<A> {
 }
 
 /// A batch's failure as the consumer should see it: an aggregate that moved meanwhile is
-/// tried again shortly, uncounted, and so is a transaction PostgreSQL rolled back for
-/// contention; anything else is an ordinary failure.
+/// tried again shortly, uncounted; a database error goes to the consumer as it is (it waits
+/// out contention, see [`crate::db::is_contention`]); anything else is an ordinary failure.
 fn transient(e: BatchError) -> HandlerError {
     match e {
-        BatchError::Append(AppendError::Conflict { .. }) => Box::new(Wait {
-            until: Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45),
-            reason: format!("a local step's aggregate moved meanwhile: {e}"),
-        }),
-        BatchError::Append(AppendError::Database(ref d))
-        | BatchError::Store(StoreError::Database(ref d))
-            if crate::db::is_contention(d) =>
-        {
-            Box::new(Wait {
-                until: Instant::now() + Duration::from_millis(5 + rand::random::<u64>() % 45),
-                reason: format!("a local step ran into a concurrent writer: {e}"),
-            })
-        }
+        BatchError::Append(AppendError::Conflict { .. }) => Box::new(Wait::shortly(format!(
+            "a local step's aggregate moved meanwhile: {e}"
+        ))),
+        BatchError::Append(AppendError::Database(e))
+        | BatchError::Store(StoreError::Database(e)) => Box::new(e),
         e => Box::new(e),
     }
 }

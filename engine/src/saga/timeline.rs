@@ -140,10 +140,13 @@ pub async fn timeline(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let truncated = rows.len() as i64 > limit;
+    let stream = saga_stream(saga_id);
+    let mut truncated = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let mut rows = one_per_event(rows, &saga_stream(saga_id));
-    follow_their_commands(&mut rows, &saga_stream(saga_id));
+    let mut rows = one_per_event(rows, &stream);
+    truncated |= rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    follow_their_commands(&mut rows, &stream);
     keep_stream_order(&mut rows);
     let mut describe = Describer::default();
     let entries = rows
@@ -173,27 +176,25 @@ fn recorded(events: &[ReplyEvent]) -> String {
 /// one row per event, each at the stored event's position, version and id.
 fn one_per_event(rows: Vec<TimelineRow>, saga_stream: &str) -> Vec<TimelineRow> {
     let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        if r.stream_id != saga_stream || r.event_type != DECIDED_EVENT_TYPE {
-            out.push(r);
-            continue;
-        }
-        let events = match r.payload.get("events").and_then(Value::as_array) {
-            Some(events) if !events.is_empty() => events.clone(),
-            // Not a pack this release wrote: shown as stored (describing it reports why).
+    for mut r in rows {
+        let is_pack = r.stream_id == saga_stream && r.event_type == DECIDED_EVENT_TYPE;
+        let events = match r.payload.get_mut("events") {
+            Some(Value::Array(events)) if is_pack && !events.is_empty() => std::mem::take(events),
+            // Not a pack (or not one this release wrote: shown as stored, and describing it
+            // reports why).
             _ => {
                 out.push(r);
                 continue;
             }
         };
-        for e in events {
+        for mut e in events {
             out.push(TimelineRow {
                 event_type: e
                     .get("event_type")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned(),
-                payload: e.get("payload").cloned().unwrap_or(Value::Null),
+                payload: e.get_mut("payload").map_or(Value::Null, Value::take),
                 stream_id: r.stream_id.clone(),
                 metadata: r.metadata.clone(),
                 ..r
@@ -550,6 +551,45 @@ mod tests {
             stream_version: version,
             ..Default::default()
         }
+    }
+
+    /// A saga's `decided` event is one row per event it packs, at its version; a payload
+    /// of another stream with an `events` field is left alone.
+    #[test]
+    fn a_decided_event_is_one_row_per_event() {
+        let stored =
+            SagaEvent::encode_decided(&[SagaEvent::RetryRequested, SagaEvent::SagaCompleted]);
+        let (event_type, payload) = stored.into_iter().next().unwrap();
+        let pack = TimelineRow {
+            event_type,
+            payload,
+            ..row("saga-1", 7)
+        };
+        let foreign = TimelineRow {
+            event_type: DECIDED_EVENT_TYPE.to_owned(),
+            payload: serde_json::json!({ "events": [1, 2] }),
+            ..row("hotel-A", 2)
+        };
+        let rows = one_per_event(vec![pack, foreign], "saga-1");
+        let seen: Vec<(&str, i64, &str)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.stream_id.as_str(),
+                    r.stream_version,
+                    r.event_type.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("saga-1", 7, "retry_requested"),
+                ("saga-1", 7, "saga_completed"),
+                ("hotel-A", 2, DECIDED_EVENT_TYPE),
+            ]
+        );
+        assert_eq!(rows[2].payload, serde_json::json!({ "events": [1, 2] }));
     }
 
     #[test]
