@@ -21,6 +21,7 @@ use sagaflow::app::Options;
 use sagaflow_engine::saga::saga_stream;
 use sagaflow_engine::transport::Transport;
 use sagaflow_sagas::order::OrderStatus;
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -133,6 +134,56 @@ async fn every_path_ends_without_a_participant(pool: PgPool, transport: Arc<dyn 
     ] {
         assert!(text.contains(step), "{step} missing from {text}");
     }
+    // Its whole life is one stored event; each step's outcome names the local command it
+    // answers as its cause, in the view and in the timeline alike.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = $1")
+        .bind(saga_stream(happy_saga))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    let rows: Vec<(String, Value, Option<Uuid>)> = sqlx::query_as(
+        "SELECT event_type, payload, (metadata->>'causation_id')::uuid FROM saga_events
+         WHERE stream_id = $1 ORDER BY stream_version, part",
+    )
+    .bind(saga_stream(happy_saga))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    // The commands each step sent, and the step outcomes' causes: the command each answers.
+    let mut sent: Vec<Uuid> = Vec::new();
+    let mut answered: Vec<Uuid> = Vec::new();
+    for (event_type, payload, cause) in &rows {
+        let id = |v: &Value| -> Uuid { v.as_str().unwrap().parse().unwrap() };
+        match event_type.as_str() {
+            "step_invoked" => sent.extend(
+                payload["commands"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| id(&c["message_id"])),
+            ),
+            "step_succeeded" => {
+                let command = id(&payload["reply"]["command_id"]);
+                assert_eq!(*cause, Some(command), "{payload}");
+                assert!(sent.contains(&command), "{payload}");
+                answered.push(command);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(answered.len(), 4, "{rows:?}");
+    let timeline_causes: Vec<Option<Uuid>> = timeline["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "step_succeeded")
+        .map(|e| e["causation_id"].as_str().map(|s| s.parse().unwrap()))
+        .collect();
+    assert_eq!(
+        timeline_causes,
+        answered.into_iter().map(Some).collect::<Vec<_>>()
+    );
     engine.stop().await;
 }
 

@@ -34,7 +34,7 @@ use super::messages::{
     REPLY_EVENT_TYPE,
 };
 use super::metrics::metrics;
-use super::state::{evolve, SagaEvent, SagaInput, SagaState, SentCommand};
+use super::state::{evolve, DecidedPack, SagaEvent, SagaInput, SagaState, SentCommand};
 use crate::command::{AppendHook, BoxError, Hooked};
 use crate::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Hop};
 use crate::doorbell::Doorbell;
@@ -103,6 +103,15 @@ impl Processed {
             local.committed().await;
         }
     }
+}
+
+/// What one transaction decided for one saga, stored as one event at its end.
+struct Pending {
+    /// The saga's version before the transaction.
+    version: i64,
+    /// The metadata of the first decision, which the stored event carries.
+    metadata: Metadata,
+    pack: DecidedPack,
 }
 
 /// The result of an operator's [`Orchestrator::command`].
@@ -301,7 +310,7 @@ impl Orchestrator {
         let mut decided: HashMap<Uuid, Vec<SagaEvent>> = HashMap::new();
         let mut touched: Vec<Uuid> = Vec::new();
         let mut outgoing: Vec<OutboxMessage> = Vec::new();
-        let mut appends: BTreeMap<Uuid, (i64, Vec<NewEvent>)> = BTreeMap::new();
+        let mut appends: BTreeMap<Uuid, Pending> = BTreeMap::new();
         let mut local = self.local.as_ref().map(LocalSteps::begin);
         let mut local_replies: Vec<ReplyTiming> = Vec::new();
         let now = Utc::now();
@@ -377,23 +386,18 @@ impl Orchestrator {
                     saga_id: Some(w.saga_id.to_string()),
                     ..Default::default()
                 };
-                // Several events of one decision are stored as one (`decided`).
-                let new_events: Vec<NewEvent> = SagaEvent::encode_decided(&events)
-                    .into_iter()
-                    .map(|(event_type, payload)| NewEvent {
-                        message_id: Uuid::now_v7(),
-                        event_type,
-                        schema_version: 1,
-                        payload,
-                        metadata: metadata.clone(),
-                    })
-                    .collect();
-                // Appended together with the batch's other sagas, in one statement, below.
-                let pending = appends
-                    .entry(w.saga_id)
-                    .or_insert_with(|| (version, Vec::new()));
-                next.version = version + new_events.len() as i64;
-                pending.1.extend(new_events);
+                // Everything this transaction decides for the saga is stored as one event
+                // (`decided` when there are several), appended together with the batch's
+                // other sagas, in one statement, below.
+                let pending = appends.entry(w.saga_id).or_insert_with(|| Pending {
+                    version,
+                    pack: DecidedPack::new(metadata.causation_id),
+                    metadata: metadata.clone(),
+                });
+                for e in &events {
+                    pending.pack.push(e, metadata.causation_id);
+                }
+                next.version = pending.version + 1;
                 next.state.version = next.version;
                 for message in sent_commands(w.saga_id, &events, &metadata) {
                     let runs_here = next.state.local
@@ -444,7 +448,16 @@ impl Orchestrator {
         }
         let streams: Vec<(String, i64, Vec<NewEvent>)> = appends
             .into_iter()
-            .map(|(id, (expected, events))| (saga_stream(id), expected, events))
+            .map(|(id, p)| {
+                let events = p.pack.encode().map(|(event_type, payload)| NewEvent {
+                    message_id: Uuid::now_v7(),
+                    event_type,
+                    schema_version: 1,
+                    payload,
+                    metadata: p.metadata,
+                });
+                (saga_stream(id), p.version, events.into_iter().collect())
+            })
             .collect();
         let batch: Vec<(&str, i64, &[NewEvent])> = streams
             .iter()

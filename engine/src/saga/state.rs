@@ -203,12 +203,16 @@ pub enum SagaEvent {
     /// next attempt, now ([`SagaInput::RetryStep`]). The invocation that follows says what
     /// was sent.
     RetryRequested,
-    /// The events one input decided, stored as one event when there are several: a step's
-    /// success with the next step's invocation, a start with the first invocation, the last
-    /// success with the saga's end. One row and its index entries instead of one per event
+    /// The events one transaction decided for the saga, stored as one event when there are
+    /// several: a step's success with the next step's invocation, a start with the first
+    /// invocation, the last success with the saga's end, and, when its steps run in the
+    /// orchestrator's transaction ([`super::local`]), every decision of that transaction,
+    /// often the saga's whole life. One row and its index entries instead of one per event
     /// (most of what a saga writes is its own stream). The events are applied in order, as
     /// if stored one by one; readers that list a saga's events ([`SagaEvent::flatten`]) show
-    /// them one by one, at the version of the stored event. Never nested.
+    /// them one by one, at the version of the stored event. An event whose cause is not the
+    /// stored event's (`metadata.causation_id`) names its own as `causation_id` beside its
+    /// `event_type` and `payload`. Never nested.
     Decided {
         /// The events, in the order they were decided (two or more).
         events: Vec<SagaEvent>,
@@ -235,14 +239,68 @@ impl SagaEvent {
         if events.len() < 2 {
             return events.iter().map(crate::aggregate::encode_event).collect();
         }
-        let packed: Vec<Value> = events
-            .iter()
-            .map(|e| serde_json::to_value(e).expect("saga events serialize"))
-            .collect();
-        vec![(
-            DECIDED_EVENT_TYPE.to_owned(),
-            serde_json::json!({ "events": packed }),
-        )]
+        let mut pack = DecidedPack::new(None);
+        for e in events {
+            pack.push(e, None);
+        }
+        pack.encode().into_iter().collect()
+    }
+}
+
+/// The stored event of what one transaction decided for a saga, built decision by decision
+/// ([`SagaEvent::Decided`] when there are several events, the event itself when there is
+/// one).
+pub(crate) struct DecidedPack {
+    /// The cause of the stored event (its `metadata.causation_id`).
+    cause: Option<Uuid>,
+    /// Each event as `{"event_type", "payload"}` and, if its cause is another, `causation_id`.
+    entries: Vec<Value>,
+    /// Whether an entry names a cause of its own (then it is stored packed, even alone).
+    own_causes: bool,
+}
+
+impl DecidedPack {
+    /// An empty pack whose stored event is caused by `cause`.
+    pub(crate) fn new(cause: Option<Uuid>) -> Self {
+        DecidedPack {
+            cause,
+            entries: Vec::new(),
+            own_causes: false,
+        }
+    }
+
+    /// Adds `event`, caused by `cause`.
+    pub(crate) fn push(&mut self, event: &SagaEvent, cause: Option<Uuid>) {
+        let mut entry = serde_json::to_value(event).expect("saga events serialize");
+        if cause != self.cause {
+            if let (Value::Object(map), Some(cause)) = (&mut entry, cause) {
+                map.insert("causation_id".to_owned(), Value::String(cause.to_string()));
+                self.own_causes = true;
+            }
+        }
+        self.entries.push(entry);
+    }
+
+    /// The stored event's `(event_type, payload)`; `None` if nothing was decided.
+    pub(crate) fn encode(mut self) -> Option<(String, Value)> {
+        match self.entries.len() {
+            0 => None,
+            1 if !self.own_causes => {
+                let Value::Object(mut entry) = self.entries.pop().expect("one entry") else {
+                    unreachable!("a saga event encodes as an object")
+                };
+                let event_type = match entry.remove("event_type") {
+                    Some(Value::String(t)) => t,
+                    _ => unreachable!("a saga event encodes its type"),
+                };
+                let payload = entry.remove("payload").unwrap_or(Value::Null);
+                Some((event_type, payload))
+            }
+            _ => Some((
+                DECIDED_EVENT_TYPE.to_owned(),
+                serde_json::json!({ "events": self.entries }),
+            )),
+        }
     }
 }
 
@@ -1261,5 +1319,30 @@ mod tests {
         );
         assert_eq!(decoded.flatten(), events);
         assert_eq!(failed().flatten(), vec![failed()]);
+    }
+
+    /// Events of one transaction with different causes are one stored event; an event
+    /// caused by another message than the stored event names it, and still decodes.
+    #[test]
+    fn a_pack_names_the_causes_that_differ() {
+        let (start, reply) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut pack = DecidedPack::new(Some(start));
+        pack.push(&SagaEvent::RetryRequested, Some(start));
+        pack.push(&SagaEvent::SagaCompleted, Some(reply));
+        let (event_type, payload) = pack.encode().unwrap();
+        assert_eq!(event_type, DECIDED_EVENT_TYPE);
+        assert!(payload["events"][0].get("causation_id").is_none());
+        assert_eq!(payload["events"][1]["causation_id"], reply.to_string());
+        let decoded: SagaEvent = decode_event(&event_type, &payload).unwrap();
+        assert_eq!(
+            decoded.flatten(),
+            vec![SagaEvent::RetryRequested, SagaEvent::SagaCompleted]
+        );
+
+        // One event of the stored event's own cause is stored as itself.
+        let mut alone = DecidedPack::new(Some(start));
+        alone.push(&SagaEvent::SagaCompleted, Some(start));
+        assert_eq!(alone.encode().unwrap().0, "saga_completed");
+        assert!(DecidedPack::new(None).encode().is_none());
     }
 }

@@ -172,8 +172,9 @@ fn recorded(events: &[ReplyEvent]) -> String {
     types.join(", ")
 }
 
-/// The saga's stored `decided` events (several events of one decision, stored as one) as
-/// one row per event, each at the stored event's position, version and id.
+/// The saga's stored `decided` events (the events of one transaction, stored as one) as one
+/// row per event, each at the stored event's position, version and id, and with its own
+/// cause where it names one.
 fn one_per_event(rows: Vec<TimelineRow>, saga_stream: &str) -> Vec<TimelineRow> {
     let mut out = Vec::with_capacity(rows.len());
     for mut r in rows {
@@ -188,6 +189,11 @@ fn one_per_event(rows: Vec<TimelineRow>, saga_stream: &str) -> Vec<TimelineRow> 
             }
         };
         for mut e in events {
+            let mut metadata = r.metadata.clone();
+            // An event caused by another message than the stored event names it.
+            if let (Some(cause), Value::Object(m)) = (e.get_mut("causation_id"), &mut metadata) {
+                m.insert("causation_id".to_owned(), cause.take());
+            }
             out.push(TimelineRow {
                 event_type: e
                     .get("event_type")
@@ -196,7 +202,7 @@ fn one_per_event(rows: Vec<TimelineRow>, saga_stream: &str) -> Vec<TimelineRow> 
                     .to_owned(),
                 payload: e.get_mut("payload").map_or(Value::Null, Value::take),
                 stream_id: r.stream_id.clone(),
-                metadata: r.metadata.clone(),
+                metadata,
                 ..r
             });
         }
@@ -544,6 +550,7 @@ impl Describer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::saga::state::DecidedPack;
 
     fn row(stream: &str, version: i64) -> TimelineRow {
         TimelineRow {
@@ -557,12 +564,15 @@ mod tests {
     /// of another stream with an `events` field is left alone.
     #[test]
     fn a_decided_event_is_one_row_per_event() {
-        let stored =
-            SagaEvent::encode_decided(&[SagaEvent::RetryRequested, SagaEvent::SagaCompleted]);
-        let (event_type, payload) = stored.into_iter().next().unwrap();
+        let (cause, reply) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut stored = DecidedPack::new(Some(cause));
+        stored.push(&SagaEvent::RetryRequested, Some(cause));
+        stored.push(&SagaEvent::SagaCompleted, Some(reply));
+        let (event_type, payload) = stored.encode().unwrap();
         let pack = TimelineRow {
             event_type,
             payload,
+            metadata: serde_json::json!({ "causation_id": cause, "saga_id": "1" }),
             ..row("saga-1", 7)
         };
         let foreign = TimelineRow {
@@ -590,6 +600,17 @@ mod tests {
             ]
         );
         assert_eq!(rows[2].payload, serde_json::json!({ "events": [1, 2] }));
+        // Each event keeps the stored event's metadata, with its own cause.
+        let causes: Vec<&Value> = rows[..2]
+            .iter()
+            .map(|r| &r.metadata["causation_id"])
+            .collect();
+        assert_eq!(
+            causes,
+            [&serde_json::json!(cause), &serde_json::json!(reply)]
+        );
+        assert_eq!(rows[1].metadata["saga_id"], "1");
+        assert!(rows[1].payload.get("causation_id").is_none());
     }
 
     #[test]
