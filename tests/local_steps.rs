@@ -142,6 +142,15 @@ async fn every_path_ends_without_a_participant(pool: PgPool, transport: Arc<dyn 
         .await
         .unwrap();
     assert_eq!(stored, 1);
+    // A few KB, so compressed: with lz4 (migration 0014) on a server built with it, as ours.
+    let compression: Option<String> = sqlx::query_scalar(
+        "SELECT pg_column_compression(payload) FROM events WHERE stream_id = $1",
+    )
+    .bind(saga_stream(happy_saga))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(compression.as_deref(), Some("lz4"));
     let rows: Vec<(String, Value, Option<Uuid>)> = sqlx::query_as(
         "SELECT event_type, payload, (metadata->>'causation_id')::uuid FROM saga_events
          WHERE stream_id = $1 ORDER BY stream_version, part",

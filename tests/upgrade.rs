@@ -82,8 +82,8 @@ async fn a_database_of_the_previous_layout_upgrades_in_place(pool: PgPool) {
             .unwrap();
     assert_eq!(
         applied,
-        (1..=13).map(|v| (v, true)).collect::<Vec<_>>(),
-        "migrations 1-8 kept, 9 to 13 applied"
+        (1..=14).map(|v| (v, true)).collect::<Vec<_>>(),
+        "migrations 1-8 kept, 9 to 14 applied"
     );
 
     // The same events, each where it was.
