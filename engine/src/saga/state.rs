@@ -296,9 +296,13 @@ impl DecidedPack {
                 let payload = entry.remove("payload").unwrap_or(Value::Null);
                 Some((event_type, payload))
             }
+            // Built as is: `json!` would serialize the entries into a copy.
             _ => Some((
                 DECIDED_EVENT_TYPE.to_owned(),
-                serde_json::json!({ "events": self.entries }),
+                Value::Object(serde_json::Map::from_iter([(
+                    "events".to_owned(),
+                    Value::Array(self.entries),
+                )])),
             )),
         }
     }
