@@ -2,7 +2,9 @@
 //! a fixed time against a whole engine in this process (relay, orchestrator, participants), on
 //! each transport; reports completed sagas per second and the latency from the request to the
 //! saga's terminal state. Beside it, in the same run, the raw baseline of one event+outbox
-//! transaction, which is the unit a saga is made of.
+//! transaction, which is the unit a saga is made of: before the sagas and again after them
+//! (on emptied tables, as the first), with the sagas' rate as a ratio to each, since the
+//! baseline itself moves from one run to the next on a shared machine.
 //!
 //! Each client starts a saga and waits until it has ended before it starts the next, so
 //! `--concurrency` sagas are in flight and the figures are those of a steady state. With
@@ -163,8 +165,9 @@ pub(crate) async fn run(
                 }
             }
         }
+        let after = raw_after(&pool, &workload, raw_clients).await?;
         println!(
-            "raw baseline: {:.0} event+outbox transactions/s with {raw_clients} clients ",
+            "raw baseline: {:.0} event+outbox transactions/s with {raw_clients} clients before the sagas, {after:.0} after",
             raw.rate()
         );
         return Ok(());
@@ -180,6 +183,9 @@ pub(crate) async fn run(
         "{:<12} {:>8} {:>10} {:>12} {:>10} {:>10}",
         "transport", "sagas", "completed", "sagas/s", "p50 ms", "p99 ms"
     );
+    let after = raw_after(&pool, &workload, raw_clients).await?;
+    let before = raw.rate();
+    let mut ratios = Vec::new();
     for (name, mut r) in rows {
         println!(
             "{:<12} {:>8} {:>10} {:>12.0} {:>10.1} {:>10.1}",
@@ -190,12 +196,34 @@ pub(crate) async fn run(
             r.latencies.percentile_ms(50.0),
             r.latencies.percentile_ms(99.0)
         );
+        ratios.push(format!(
+            "{name} {:.2} / {:.2}",
+            r.rate / before,
+            r.rate / after
+        ));
     }
     println!(
-        "raw baseline: {:.0} event+outbox transactions/s with {raw_clients} clients ",
-        raw.rate()
+        "raw baseline: {before:.0} event+outbox transactions/s with {raw_clients} clients before the sagas, {after:.0} after"
+    );
+    // The baseline moves from one run to the next on a shared machine: the ratio to each
+    // brackets the noise.
+    println!(
+        "ratio sagas/raw (to the baseline before / after): {}",
+        ratios.join(", ")
     );
     Ok(())
+}
+
+/// The raw baseline again, after the sagas, on emptied tables as the first one was: the
+/// rate of the same work at the end of the run.
+async fn raw_after(
+    pool: &PgPool,
+    workload: &Arc<dyn Workload>,
+    clients: usize,
+) -> anyhow::Result<f64> {
+    reset(pool).await?;
+    let raw = super::append::raw_phase(pool, workload, clients, Duration::from_secs(5)).await?;
+    Ok(raw.rate())
 }
 
 struct Outcome {
