@@ -231,20 +231,6 @@ impl SagaEvent {
             e => vec![e],
         }
     }
-
-    /// How the events `events` that one input decided are stored: each as its
-    /// `(event_type, payload)`, or, when there are several, all of them as one
-    /// [`SagaEvent::Decided`]. Encodes without copying the events.
-    pub fn encode_decided(events: &[SagaEvent]) -> Vec<(String, Value)> {
-        if events.len() < 2 {
-            return events.iter().map(crate::aggregate::encode_event).collect();
-        }
-        let mut pack = DecidedPack::new(None);
-        for e in events {
-            pack.push(e, None);
-        }
-        pack.encode().into_iter().collect()
-    }
 }
 
 /// The stored event of what one transaction decided for a saga, built decision by decision
@@ -279,6 +265,20 @@ impl DecidedPack {
             }
         }
         self.entries.push(entry);
+    }
+
+    /// The stored event of `events`, each with its cause, for a stored event caused by
+    /// `cause`.
+    #[cfg(test)]
+    pub(crate) fn of(
+        cause: Option<Uuid>,
+        events: &[(SagaEvent, Option<Uuid>)],
+    ) -> Option<(String, Value)> {
+        let mut pack = DecidedPack::new(cause);
+        for (e, c) in events {
+            pack.push(e, *c);
+        }
+        pack.encode()
     }
 
     /// The stored event's `(event_type, payload)`; `None` if nothing was decided.
@@ -1289,18 +1289,17 @@ mod tests {
     /// same events, and fold to the state they fold to one by one.
     #[test]
     fn the_events_of_one_decision_are_stored_as_one() {
-        let alone = SagaEvent::encode_decided(&[SagaEvent::SagaCompleted]);
-        assert_eq!(alone.len(), 1);
-        assert_eq!(alone[0].0, "saga_completed");
+        let alone = DecidedPack::of(None, &[(SagaEvent::SagaCompleted, None)]).unwrap();
+        assert_eq!(alone.0, "saga_completed");
 
         let events = vec![
             SagaEvent::RetryRequested,
             failed(),
             SagaEvent::SagaCompleted,
         ];
-        let stored = SagaEvent::encode_decided(&events);
-        assert_eq!(stored.len(), 1);
-        let (event_type, payload) = &stored[0];
+        let with_causes: Vec<(SagaEvent, Option<Uuid>)> =
+            events.iter().map(|e| (e.clone(), None)).collect();
+        let (event_type, payload) = &DecidedPack::of(None, &with_causes).unwrap();
         assert_eq!(event_type, DECIDED_EVENT_TYPE);
         assert_eq!(payload["events"][1]["event_type"], "step_failed");
         let decoded: SagaEvent = decode_event(event_type, payload).unwrap();
@@ -1330,10 +1329,14 @@ mod tests {
     #[test]
     fn a_pack_names_the_causes_that_differ() {
         let (start, reply) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut pack = DecidedPack::new(Some(start));
-        pack.push(&SagaEvent::RetryRequested, Some(start));
-        pack.push(&SagaEvent::SagaCompleted, Some(reply));
-        let (event_type, payload) = pack.encode().unwrap();
+        let (event_type, payload) = DecidedPack::of(
+            Some(start),
+            &[
+                (SagaEvent::RetryRequested, Some(start)),
+                (SagaEvent::SagaCompleted, Some(reply)),
+            ],
+        )
+        .unwrap();
         assert_eq!(event_type, DECIDED_EVENT_TYPE);
         assert!(payload["events"][0].get("causation_id").is_none());
         assert_eq!(payload["events"][1]["causation_id"], reply.to_string());
@@ -1344,9 +1347,8 @@ mod tests {
         );
 
         // One event of the stored event's own cause is stored as itself.
-        let mut alone = DecidedPack::new(Some(start));
-        alone.push(&SagaEvent::SagaCompleted, Some(start));
-        assert_eq!(alone.encode().unwrap().0, "saga_completed");
+        let alone = DecidedPack::of(Some(start), &[(SagaEvent::SagaCompleted, Some(start))]);
+        assert_eq!(alone.unwrap().0, "saga_completed");
         assert!(DecidedPack::new(None).encode().is_none());
     }
 }

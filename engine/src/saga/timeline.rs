@@ -565,10 +565,14 @@ mod tests {
     #[test]
     fn a_decided_event_is_one_row_per_event() {
         let (cause, reply) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut stored = DecidedPack::new(Some(cause));
-        stored.push(&SagaEvent::RetryRequested, Some(cause));
-        stored.push(&SagaEvent::SagaCompleted, Some(reply));
-        let (event_type, payload) = stored.encode().unwrap();
+        let (event_type, payload) = DecidedPack::of(
+            Some(cause),
+            &[
+                (SagaEvent::RetryRequested, Some(cause)),
+                (SagaEvent::SagaCompleted, Some(reply)),
+            ],
+        )
+        .unwrap();
         let pack = TimelineRow {
             event_type,
             payload,

@@ -179,11 +179,11 @@ pub(crate) async fn run(
             one_transport(app, &workload, &pool, &args, &transport_args).await?,
         ));
     }
+    let after = raw_after(&pool, &workload, raw_clients).await?;
     println!(
         "{:<12} {:>8} {:>10} {:>12} {:>10} {:>10}",
         "transport", "sagas", "completed", "sagas/s", "p50 ms", "p99 ms"
     );
-    let after = raw_after(&pool, &workload, raw_clients).await?;
     let before = raw.rate();
     let mut ratios = Vec::new();
     for (name, mut r) in rows {
